@@ -1,0 +1,3 @@
+from landscape_cli.cli.app import main
+
+main()

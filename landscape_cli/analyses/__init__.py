@@ -1,0 +1,1 @@
+"""The science of each subcommand: typed results, no printing."""

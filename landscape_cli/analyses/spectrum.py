@@ -1,0 +1,75 @@
+"""``spectrum``: extreme Hessian eigenvalues by Lanczos (Ghorbani et al. 2019 use the same
+Krylov machinery; Yao et al. 2020 (PyHessian) use power iteration, which needs far more HVPs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from landscape_cli.linalg.lanczos import LanczosResult, lanczos
+
+
+@dataclass
+class SpectrumResult:
+    """Top-k (descending) and bottom-k (ascending) Hessian eigenvalues with residual bounds."""
+
+    top_eigenvalues: list[float]
+    top_residuals: list[float]
+    top_converged: list[bool]
+    bottom_eigenvalues: list[float] | None
+    bottom_residuals: list[float] | None
+    bottom_converged: list[bool] | None
+    lanczos_steps: int
+    tol: float
+
+    def results(self) -> dict:
+        out = {
+            "top_eigenvalues": self.top_eigenvalues,
+            "top_residuals": self.top_residuals,
+            "top_converged": self.top_converged,
+        }
+        if self.bottom_eigenvalues is not None:
+            out.update(bottom_eigenvalues=self.bottom_eigenvalues,
+                       bottom_residuals=self.bottom_residuals,
+                       bottom_converged=self.bottom_converged)
+        out.update(lanczos_steps=self.lanczos_steps, tol=self.tol)
+        return out
+
+    def scalars(self) -> dict[str, float]:
+        """Named numbers for gates, CSV summaries and batch trends."""
+        out = {"lambda_max": self.top_eigenvalues[0]}
+        out.update({f"top_{i + 1}": v for i, v in enumerate(self.top_eigenvalues)})
+        if self.bottom_eigenvalues:
+            out["lambda_min"] = self.bottom_eigenvalues[0]
+            out.update({f"bottom_{i + 1}": v for i, v in enumerate(self.bottom_eigenvalues)})
+        return out
+
+    def warnings(self) -> list[str]:
+        missed = self.top_converged.count(False) + (self.bottom_converged or []).count(False)
+        if not missed:
+            return []
+        return [f"{missed} requested eigenvalue(s) did not reach residual ≤ {self.tol:g}·|λ|max "
+                f"in {self.lanczos_steps} Lanczos steps; raise --max-hvps or loosen --tol"]
+
+
+def spectrum(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, top: int = 5,
+             bottom: int = 0, tol: float = 1e-4, max_hvps: int | None = None, seed: int = 0,
+             dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+             callback: Callable[[int, int, int], None] | None = None) -> SpectrumResult:
+    """Lanczos with full reorthogonalization on the HVP operator."""
+    generator = torch.Generator().manual_seed(seed)
+    run: LanczosResult = lanczos(hvp, n, top=top, bottom=bottom, tol=tol, max_steps=max_hvps,
+                                 generator=generator, dtype=dtype, device=device,
+                                 callback=callback)
+    return SpectrumResult(
+        top_eigenvalues=run.top.values,
+        top_residuals=run.top.residuals,
+        top_converged=run.top.converged,
+        bottom_eigenvalues=run.bottom.values if bottom else None,
+        bottom_residuals=run.bottom.residuals if bottom else None,
+        bottom_converged=run.bottom.converged if bottom else None,
+        lanczos_steps=run.steps,
+        tol=tol,
+    )

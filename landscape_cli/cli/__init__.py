@@ -1,0 +1,1 @@
+"""The ``landscape`` command line (Typer): one module per subcommand, shared options in common."""

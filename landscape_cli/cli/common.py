@@ -1,0 +1,287 @@
+"""What every analysis command shares: its options (declared once, here), the run from
+checkpoint to report, streams and exit codes (DESIGN §7)."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional, Protocol
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from landscape_cli import STARTED
+from landscape_cli.config import find_config, load_config
+from landscape_cli.engine.hvp import STRATEGIES, HVPEngine
+from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, LandscapeError
+from landscape_cli.loading.assemble import Loaded, LoadOptions, describe_checkpoint, load
+from landscape_cli.report.document import build_report
+from landscape_cli.report.gates import Gate, parse_gate
+from landscape_cli.report.output import emit
+from landscape_cli.report.render import FORMATS, render
+
+stderr = Console(stderr=True, highlight=False)
+
+Format = Enum("Format", {f: f for f in FORMATS}, type=str)
+Strategy = Enum("Strategy", {s: s for s in STRATEGIES}, type=str)
+
+_INPUT, _ENGINE, _OUTPUT = "Input", "Engine", "Output"
+
+
+@dataclass
+class OutputOptions:
+    """Options every command has: the checkpoint, output format and destination, verbosity."""
+
+    checkpoint: str
+    format: Optional[str] = None
+    json: bool = False
+    output: Optional[Path] = None
+    quiet: bool = False
+    debug: bool = False
+
+    def output_format(self) -> str:
+        if self.json:
+            return "json"
+        if self.format:
+            return self.format
+        return "table" if self.output is None and sys.stdout.isatty() else "json"
+
+
+@dataclass
+class Common(OutputOptions):
+    """The shared options of an analysis command, as parsed."""
+
+    config: Optional[Path] = None
+    set: list[str] = field(default_factory=list)
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    seed: Optional[int] = None
+    bn: Optional[str] = None
+    params: list[str] = field(default_factory=list)
+    batches: Optional[int] = None
+    hvp_strategy: str = "auto"
+    allow_global: list[str] = field(default_factory=list)
+    trust_checkpoint: bool = False
+    fail_if: list[str] = field(default_factory=list)
+
+    def overrides(self) -> list[str]:
+        """``--set`` values, then the dedicated flags (which win)."""
+        flags = {"device": self.device, "dtype": self.dtype, "seed": self.seed, "bn": self.bn}
+        return [*self.set, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+
+
+def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)
+
+
+CHECKPOINT = _param("checkpoint", Annotated[str, typer.Argument(
+    help="Checkpoint file (.pt/.pth/.ckpt/.bin/.safetensors) or Hugging Face style folder.",
+    show_default=False)], inspect.Parameter.empty)
+
+INPUT_OPTIONS = [
+    _param("config", Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="Config YAML (default: $LANDSCAPE_CONFIG, then landscape.yaml "
+        "beside the checkpoint or in a parent folder, then in the working directory).",
+        rich_help_panel=_INPUT)], None),
+    _param("set", Annotated[list[str], typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set data.batch_size=64 "
+        "(repeatable).", rich_help_panel=_INPUT)], []),
+    _param("device", Annotated[Optional[str], typer.Option(
+        help="auto | cpu | cuda | cuda:N (overrides the config).", rich_help_panel=_ENGINE)], None),
+    _param("dtype", Annotated[Optional[str], typer.Option(
+        help="float32 | float64 (overrides the config).", rich_help_panel=_ENGINE)], None),
+    _param("seed", Annotated[Optional[int], typer.Option(
+        help="Seed of every random choice (overrides the config).", rich_help_panel=_ENGINE)], None),
+    _param("bn", Annotated[Optional[str], typer.Option(
+        help="BatchNorm policy: eval (running stats) | train-stats (batch stats, buffers kept).",
+        rich_help_panel=_ENGINE)], None),
+    _param("params", Annotated[list[str], typer.Option(
+        "--params", metavar="GLOB", help="Analyse only parameters whose name matches this glob, "
+        "e.g. 'layer3.*' (repeatable).", rich_help_panel=_INPUT)], []),
+    _param("batches", Annotated[Optional[int], typer.Option(
+        min=1, help="Use only the first N batches of the data.", rich_help_panel=_INPUT)], None),
+    _param("hvp_strategy", Annotated[Strategy, typer.Option(
+        help="HVP engine strategy: auto picks 'cached' when the graph fits memory, else 'stream'.",
+        rich_help_panel=_ENGINE)], Strategy.auto),
+    _param("allow_global", Annotated[list[str], typer.Option(
+        "--allow-global", metavar="MODULE.NAME", help="Let weights_only unpickling accept this "
+        "global (repeatable).", rich_help_panel=_INPUT)], []),
+    _param("trust_checkpoint", Annotated[bool, typer.Option(
+        "--trust-checkpoint", help="Unpickle with weights_only=False: the file can run code. "
+        "Only for files you trust.", rich_help_panel=_INPUT)], False),
+    _param("fail_if", Annotated[list[str], typer.Option(
+        "--fail-if", metavar="EXPR", help="Exit 1 if this holds, e.g. 'lambda_max>50' (repeatable).",
+        rich_help_panel=_OUTPUT)], []),
+]
+
+OUTPUT_OPTIONS = [
+    _param("format", Annotated[Optional[Format], typer.Option(
+        "--format", "-f", help="Output format (default: table in a terminal, else json).",
+        rich_help_panel=_OUTPUT)], None),
+    _param("json", Annotated[bool, typer.Option(
+        "--json", help="Same as --format json.", rich_help_panel=_OUTPUT)], False),
+    _param("output", Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the result to this file (atomically) instead of stdout.",
+        rich_help_panel=_OUTPUT)], None),
+    _param("quiet", Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bars or warnings on stderr.", rich_help_panel=_OUTPUT)],
+        False),
+    _param("debug", Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks for errors.", rich_help_panel=_OUTPUT)], False),
+]
+
+COMMON_OPTIONS = [*INPUT_OPTIONS, *OUTPUT_OPTIONS]
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """What an analysis function gets: the loaded problem, its engine and a progress hook."""
+
+    loaded: Loaded
+    engine: HVPEngine
+    seed: int
+    show_progress: bool
+
+    @contextmanager
+    def progress(self, label: str, total: int) -> Iterator[Callable[[int, int, int], None]]:
+        """A callback ``(step, converged, wanted)`` that drives a progress bar on stderr."""
+        if not self.show_progress:
+            yield lambda step, done, wanted: None
+            return
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[note]}"), TimeElapsedColumn())
+        with Progress(*columns, console=stderr, transient=True) as bar:
+            task = bar.add_task(label, total=total, note="")
+
+            def update(step: int, done: int, wanted: int) -> None:
+                bar.update(task, completed=step, note=f"{done}/{wanted} converged")
+
+            yield update
+
+
+class Analysis(Protocol):
+    """The typed result an analysis returns."""
+
+    def results(self) -> dict[str, Any]:
+        """The command-specific ``results`` of the JSON report."""
+
+    def scalars(self) -> dict[str, float]:
+        """Named numbers that ``--fail-if`` gates and summaries can use."""
+
+    def warnings(self) -> list[str]:
+        """What the user should know about how far to trust the numbers."""
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, LandscapeError):
+        stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
+    stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                 "(rerun with --debug for a traceback, and please report it)", soft_wrap=True)
+    raise typer.Exit(EXIT_INTERNAL)
+
+
+def finish(doc: dict[str, Any], options: OutputOptions) -> None:
+    """Render the document in the chosen format and write it; warnings also go to stderr."""
+    fmt = options.output_format()
+    text = render(doc, fmt, color=fmt == "table" and options.output is None and sys.stdout.isatty())
+    if not options.quiet and not (fmt == "table" and options.output is None):
+        for warning in doc.get("warnings", []):
+            stderr.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    emit(text, options.output)
+
+
+def guarded(options: OutputOptions, body: Callable[[], Any]) -> Any:
+    """Run ``body``; any failure becomes one line on stderr and its exit code."""
+    try:
+        return body()
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
+        _fail(exc, options.debug)
+
+
+def _report(command: str, common: Common, analyse: Callable[[Run], Any]) -> dict[str, Any]:
+    gates: list[Gate] = [parse_gate(expr) for expr in common.fail_if]
+    config_path = find_config(str(common.config) if common.config else None, common.checkpoint)
+    config = load_config(config_path, common.overrides())
+    loaded = load(config, common.checkpoint, LoadOptions(
+        params=common.params, max_batches=common.batches,
+        allow_globals=common.allow_global, trust_checkpoint=common.trust_checkpoint))
+    started = time.perf_counter()
+    engine = HVPEngine(loaded.problem, strategy=common.hvp_strategy)
+    run = Run(loaded=loaded, engine=engine, seed=config.seed,
+              show_progress=not common.quiet and stderr.is_terminal)
+    result = analyse(run)
+    loss, accuracy = engine.evaluate()
+    wall = time.perf_counter() - started
+    headline = {"loss": loss, **({"accuracy": accuracy} if accuracy is not None else {})}
+    problem = loaded.problem
+    return build_report(
+        command,
+        checkpoint=describe_checkpoint(loaded),
+        settings={"device": str(problem.device), "dtype": config.dtype, "seed": config.seed,
+                  "bn": config.bn, "n_samples": problem.n_samples,
+                  "n_batches": len(problem.batches), "n_analysed": problem.n,
+                  "params": list(common.params) or None, "config": str(config_path),
+                  "config_sha256": config.sha256(), **engine.describe()},
+        results={**headline, **result.results()},
+        cost={**engine.cost.as_dict(), "wall_s": round(wall, 4),
+              "total_s": round(time.perf_counter() - STARTED, 4)},
+        gates=[gate.check({**headline, **result.scalars()}) for gate in gates],
+        warnings=[*loaded.warnings, *engine.warnings, *result.warnings()],
+    )
+
+
+def execute(command: str, common: Common, analyse: Callable[[Run], Any]) -> None:
+    """Checkpoint → problem → analysis → report → output; exit code per DESIGN §7."""
+    doc = guarded(common, lambda: _report(command, common, analyse))
+    guarded(common, lambda: finish(doc, common))
+    if any(row["violated"] for row in doc["gates"]):
+        raise typer.Exit(EXIT_GATE)
+
+
+def register(app: typer.Typer, name: str, *, help: str, epilog: str,
+             shared: list[inspect.Parameter], run: Callable[[dict[str, Any], Callable], None]
+             ) -> Callable:
+    """Register ``fn(first, **own_options)`` as ``landscape NAME``, with the ``shared``
+    parameters added to its signature; ``run(shared_values, call)`` runs it."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]]
+        params = [shared[0], *own, *shared[1:]]
+        names = {p.name for p in shared}
+
+        def command(**kwargs: Any) -> None:
+            values = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            run(values, lambda first: fn(first, **kwargs))
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__doc__ = fn.__doc__
+        app.command(name, help=help, epilog=epilog)(command)
+        return fn
+
+    return decorate
+
+
+def analysis_command(app: typer.Typer, name: str, *, help: str, epilog: str) -> Callable:
+    """Register ``fn(run, **own_options) -> Analysis`` as ``landscape NAME CHECKPOINT`` with
+    every shared option; it runs through ``execute``."""
+    return register(app, name, help=help, epilog=epilog, shared=[CHECKPOINT, *COMMON_OPTIONS],
+                    run=lambda values, call: execute(name, Common(**values), call))

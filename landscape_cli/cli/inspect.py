@@ -1,0 +1,53 @@
+"""``landscape inspect``: a checkpoint's format, tensors and safety, no model code run."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from landscape_cli import STARTED
+from landscape_cli.analyses.inspect import inspect_checkpoint
+from landscape_cli.cli.common import CHECKPOINT, OUTPUT_OPTIONS, OutputOptions, finish, guarded, register
+from landscape_cli.report.document import build_report
+
+HELP = "Show a checkpoint's format, tensors, shapes, dtypes, prefix and unsafe globals."
+EPILOG = """Examples:
+
+  landscape inspect sample_checkpoints/cnn_bn/final.pt
+
+  landscape inspect runs/last.ckpt --key ema --json
+"""
+
+
+def _run(values: dict, call) -> None:
+    options = OutputOptions(**values)
+
+    def body() -> dict:
+        result = call(options.checkpoint)
+        return build_report(
+            "inspect",
+            checkpoint={"path": options.checkpoint, "format": result.format,
+                        "n_params": result.n_params},
+            settings={}, results=result.results(),
+            cost={"total_s": round(time.perf_counter() - STARTED, 4)},
+            gates=[], warnings=result.warnings())
+
+    doc = guarded(options, body)
+    guarded(options, lambda: finish(doc, options))
+
+
+def inspect_command(
+    checkpoint: str,
+    key: Annotated[str, typer.Option(
+        help="Where the weights are in the file: auto, or a key such as ema or state_dict.")] = "auto",
+):
+    """Read the checkpoint with weights_only=True (or only list its globals if that would
+    refuse it)."""
+    return inspect_checkpoint(checkpoint, key)
+
+
+def register_inspect(app: typer.Typer) -> None:
+    register(app, "inspect", help=HELP, epilog=EPILOG, shared=[CHECKPOINT, *OUTPUT_OPTIONS],
+             run=_run)(inspect_command)

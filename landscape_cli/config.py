@@ -1,0 +1,289 @@
+"""The YAML config (DESIGN §2): schema, discovery, ``extends``, ``--set`` overrides.
+
+A config names the Python to run (model, data, loss factories), so it is trusted code;
+it is read with ``yaml.safe_load`` all the same. Relative paths in a file (``python_path``,
+``data.path`` and ``path/file.py:attr`` factories) are resolved against that file's folder,
+so a config means the same thing whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from landscape_cli.errors import ConfigError
+
+CONFIG_FILENAME = "landscape.yaml"
+CONFIG_ENV = "LANDSCAPE_CONFIG"
+DEFAULT_CRITERION = "torch.nn:CrossEntropyLoss"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _FactorySection(_Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _target_alias(cls, data: Any) -> Any:
+        """Accept Hydra's ``_target_`` as an alias of ``factory``."""
+        if isinstance(data, dict) and "_target_" in data:
+            if "factory" in data:
+                raise ValueError("give either 'factory' or '_target_', not both")
+            data = {("factory" if k == "_target_" else k): v for k, v in data.items()}
+        return data
+
+
+class ModelSection(_FactorySection):
+    factory: str = Field(min_length=1, description="'module:attr' or 'path/file.py:attr'")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointSection(_Section):
+    key: str = "auto"
+    strip_prefix: str = "auto"
+    strict: bool = True
+
+
+class DataSection(_FactorySection):
+    path: str | None = None
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(default=256, gt=0)
+    max_samples: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if (self.path is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'path' (a .npz/.pt file) or 'factory'")
+        return self
+
+
+class LossSection(_FactorySection):
+    factory: str | None = None
+    fn: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_criterion(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not {"factory", "_target_", "fn"} & data.keys():
+            data = {**data, "factory": DEFAULT_CRITERION}
+        return data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> LossSection:
+        if self.factory is not None and self.fn is not None:
+            raise ValueError("give either 'factory' (a criterion) or 'fn' (fn(model, batch)), not both")
+        return self
+
+
+class Config(_Section):
+    model: ModelSection
+    checkpoint: CheckpointSection = CheckpointSection()
+    data: DataSection
+    loss: LossSection = Field(default_factory=lambda: LossSection(factory=DEFAULT_CRITERION))
+    device: str = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    seed: int = 0
+    bn: Literal["eval", "train-stats"] = "eval"
+    python_path: list[str] = Field(default_factory=list)
+    source: str = Field(default="<config>", exclude=True)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda", "mps") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    def sha256(self) -> str:
+        """Digest of the resolved config, for reports and the batch cache."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def find_config(explicit: str | None, checkpoint: str | None, cwd: Path | None = None) -> Path:
+    """``-c FILE``, else ``$LANDSCAPE_CONFIG``, else ``landscape.yaml`` beside the checkpoint
+    or in one of its parent folders, else in the working directory."""
+    cwd = cwd or Path.cwd()
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(str(path), None, "config file not found (given with --config)")
+        return path
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(str(path), None, f"config file not found (given by ${CONFIG_ENV})")
+        return path
+    looked: list[Path] = []
+    if checkpoint:
+        start = Path(checkpoint).resolve()
+        folder = start if start.is_dir() else start.parent
+        for parent in (folder, *folder.parents):
+            candidate = parent / CONFIG_FILENAME
+            looked.append(candidate)
+            if candidate.is_file():
+                return candidate
+    candidate = cwd / CONFIG_FILENAME
+    if candidate not in looked:
+        looked.append(candidate)
+        if candidate.is_file():
+            return candidate
+    shown = ", ".join(str(p.parent) for p in looked[:4]) + (" ..." if len(looked) > 4 else "")
+    raise ConfigError(
+        CONFIG_FILENAME,
+        None,
+        f"no config found (looked in {shown}); pass --config FILE or set ${CONFIG_ENV}",
+    )
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value), the value read as a YAML scalar/flow."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise ConfigError("--set", text, "expected KEY.PATH=VALUE, e.g. data.batch_size=64")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", key, f"value is not valid YAML: {exc}") from None
+    return [p.strip() for p in parts], value
+
+
+def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """Return a copy of ``tree`` with ``value`` set at ``path`` (intermediate maps created)."""
+    out = copy.deepcopy(tree)
+    node = out
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError("--set", ".".join(path[: i + 1]), "is not a mapping")
+        node = child
+    node[path[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Maps merge key by key; anything else in ``top`` replaces ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _absolute(path: str, base: Path) -> str:
+    expanded = Path(os.path.expanduser(path))
+    return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+
+
+def _absolute_factory(spec: Any, base: Path) -> Any:
+    """``path/file.py:attr`` -> absolute file path; ``module:attr`` is left alone."""
+    if not isinstance(spec, str):
+        return spec
+    target, sep, attr = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    if target.endswith(".py") or "/" in target:
+        return _absolute(target, base) + sep + attr
+    return spec
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the relative paths of one file absolute against that file's folder."""
+    out = copy.deepcopy(raw)
+    if isinstance(out.get("python_path"), list):
+        out["python_path"] = [_absolute(str(p), base) for p in out["python_path"]]
+    for section, keys in (("model", ("factory", "_target_")), ("data", ("factory", "_target_")),
+                          ("loss", ("factory", "_target_", "fn"))):
+        block = out.get(section)
+        if isinstance(block, dict):
+            for key in keys:
+                if key in block:
+                    block[key] = _absolute_factory(block[key], base)
+            if section == "data" and isinstance(block.get("path"), str):
+                block["path"] = _absolute(block["path"], base)
+    return out
+
+
+def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read one config file, following ``extends`` (paths resolved per file)."""
+    path = path.resolve()
+    if path in _chain:
+        raise ConfigError(str(path), "extends", "circular 'extends' chain")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), None, f"cannot read config: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(str(path), None, f"invalid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), None, "the top level must be a mapping of keys")
+    raw = _resolve_paths(raw, path.parent)
+    if "python_path" not in raw and not _chain:
+        raw["python_path"] = [str(path.parent)]
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(str(path), "extends", "must be a path to another config file")
+    base_path = Path(_absolute(parent, path.parent))
+    if not base_path.is_file():
+        raise ConfigError(str(path), "extends", f"file not found: {base_path}")
+    return deep_merge(read_yaml(base_path, (*_chain, path)), raw)
+
+
+def validate(raw: dict[str, Any], source: str) -> Config:
+    """Validate a merged raw config; every error names the file and the key."""
+    try:
+        return Config.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        key = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise ConfigError(source, key, message + more) from None
+
+
+def load_config(path: Path, overrides: list[str] = ()) -> Config:
+    """Read, merge ``extends``, apply ``--set`` overrides, validate."""
+    raw = read_yaml(path)
+    for text in overrides:
+        keys, value = parse_override(text)
+        raw = apply_override(raw, keys, value)
+    return validate(raw, str(path))

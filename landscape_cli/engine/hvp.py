@@ -1,0 +1,219 @@
+"""The HVP engine: loss, gradient and H·V for a block V (k×n) of the dataset loss (DESIGN §4).
+
+H·v is the directional derivative of the gradient, ∇²L(θ)v = d/dε ∇L(θ+εv) (Pearlmutter 1994).
+Two ways to compute it, picked by measurement (``benchmarks/``):
+
+* ``cached``: the first-order graph of the *whole dataset*, ∇L(θ₀) built once with
+  ``create_graph=True``, is kept; each block H·V is then a single batched backward pass
+  through it (``is_grads_batched``: vmap over the k rows). No forward pass or first backward
+  is repeated, which makes an HVP cost about one gradient. Chosen when the tensors that
+  graph saves (measured with saved-tensor hooks while building it) fit the memory budget.
+* ``stream``: batch by batch, forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``)
+  vmapped over the k vectors; memory is that of one batch.
+
+Every path falls back automatically: a model that ``vmap`` cannot handle is run one vector at
+a time (and in ``stream`` mode through double backward), with a warning in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from landscape_cli.engine.problem import Problem
+from landscape_cli.errors import NumericalError
+
+STRATEGIES = ("auto", "cached", "stream")
+
+
+@dataclass
+class Cost:
+    """What the engine spent: HVPs (vectors), gradients and passes over the dataset."""
+
+    hvps: int = 0
+    hvp_blocks: int = 0
+    grads: int = 0
+    data_passes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes the cached graph may hold: half the free GPU memory, or 40% of available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.5 * free)
+    try:
+        with open("/proc/meminfo") as handle:
+            info = dict(line.split(":", 1) for line in handle)
+        return int(0.4 * int(info["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        return 4 << 30
+
+
+class _SavedBytes:
+    """Saved-tensor hooks that add up the distinct storages autograd keeps for backward."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.bytes += storage.nbytes()
+        return tensor
+
+    @staticmethod
+    def unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+
+@dataclass
+class HVPEngine:
+    """Exact loss, gradient and Hessian-vector products of a ``Problem`` at its θ₀."""
+
+    problem: Problem
+    strategy: str = "auto"
+    memory_budget: int | None = None
+    cost: Cost = field(default_factory=Cost)
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}")
+        self._theta: torch.Tensor | None = None
+        self._grad_graph: torch.Tensor | None = None
+        self._loss: float | None = None
+        self._grad: torch.Tensor | None = None
+        self._evaluated: tuple[float, float | None] | None = None
+        self._vectorize = True
+        self.mode = "stream"
+        self.cached_bytes = 0
+        if self.strategy in ("auto", "cached"):
+            budget = self.memory_budget
+            if budget is None:
+                budget = default_memory_budget(self.problem.device)
+            if self.strategy == "cached":
+                budget = None
+            self._build_cache(budget)
+
+    @property
+    def n(self) -> int:
+        return self.problem.n
+
+    # ------------------------------------------------------------------ first order
+
+    def _build_cache(self, budget: int | None) -> None:
+        """Build ∇L(θ₀) with its graph over all batches, unless it outgrows ``budget``."""
+        theta = self.problem.theta0.detach().clone().requires_grad_(True)
+        saved = _SavedBytes()
+        grad_graph, loss = None, 0.0
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            for i in range(len(self.problem.batches)):
+                batch_loss = self.problem.batch_loss(theta, i)
+                g = torch.autograd.grad(batch_loss, theta, create_graph=True)[0]
+                grad_graph = g if grad_graph is None else grad_graph + g
+                loss += float(batch_loss.detach())
+                if budget is not None and saved.bytes > budget:
+                    self.cost.data_passes += 1  # a partial pass, spent all the same
+                    return
+        self.cost.data_passes += 1
+        self.cost.grads += 1
+        self._theta, self._grad_graph = theta, grad_graph
+        self._loss, self._grad = loss, grad_graph.detach()
+        self.mode = "cached"
+        self.cached_bytes = saved.bytes
+
+    def loss(self) -> float:
+        """L(θ₀), the sample-weighted mean loss over the dataset."""
+        if self._loss is None:
+            self.evaluate()
+        return self._loss
+
+    def evaluate(self) -> tuple[float, float | None]:
+        """(L(θ₀), accuracy at θ₀ or None when the task is not classification)."""
+        if self._evaluated is None:
+            self._evaluated = self.problem.evaluate()
+            self._loss = self._loss if self._loss is not None else self._evaluated[0]
+            self.cost.data_passes += 1
+        return self._loss, self._evaluated[1]
+
+    def grad(self) -> torch.Tensor:
+        """∇L(θ₀) as a flat vector."""
+        if self._grad is None:
+            theta = self.problem.theta0.detach().clone().requires_grad_(True)
+            total, loss = torch.zeros_like(theta), 0.0
+            for i in range(len(self.problem.batches)):
+                batch_loss = self.problem.batch_loss(theta, i)
+                total += torch.autograd.grad(batch_loss, theta)[0]
+                loss += float(batch_loss.detach())
+            self._grad, self._loss = total, loss
+            self.cost.grads += 1
+            self.cost.data_passes += 1
+        return self._grad
+
+    # ------------------------------------------------------------------ second order
+
+    def hvp(self, vectors: torch.Tensor) -> torch.Tensor:
+        """H·vᵢ for each row of ``vectors`` (k×n, or a single vector of n)."""
+        single = vectors.dim() == 1
+        block = vectors.unsqueeze(0) if single else vectors
+        block = block.to(device=self.problem.device, dtype=self.problem.dtype)
+        if self.mode == "cached":
+            out = self._hvp_cached(block)
+        else:
+            out = self._hvp_stream(block)
+            self.cost.data_passes += 1
+        self.cost.hvps += block.shape[0]
+        self.cost.hvp_blocks += 1
+        if not bool(torch.isfinite(out).all()):
+            raise NumericalError("a Hessian-vector product is not finite (NaN or Inf) at the "
+                                 "checkpoint's weights; the loss is not twice differentiable there "
+                                 "or overflows in this dtype (try dtype: float64)")
+        return out[0] if single else out
+
+    def _hvp_cached(self, block: torch.Tensor) -> torch.Tensor:
+        def backward(v: torch.Tensor, batched: bool) -> torch.Tensor:
+            return torch.autograd.grad(self._grad_graph, self._theta, grad_outputs=v,
+                                       retain_graph=True, is_grads_batched=batched)[0]
+
+        if block.shape[0] > 1 and self._vectorize:
+            try:
+                return backward(block, True)
+            except RuntimeError as exc:
+                self._fall_back(exc)
+        return torch.stack([backward(v, False) for v in block])
+
+    def _hvp_stream(self, block: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(block)
+        theta0 = self.problem.theta0
+        for i in range(len(self.problem.batches)):
+            if self._vectorize:
+                try:
+                    grad_fn = torch.func.grad(lambda t, i=i: self.problem.batch_loss(t, i))
+                    out += torch.func.vmap(
+                        lambda v: torch.func.jvp(grad_fn, (theta0,), (v,))[1])(block)
+                    continue
+                except RuntimeError as exc:
+                    self._fall_back(exc)
+            theta = theta0.detach().requires_grad_(True)
+            g = torch.autograd.grad(self.problem.batch_loss(theta, i), theta, create_graph=True)[0]
+            for j, v in enumerate(block):
+                out[j] += torch.autograd.grad(g, theta, grad_outputs=v, retain_graph=True)[0]
+        return out
+
+    def _fall_back(self, exc: Exception) -> None:
+        self._vectorize = False
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        self.warnings.append(f"vectorised HVPs failed for this model ({first_line[:160]}); "
+                             "fell back to one vector at a time")
+
+    def describe(self) -> dict[str, object]:
+        """The strategy used, for the report's settings."""
+        return {"hvp_strategy": self.mode, "vectorized": self._vectorize,
+                "cached_graph_mb": round(self.cached_bytes / 2**20, 3)}
+

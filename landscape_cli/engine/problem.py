@@ -1,0 +1,202 @@
+"""A ``Problem``: the dataset loss L(θ) = Σ_b n_b·L_b(θ) / Σ_b n_b as a function of a flat
+vector θ of the selected parameters (DESIGN §4), everything else held fixed.
+
+The model runs through ``torch.func.functional_call`` with views of θ in place of its
+parameters, so one flat leaf tensor serves autograd and ``torch.func`` alike.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape_cli.errors import ConfigError, DataError, LandscapeError, NumericalError
+from landscape_cli.loading.data import Batches, to_device
+
+LossFn = Callable[[nn.Module, Any], Any]
+
+
+def call_model(model: nn.Module, inputs: Any, params: dict[str, torch.Tensor] | None = None) -> Any:
+    """``model(x)``, ``model(*x)`` for a tuple/list, ``model(**x)`` for a dict; with ``params``
+    in place of the model's own."""
+    if isinstance(inputs, dict):
+        args, kwargs = (), inputs
+    elif isinstance(inputs, (tuple, list)):
+        args, kwargs = tuple(inputs), {}
+    else:
+        args, kwargs = (inputs,), {}
+    if params is None:
+        return model(*args, **kwargs)
+    return torch.func.functional_call(model, params, args, kwargs)
+
+
+def criterion_loss(criterion: Callable[[Any, Any], torch.Tensor]) -> LossFn:
+    """Turn ``criterion(outputs, targets)`` into ``fn(model, (inputs, targets))``."""
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise DataError("data: a criterion loss needs batches of (inputs, targets); "
+                            "use loss.fn for other batch shapes")
+        return criterion(call_model(model, batch[0]), batch[1])
+
+    return loss
+
+
+def is_classification(batch: Any) -> bool:
+    """Batches of (inputs, integer class targets of shape (N,))."""
+    return (isinstance(batch, (tuple, list)) and len(batch) == 2
+            and isinstance(batch[1], torch.Tensor) and batch[1].dim() == 1
+            and not batch[1].is_floating_point())
+
+
+def top1_correct(outputs: Any, targets: torch.Tensor) -> int | None:
+    """Rows whose arg-max logit is the target; None if outputs are not (N, C) logits."""
+    if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and len(outputs) == len(targets):
+        return int((outputs.argmax(dim=1) == targets).sum())
+    return None
+
+
+class Objective(nn.Module):
+    """The model with its loss attached, so one functional call gives (mean loss, weight)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, int | None]:
+        out = self.loss_fn(self.model, batch)
+        if isinstance(out, (tuple, list)):  # fn may return (mean loss, number it averages)
+            return out[0], int(out[1])
+        return out, None
+
+
+def select_parameters(model: nn.Module, patterns: Sequence[str] = ()) -> list[str]:
+    """Trainable parameter names matching any glob in ``patterns`` (all when empty)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not patterns:
+        chosen = names
+    else:
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    if not chosen:
+        sample = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+        raise LandscapeError(f"--params {' '.join(patterns)}: no parameter selected "
+                             f"(the model has: {sample or 'no trainable parameters'})")
+    return chosen
+
+
+@dataclass
+class Problem:
+    """L(θ) over the selected parameters of a model on a fixed list of batches."""
+
+    objective: Objective
+    names: list[str]
+    shapes: list[torch.Size]
+    theta0: torch.Tensor
+    batches: list[Any]
+    weights: list[float]
+    bn: str
+    n_samples: int
+    device: torch.device
+    dtype: torch.dtype
+    classification: bool = False
+    groups: dict[str, slice] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.theta0.numel()
+
+    def unflatten(self, theta: torch.Tensor, prefix: str = "model.") -> dict[str, torch.Tensor]:
+        """Views of a flat θ, keyed as the objective's (or, with ``prefix=''``, the model's)
+        parameters."""
+        pieces = theta.split([s.numel() for s in self.shapes])
+        return {prefix + n: p.view(s) for n, p, s in zip(self.names, pieces, self.shapes)}
+
+    def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
+        """w_b · L_b(θ): batch ``index``'s share of the dataset loss."""
+        loss, _ = torch.func.functional_call(self.objective, self.unflatten(theta),
+                                             (self.batches[index],))
+        return loss * self.weights[index]
+
+    def evaluate(self, theta: torch.Tensor | None = None) -> tuple[float, float | None]:
+        """Dataset loss (and accuracy, for classification) at θ, without gradients."""
+        theta = self.theta0 if theta is None else theta
+        total, correct = 0.0, 0 if self.classification else None
+        with torch.no_grad():
+            for i, batch in enumerate(self.batches):
+                total += float(self.batch_loss(theta, i))
+                if correct is not None:
+                    outputs = call_model(self.objective.model, batch[0],
+                                         self.unflatten(theta, prefix=""))
+                    hits = top1_correct(outputs, batch[1])
+                    correct = None if hits is None else correct + hits
+        return total, (None if correct is None else correct / self.n_samples)
+
+
+def apply_bn_policy(model: nn.Module, bn: str) -> None:
+    """``eval``: running statistics. ``train-stats``: batch statistics, buffers never updated
+    (``torch.func.replace_all_batch_norm_modules_``). Dropout is off either way."""
+    model.eval()
+    if bn == "train-stats":
+        torch.func.replace_all_batch_norm_modules_(model)
+
+
+def build_problem(model: nn.Module, loss_fn: LossFn, data: Batches, *, bn: str = "eval",
+                  params: Sequence[str] = (), device: torch.device, dtype: torch.dtype,
+                  accuracy: bool = True) -> Problem:
+    """Assemble the problem and check that the loss is finite at the checkpoint."""
+    model = model.to(device=device, dtype=dtype)
+    apply_bn_policy(model, bn)
+    names = select_parameters(model, params)
+    named = dict(model.named_parameters())
+    theta0 = torch.cat([named[n].detach().reshape(-1) for n in names]).clone()
+    objective = Objective(model, loss_fn).to(device=device, dtype=dtype)
+    batches = [to_device(b, device, dtype) for b in data.batches]
+    problem = Problem(
+        objective=objective,
+        names=names,
+        shapes=[named[n].shape for n in names],
+        theta0=theta0,
+        batches=batches,
+        weights=[],
+        bn=bn,
+        n_samples=data.n_samples,
+        device=device,
+        dtype=dtype,
+        classification=accuracy and all(is_classification(b) for b in batches),
+    )
+    problem.weights = _batch_weights(problem, data.sizes)
+    offsets = torch.tensor([0] + [s.numel() for s in problem.shapes]).cumsum(0).tolist()
+    problem.groups = {n: slice(a, b) for n, a, b in zip(names, offsets[:-1], offsets[1:])}
+    return problem
+
+
+def _batch_weights(problem: Problem, sizes: list[int]) -> list[float]:
+    """n_b / N, where n_b is the batch size or the count ``loss.fn`` returns with its mean."""
+    counts: list[float] = []
+    with torch.no_grad():
+        for batch, size in zip(problem.batches, sizes):
+            try:
+                loss, count = torch.func.functional_call(
+                    problem.objective, problem.unflatten(problem.theta0), (batch,))
+            except LandscapeError:
+                raise
+            except Exception as exc:
+                raise ConfigError("model/loss", None, f"the forward pass failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ConfigError("loss", None, "the loss must be a scalar tensor (a mean over "
+                                  "the batch); check the criterion's reduction")
+            if not torch.isfinite(loss):
+                raise NumericalError(f"the loss is not finite ({loss.item()}) at the checkpoint's "
+                                     "weights on a data batch; check the weights and the data")
+            counts.append(float(count if count is not None else size))
+    total = sum(counts)
+    if total <= 0:
+        raise DataError("data: the batches carry no samples")
+    return [c / total for c in counts]

@@ -1,0 +1,1 @@
+"""Pure tensor algorithms: operator in, numbers out."""

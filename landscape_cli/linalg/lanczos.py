@@ -1,0 +1,139 @@
+"""Lanczos with full reorthogonalization: extreme eigenpairs of a symmetric operator.
+
+After m steps, AQ_m = Q_m T_m + β_m q_{m+1} e_mᵀ, so a Ritz pair (θᵢ, yᵢ = Q_m sᵢ) of the
+tridiagonal T_m has residual ‖Ayᵢ − θᵢyᵢ‖ = |β_m·s_{m,i}|, and some eigenvalue of A lies
+within that distance of θᵢ (Parlett, *The Symmetric Eigenvalue Problem*, §13.2). Every new
+vector is orthogonalized twice against all previous ones ("twice is enough", Giraud et al.
+2005), so no spurious copies appear. On breakdown (an invariant subspace found) the run
+restarts from a fresh random vector orthogonal to the basis, which also exposes repeated
+eigenvalues. Operator in, numbers out: ``matvec`` maps a vector of n entries to A·v.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RitzPairs:
+    """Ritz values at one end of the spectrum, their residual bounds and convergence."""
+
+    values: list[float]
+    residuals: list[float]
+    converged: list[bool]
+
+
+@dataclass
+class LanczosResult:
+    """Top Ritz values (descending) and bottom ones (ascending) after ``steps`` steps."""
+
+    top: RitzPairs
+    bottom: RitzPairs
+    steps: int
+    scale: float
+    all_values: list[float]
+
+    @property
+    def converged(self) -> bool:
+        return all(self.top.converged) and all(self.bottom.converged)
+
+
+def tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal T (float64, CPU)."""
+    m = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    return torch.linalg.eigh(T)
+
+
+def _ritz(values: torch.Tensor, vectors: torch.Tensor, couplings: list[tuple[int, float]],
+          top: int, bottom: int, tol: float) -> tuple[RitzPairs, RitzPairs, float]:
+    """Ritz pairs at both ends; a pair's residual is Σ |β_j·s_{j,i}| over the couplings
+    (j, β_j) that T leaves out: the last step's, and those dropped at restarts."""
+    residuals = sum((abs(beta) * vectors[j]).abs() for j, beta in couplings)
+    scale = float(values.abs().max())
+    limit = tol * max(scale, torch.finfo(torch.float64).tiny)
+    order_top = list(range(len(values) - 1, len(values) - 1 - top, -1))
+    order_bottom = list(range(bottom))
+
+    def pairs(indices: list[int]) -> RitzPairs:
+        return RitzPairs(values=[float(values[i]) for i in indices],
+                         residuals=[float(residuals[i]) for i in indices],
+                         converged=[bool(residuals[i] <= limit) for i in indices])
+
+    return pairs(order_top), pairs(order_bottom), scale
+
+
+def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """w minus its projection on the rows of ``basis``, done twice for stability."""
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return w
+
+
+def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float = 1e-4,
+            max_steps: int | None = None, generator: torch.Generator | None = None,
+            dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+            callback: Callable[[int, int, int], None] | None = None) -> LanczosResult:
+    """The ``top`` largest and ``bottom`` smallest eigenvalues of a symmetric operator.
+
+    Stops once every requested Ritz value has residual ≤ ``tol``·‖A‖ (‖A‖ estimated by the
+    largest |Ritz value|), or after ``max_steps`` matvecs (at most n, where T_n is exact).
+    ``callback(step, converged, wanted)`` is called after each step.
+    """
+    top, bottom = min(top, n), min(bottom, n)
+    wanted = top + bottom
+    max_steps = n if max_steps is None else max(1, min(max_steps, n))
+    basis = torch.empty(max_steps, n, dtype=dtype, device=device)
+    eps = torch.finfo(dtype).eps
+
+    def random_unit() -> torch.Tensor:
+        v = torch.randn(n, generator=generator, dtype=dtype, device="cpu").to(device)
+        return v / torch.linalg.vector_norm(v)
+
+    q = random_unit()
+    alphas: list[float] = []
+    betas: list[float] = []
+    dropped: list[tuple[int, float]] = []  # (step, β) of couplings cut at restarts
+    beta, prev = 0.0, None
+    result = None
+    for step in range(max_steps):
+        basis[step] = q
+        w = matvec(q)
+        alpha = float(torch.dot(q, w))
+        w = w - alpha * q - (beta * prev if prev is not None else 0)
+        w = _orthogonalize(w, basis[: step + 1])
+        beta = float(torch.linalg.vector_norm(w))
+        alphas.append(alpha)
+        betas.append(beta)
+        values, vectors = tridiagonal_eigh(alphas, betas)
+        top_pairs, bottom_pairs, scale = _ritz(values, vectors, [*dropped, (step, beta)],
+                                               min(top, step + 1), min(bottom, step + 1), tol)
+        result = LanczosResult(top_pairs, bottom_pairs, step + 1, scale, values.tolist())
+        done = sum(top_pairs.converged) + sum(bottom_pairs.converged)
+        if callback is not None:
+            callback(step + 1, done, wanted)
+        if step + 1 == n:
+            break
+        if beta <= 10 * eps * max(scale, abs(alpha), 1e-300) * n ** 0.5:
+            # Invariant subspace: restart orthogonally (β = 0 decouples T into blocks), so
+            # further copies of repeated eigenvalues can show up; never stop on a breakdown.
+            fresh = _orthogonalize(random_unit(), basis[: step + 1])
+            norm = float(torch.linalg.vector_norm(fresh))
+            if norm < 1e-8:
+                break
+            dropped.append((step, beta))
+            betas[-1], beta, prev, q = 0.0, 0.0, None, fresh / norm
+            continue
+        if (step + 1 >= wanted and result.converged and len(top_pairs.values) == top
+                and len(bottom_pairs.values) == bottom):
+            break
+        prev, q = q, w / beta
+    return result

@@ -1,0 +1,129 @@
+"""From a config and a checkpoint path to a ready ``Problem`` (model + weights + data + loss)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape_cli.config import Config
+from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss
+from landscape_cli.errors import ConfigError, LandscapeError
+from landscape_cli.loading.checkpoint import Checkpoint, read_checkpoint
+from landscape_cli.loading.data import load_batches
+from landscape_cli.loading.factory import add_python_path, call, resolve
+from landscape_cli.loading.matching import Match, match_state_dict
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Loaded:
+    """Everything an analysis needs, and what the report says about where it came from."""
+
+    problem: Problem
+    checkpoint: Checkpoint
+    match: Match
+    n_model_params: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Command-line choices that shape the problem (beyond the config)."""
+
+    params: Sequence[str] = ()
+    max_batches: int | None = None
+    allow_globals: Sequence[str] = ()
+    trust_checkpoint: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LandscapeError(f"device '{name}' asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LandscapeError(f"device '{name}' asked for, but only {torch.cuda.device_count()} "
+                             "CUDA device(s) exist")
+    return device
+
+
+def build_model(config: Config) -> nn.Module:
+    model = call(config.model.factory, config.model.kwargs, config.source, "model.factory")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(config.source, "model.factory",
+                          f"returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def build_loss(config: Config) -> LossFn:
+    spec = config.loss
+    if spec.fn is not None:
+        fn = resolve(spec.fn, config.source, "loss.fn")
+        if not callable(fn):
+            raise ConfigError(config.source, "loss.fn", f"'{spec.fn}' is not callable")
+        return fn
+    criterion = call(spec.factory, spec.kwargs, config.source, "loss.factory")
+    if not callable(criterion):
+        raise ConfigError(config.source, "loss.factory", "did not return a callable criterion")
+    return criterion_loss(criterion)
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint, config: Config) -> Match:
+    """Match the checkpoint's keys to the model's (prefixes, strictness) and load them."""
+    spec = config.checkpoint
+    match = match_state_dict(checkpoint.tensors, model.state_dict(), spec.strip_prefix,
+                             spec.strict, source=str(checkpoint.path))
+    model.load_state_dict(match.tensors, strict=False)
+    return match
+
+
+def load(config: Config, checkpoint_path: str | Path, options: LoadOptions = LoadOptions()) -> Loaded:
+    """Build the model, load the checkpoint into it, read the data, assemble the problem."""
+    add_python_path(config.python_path)
+    torch.manual_seed(config.seed)
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    checkpoint = read_checkpoint(checkpoint_path, config.checkpoint.key, options.allow_globals,
+                                 options.trust_checkpoint)
+    model = build_model(config)
+    match = load_weights(model, checkpoint, config)
+    warnings = _match_warnings(match)
+    loss_fn = build_loss(config)
+    data = load_batches(config, options.max_batches)
+    problem = build_problem(model, loss_fn, data, bn=config.bn, params=options.params,
+                            device=device, dtype=dtype)
+    return Loaded(problem=problem, checkpoint=checkpoint, match=match,
+                  n_model_params=sum(p.numel() for p in model.parameters()), warnings=warnings)
+
+
+def _match_warnings(match: Match) -> list[str]:
+    out: list[str] = []
+    for label, names in (("missing from the checkpoint (left at the factory's values)", match.missing),
+                         ("in the checkpoint but not in the model (ignored)", match.unexpected),
+                         (f"outside the stripped prefix '{match.prefix}' (ignored)", match.ignored)):
+        if names:
+            shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+            out.append(f"{len(names)} key(s) {label}: {shown}")
+    return out
+
+
+def describe_checkpoint(loaded: Loaded) -> dict[str, Any]:
+    """The report's ``checkpoint`` section."""
+    ckpt = loaded.checkpoint
+    out: dict[str, Any] = {
+        "path": str(ckpt.path),
+        "sha256": ckpt.sha256(),
+        "format": ckpt.format,
+        "n_params": loaded.n_model_params,
+        "key": ckpt.key,
+        "stripped_prefix": loaded.match.stripped or None,
+    }
+    out.update({k.replace("-", "_"): v for k, v in ckpt.metadata.items()})
+    return out

@@ -1,0 +1,153 @@
+"""Matching checkpoint keys to a model's keys: wrapper prefixes, missing/unexpected/mis-shaped.
+
+``module.`` (DataParallel/DDP), ``_orig_mod.`` (torch.compile), ``_fsdp_wrapped_module.``
+and ``_checkpoint_wrapped_module.`` (FSDP / activation checkpointing) are wrapper names
+that never belong to a model's own keys: they are removed wherever they occur. A remaining
+leading prefix (a Lightning attribute such as ``model.``) is stripped when exactly one
+choice makes the most keys match the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from landscape_cli.errors import CheckpointError
+
+WRAPPER_PARTS = ("module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+def remove_wrapper_parts(key: str, keep: Collection[str] = ()) -> str:
+    """Drop wrapper components (``module.``, ``_orig_mod.``, ...) from a dotted key,
+    except those in ``keep`` (names the model itself uses)."""
+    parts = key.split(".")
+    kept = [p for p in parts[:-1] if p not in WRAPPER_PARTS or p in keep]
+    return ".".join([*kept, parts[-1]])
+
+
+def _candidate_prefixes(keys: Collection[str], depth: int = 3) -> set[str]:
+    found = {""}
+    for key in keys:
+        parts = key.split(".")
+        for i in range(1, min(depth, len(parts) - 1) + 1):
+            found.add(".".join(parts[:i]) + ".")
+    return found
+
+
+def _strip(keys: Collection[str], prefix: str) -> dict[str, str]:
+    """new key -> old key, keeping only the keys under ``prefix``."""
+    return {k[len(prefix):]: k for k in keys if k.startswith(prefix)}
+
+
+def detect_prefix(ckpt_keys: Collection[str], model_keys: Collection[str]) -> str:
+    """The leading prefix whose removal makes the most checkpoint keys match the model.
+
+    No prefix wins ties with it; a tie between two real prefixes is ambiguous (an error).
+    """
+    model = set(model_keys)
+    scores = {p: len(model & _strip(ckpt_keys, p).keys()) for p in _candidate_prefixes(ckpt_keys)}
+    best = max(scores.values())
+    winners = sorted(p for p, s in scores.items() if s == best)
+    if best == 0 or "" in winners or len(winners) == 1:
+        return "" if best == 0 or "" in winners else winners[0]
+    raise CheckpointError(
+        f"cannot tell which prefix to strip: {', '.join(repr(w) for w in winners)} each match "
+        f"{best} model keys; set checkpoint.strip_prefix"
+    )
+
+
+@dataclass
+class Match:
+    """Checkpoint tensors renamed to the model's keys, and what did not fit."""
+
+    tensors: dict[str, torch.Tensor]
+    prefix: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    wrappers: list[str] = field(default_factory=list)
+
+    @property
+    def stripped(self) -> str:
+        """What was removed from the checkpoint's keys, in words: '' when nothing."""
+        return " + ".join([*(w + "." for w in self.wrappers), *([self.prefix] if self.prefix else [])])
+
+
+def _listed(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def match_state_dict(tensors: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
+                     strip_prefix: str = "auto", strict: bool = True, source: str = "checkpoint") -> Match:
+    """Rename checkpoint keys to the model's; in ``strict`` mode any misfit is an error."""
+    own_parts = {part for key in model_state for part in key.split(".")[:-1]}
+    cleaned: dict[str, str] = {}
+    for key in tensors:
+        new = remove_wrapper_parts(key, keep=own_parts)
+        if new in cleaned:
+            raise CheckpointError(f"{source}: keys '{cleaned[new]}' and '{key}' collide "
+                                  "once wrapper prefixes are removed")
+        cleaned[new] = key
+    if strip_prefix == "auto":
+        prefix = detect_prefix(cleaned, model_state)
+    else:
+        prefix = "" if strip_prefix in ("", "none") else strip_prefix.rstrip(".") + "."
+    renamed = {new: cleaned[mid] for new, mid in _strip(cleaned, prefix).items()}
+    ignored = sorted(cleaned[k] for k in cleaned if not k.startswith(prefix))
+    out = {new: tensors[old] for new, old in renamed.items() if new in model_state}
+    match = Match(
+        tensors=out,
+        prefix=prefix,
+        missing=sorted(k for k in model_state if k not in renamed),
+        unexpected=sorted(renamed[k] for k in renamed if k not in model_state),
+        ignored=ignored,
+        wrappers=sorted({p for k in tensors for p in k.split(".")[:-1]
+                         if p in WRAPPER_PARTS and p not in own_parts}),
+    )
+    for name, value in list(out.items()):
+        want = tuple(model_state[name].shape)
+        if tuple(value.shape) != want:
+            match.mismatched.append((name, tuple(value.shape), want))
+            del out[name]
+    if match.mismatched:
+        name, got, want = match.mismatched[0]
+        more = f" (and {len(match.mismatched) - 1} more)" if len(match.mismatched) > 1 else ""
+        raise CheckpointError(f"{source}: shape mismatch for '{name}': {list(got)} in the "
+                              f"checkpoint, {list(want)} in the model{more}")
+    if strict and match.missing:
+        raise CheckpointError(f"{source}: keys the model needs are missing from the checkpoint: "
+                              f"{_listed(match.missing)}{_hint(prefix)}")
+    if strict and match.unexpected:
+        raise CheckpointError(f"{source}: keys in the checkpoint that the model does not have: "
+                              f"{_listed(match.unexpected)} (set checkpoint.strict: false to "
+                              "ignore them)")
+    return match
+
+
+def _hint(prefix: str) -> str:
+    return f" (after stripping prefix '{prefix}')" if prefix else ""
+
+
+def common_prefix(keys: Collection[str], attribute: bool = False) -> str:
+    """The wrapper prefix shared by every key, followed by one attribute name if
+    ``attribute`` (a Lightning module's); for ``inspect``, where there is no model."""
+    parts = [k.split(".") for k in keys]
+    if not parts or min(len(p) for p in parts) < 2:
+        return ""
+    shared = []
+    for level in zip(*[p[:-1] for p in parts]):
+        if len(set(level)) != 1:
+            break
+        shared.append(level[0])
+    out = []
+    for part in shared:
+        if part not in WRAPPER_PARTS:
+            if attribute:
+                out.append(part)
+            break
+        out.append(part)
+    return ".".join(out) + "." if out else ""

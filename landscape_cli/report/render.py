@@ -1,0 +1,164 @@
+"""Renderings of a report document: table (Rich) | json | jsonl | csv | md. No computing here:
+every number shown is already in the document."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+FORMATS = ("table", "json", "jsonl", "csv", "md")
+
+
+# ----------------------------------------------------------------------------- rows per command
+
+
+def _spectrum_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for end in ("top", "bottom"):
+        values = results.get(f"{end}_eigenvalues") or []
+        for i, value in enumerate(values):
+            rows.append({"end": end, "rank": i + 1, "eigenvalue": value,
+                         "residual": results[f"{end}_residuals"][i],
+                         "converged": results[f"{end}_converged"][i]})
+    return rows
+
+
+def _inspect_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [dict(t) for t in results.get("tensors", [])]
+
+
+ROWS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
+    "spectrum": _spectrum_rows,
+    "inspect": _inspect_rows,
+}
+
+
+def rows_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The document's results as flat rows (one per eigenvalue, tensor, ...)."""
+    if doc.get("status") != "ok":
+        return [{"status": doc.get("status"), "error": doc.get("error", {}).get("message")}]
+    make = ROWS.get(doc["command"])
+    return make(doc["results"]) if make else [doc["results"]]
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "×".join(map(str, value)) if all(isinstance(v, int) for v in value) else str(value)
+    return str(value)
+
+
+def to_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, allow_nan=False)
+
+
+def to_jsonl(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+
+
+def to_csv(doc: dict[str, Any]) -> str:
+    rows = rows_of(doc)
+    path = doc.get("checkpoint", {}).get("path")
+    buffer = io.StringIO()
+    fields = ["checkpoint", *dict.fromkeys(k for r in rows for k in r)]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({"checkpoint": path, **{k: ("" if v is None else v) for k, v in row.items()}})
+    return buffer.getvalue()
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    rows = rows_of(doc)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [f"**{doc['command']}** `{doc.get('checkpoint', {}).get('path')}`", "",
+             "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(_cell(r.get(f)) for f in fields) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_lines(doc: dict[str, Any]) -> list[str]:
+    ckpt, settings, results = doc.get("checkpoint", {}), doc.get("settings", {}), doc.get("results", {})
+    lines = [f"[bold]{doc['command']}[/] {ckpt.get('path')}  "
+             f"[dim]({ckpt.get('format')}, {ckpt.get('n_params')} params)[/]"]
+    if settings:
+        lines.append(f"[dim]device {settings.get('device')} · {settings.get('dtype')} · "
+                     f"bn {settings.get('bn')} · {settings.get('n_samples')} samples · "
+                     f"{settings.get('n_analysed')} parameters analysed · "
+                     f"HVP {settings.get('hvp_strategy')}[/]")
+    if "loss" in results:
+        accuracy = results.get("accuracy")
+        acc = f" · accuracy {accuracy:.4f}" if isinstance(accuracy, float) else ""
+        lines.append(f"loss {results['loss']:.6g}{acc}")
+    return lines
+
+
+def _footer_lines(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    cost = doc.get("cost")
+    if cost:
+        lines.append(f"[dim]{cost.get('hvps')} HVPs · {cost.get('grads')} gradients · "
+                     f"{cost.get('data_passes')} data passes · analysis {cost.get('wall_s')} s · "
+                     f"total {cost.get('total_s')} s[/]")
+    for gate in doc.get("gates", []):
+        mark = "[red]FAILED[/]" if gate["violated"] else "[green]ok[/]"
+        lines.append(f"gate {gate['expr']}: {_cell(gate['value'])} {mark}")
+    for warning in doc.get("warnings", []):
+        lines.append(f"[yellow]warning:[/] {warning}")
+    return lines
+
+
+def to_table(doc: dict[str, Any], color: bool) -> str:
+    """A Rich rendering for people at a terminal."""
+    width = max(80, shutil.get_terminal_size((100, 24)).columns)
+    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color,
+                      width=width, highlight=False)
+    for line in _summary_lines(doc):
+        console.print(line)
+    rows = rows_of(doc)
+    if rows:
+        table = Table(show_edge=False, pad_edge=False)
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        for field in fields:
+            numeric = all(isinstance(r.get(field), (int, float)) and not isinstance(r.get(field), bool)
+                          for r in rows if r.get(field) is not None)
+            table.add_column(field, justify="right" if numeric else "left")
+        for row in rows:
+            cells = []
+            for field in fields:
+                text = _cell(row.get(field))
+                if row.get(field) is False and field == "converged":
+                    text = f"[yellow]{text}[/]"
+                cells.append(text)
+            table.add_row(*cells)
+        console.print(table)
+    for line in _footer_lines(doc):
+        console.print(line)
+    return console.file.getvalue()
+
+
+def render(doc: dict[str, Any], fmt: str, color: bool = False) -> str:
+    if fmt == "json":
+        return to_json(doc)
+    if fmt == "jsonl":
+        return to_jsonl(doc)
+    if fmt == "csv":
+        return to_csv(doc)
+    if fmt == "md":
+        return to_markdown(doc)
+    return to_table(doc, color)
