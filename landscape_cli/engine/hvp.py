@@ -8,8 +8,13 @@ Two ways to compute it, picked by measurement (``benchmarks/``):
   through it (``is_grads_batched``: vmap over the k rows). No forward pass or first backward
   is repeated, which makes an HVP cost about one gradient. Chosen when the tensors that
   graph saves (measured with saved-tensor hooks while building it) fit the memory budget.
-* ``stream``: batch by batch, forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``)
-  vmapped over the k vectors; memory is that of one batch.
+* ``stream``: batch by batch; memory is that of one batch. A block of k > 1 vectors goes
+  through forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``) vmapped over the
+  k vectors; a single vector through double backward, which is cheaper for k = 1.
+
+Measured on the samples (``benchmarks/engine_strategies.py``, 2 CPU cores, float32), the cost
+of one HVP in units of one gradient: cached 0.9–1.9× for k = 1 and 0.3–1.5× per vector for
+k = 8; stream 5–7× for k = 1 with forward-over-reverse, 0.9–1.8× per vector for k = 8.
 
 Every path falls back automatically: a model that ``vmap`` cannot handle is run one vector at
 a time (and in ``stream`` mode through double backward), with a warning in the report.
@@ -192,7 +197,7 @@ class HVPEngine:
         out = torch.zeros_like(block)
         theta0 = self.problem.theta0
         for i in range(len(self.problem.batches)):
-            if self._vectorize:
+            if self._vectorize and block.shape[0] > 1:
                 try:
                     grad_fn = torch.func.grad(lambda t, i=i: self.problem.batch_loss(t, i))
                     out += torch.func.vmap(

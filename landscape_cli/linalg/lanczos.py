@@ -6,7 +6,8 @@ within that distance of θᵢ (Parlett, *The Symmetric Eigenvalue Problem*, §13
 vector is orthogonalized twice against all previous ones ("twice is enough", Giraud et al.
 2005), so no spurious copies appear. On breakdown (an invariant subspace found) the run
 restarts from a fresh random vector orthogonal to the basis, which also exposes repeated
-eigenvalues. Operator in, numbers out: ``matvec`` maps a vector of n entries to A·v.
+eigenvalues. Operator in, numbers out: ``matvec`` maps a vector (n,) or a block (k, n) of
+row vectors to A·v for each.
 """
 
 from __future__ import annotations
@@ -136,4 +137,26 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
                 and len(bottom_pairs.values) == bottom):
             break
         prev, q = q, w / beta
-    return result
+    return _verified(result, matvec, basis[: result.steps], vectors, values, top, bottom, tol)
+
+
+def _verified(result: LanczosResult, matvec: Matvec, basis: torch.Tensor, vectors: torch.Tensor,
+              values: torch.Tensor, top: int, bottom: int, tol: float) -> LanczosResult:
+    """Replace the estimated residuals of the requested pairs by measured ones, ‖Ay − θy‖,
+    which also carry the operator's rounding error (the estimate cannot see it)."""
+    m = len(values)
+    wanted = [*range(m - 1, m - 1 - top, -1), *range(bottom)]
+    coefficients = vectors[:, wanted].to(basis.dtype).to(basis.device)
+    ritz_vectors = coefficients.T @ basis
+    ritz_vectors = ritz_vectors / torch.linalg.vector_norm(ritz_vectors, dim=1, keepdim=True)
+    thetas = values[wanted].to(basis.dtype).to(basis.device)
+    measured = torch.linalg.vector_norm(matvec(ritz_vectors) - thetas[:, None] * ritz_vectors,
+                                        dim=1).double().cpu().tolist()
+    limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
+
+    def pairs(old: RitzPairs, residuals: list[float]) -> RitzPairs:
+        return RitzPairs(values=old.values, residuals=residuals,
+                         converged=[r <= limit for r in residuals])
+
+    return LanczosResult(pairs(result.top, measured[:top]), pairs(result.bottom, measured[top:]),
+                         result.steps, result.scale, result.all_values)
