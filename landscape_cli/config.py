@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,22 @@ from landscape_cli.errors import ConfigError
 CONFIG_FILENAME = "landscape.yaml"
 CONFIG_ENV = "LANDSCAPE_CONFIG"
 DEFAULT_CRITERION = "torch.nn:CrossEntropyLoss"
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that ``1e-3`` is a float (as in YAML 1.2 and JSON), not the
+    string PyYAML's YAML 1.1 rules make of an exponent without a dot."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class _Section(BaseModel):
@@ -162,7 +179,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not all(p.strip() for p in parts):
         raise ConfigError("--set", text, "expected KEY.PATH=VALUE, e.g. data.batch_size=64")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError("--set", key, f"value is not valid YAML: {exc}") from None
     return [p.strip() for p in parts], value
@@ -239,7 +256,7 @@ def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(str(path), None, f"cannot read config: {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

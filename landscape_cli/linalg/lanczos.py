@@ -6,7 +6,7 @@ within that distance of θᵢ (Parlett, *The Symmetric Eigenvalue Problem*, §13
 vector is orthogonalized twice against all previous ones ("twice is enough", Giraud et al.
 2005), so no spurious copies appear. On breakdown (an invariant subspace found) the run
 restarts from a fresh random vector orthogonal to the basis, which also exposes repeated
-eigenvalues. Operator in, numbers out: ``matvec`` maps a vector (n,) or a block (k, n) of
+eigenvalues (the coupling β it drops, below √ε·‖A‖, still counts in the residual bounds). Operator in, numbers out: ``matvec`` maps a vector (n,) or a block (k, n) of
 row vectors to A·v for each.
 """
 
@@ -105,6 +105,7 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
     dropped: list[tuple[int, float]] = []  # (step, β) of couplings cut at restarts
     beta, prev = 0.0, None
     result = None
+    block_start, first_block, at_last_breakdown = 0, None, None
     for step in range(max_steps):
         basis[step] = q
         w = matvec(q)
@@ -118,23 +119,32 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
         top_pairs, bottom_pairs, scale = _ritz(values, vectors, [*dropped, (step, beta)],
                                                min(top, step + 1), min(bottom, step + 1), tol)
         result = LanczosResult(top_pairs, bottom_pairs, step + 1, scale, values.tolist())
-        done = sum(top_pairs.converged) + sum(bottom_pairs.converged)
         if callback is not None:
-            callback(step + 1, done, wanted)
+            callback(step + 1, sum(top_pairs.converged) + sum(bottom_pairs.converged), wanted)
         if step + 1 == n:
             break
-        if beta <= 10 * eps * max(scale, abs(alpha), 1e-300) * n ** 0.5:
-            # Invariant subspace: restart orthogonally (β = 0 decouples T into blocks), so
-            # further copies of repeated eigenvalues can show up; never stop on a breakdown.
+        complete = len(top_pairs.values) == top and len(bottom_pairs.values) == bottom
+        if beta <= eps ** 0.5 * max(scale, abs(alpha), 1e-300):
+            # Invariant subspace. A fresh random block in its orthogonal complement holds a
+            # copy of every eigenvalue left there; once such a block adds nothing to the
+            # wanted values, no repeated copy is missing (β = 0 decouples T into blocks).
+            wanted_now = torch.tensor(top_pairs.values + bottom_pairs.values)
+            if (complete and at_last_breakdown is not None
+                    and torch.allclose(wanted_now, at_last_breakdown, rtol=0, atol=tol * scale)):
+                break
             fresh = _orthogonalize(random_unit(), basis[: step + 1])
             norm = float(torch.linalg.vector_norm(fresh))
             if norm < 1e-8:
                 break
+            at_last_breakdown = wanted_now
+            first_block = first_block or step + 1
             dropped.append((step, beta))
-            betas[-1], beta, prev, q = 0.0, 0.0, None, fresh / norm
+            betas[-1], beta, prev, q, block_start = 0.0, 0.0, None, fresh / norm, step + 1
             continue
-        if (step + 1 >= wanted and result.converged and len(top_pairs.values) == top
-                and len(bottom_pairs.values) == bottom):
+        # After a restart, a block must outlast the first one before a stop by convergence:
+        # a shorter one may not yet show a repeated copy.
+        if (step + 1 >= wanted and complete and result.converged
+                and (first_block is None or step + 1 - block_start > first_block)):
             break
         prev, q = q, w / beta
     return _verified(result, matvec, basis[: result.steps], vectors, values, top, bottom, tol)

@@ -73,21 +73,46 @@ def _allowed_global_names() -> set[str]:
     return names
 
 
+_MEMO_PUT = ("PUT", "BINPUT", "LONG_BINPUT")
+_MEMO_GET = ("GET", "BINGET", "LONG_BINGET")
+
+
 def _pickle_globals(path: Path) -> list[str]:
-    """Globals named by a legacy (non-zip) pickle, read opcode by opcode, never executed."""
+    """Globals named by a legacy (non-zip) pickle, read opcode by opcode, never executed.
+
+    ``STACK_GLOBAL`` takes its module and name from the stack, and protocol 4 pickles push a
+    repeated module name from the memo (``BINGET``): the memo is followed to name it right."""
     found: list[str] = []
-    strings: list[str] = []
     with open(path, "rb") as handle:
         while True:
+            pushed: list[Any] = []  # what each opcode left on the stack, strings kept
+            memo: dict[int, Any] = {}
             try:
                 for op, arg, _ in pickletools.genops(handle):
-                    if op.name == "GLOBAL":
+                    if op.name in ("PROTO", "FRAME", "STOP"):
+                        continue
+                    last = pushed[-1] if pushed else None
+                    if op.name == "MEMOIZE":
+                        memo[len(memo)] = last
+                    elif op.name in _MEMO_PUT:
+                        memo[int(arg)] = last
+                    elif op.name in _MEMO_GET:
+                        pushed.append(memo.get(int(arg)))
+                    elif op.name == "GLOBAL":
                         found.append(str(arg).replace(" ", "."))
-                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                        found.append(f"{strings[-2]}.{strings[-1]}")
-                    elif isinstance(arg, str):
-                        strings.append(arg)
+                        pushed.append(None)
+                    elif op.name == "STACK_GLOBAL":
+                        module, name = (pushed[-2:] if len(pushed) >= 2 else (None, None))
+                        if isinstance(module, str) and isinstance(name, str):
+                            found.append(f"{module}.{name}")
+                        else:
+                            found.append("<unnamed STACK_GLOBAL>")
+                        pushed.append(None)
+                    else:
+                        pushed.append(arg if isinstance(arg, str) else None)
             except Exception:
+                break
+            if not pushed:
                 break
     return found
 

@@ -105,8 +105,8 @@ def match_state_dict(tensors: Mapping[str, torch.Tensor], model_state: Mapping[s
         missing=sorted(k for k in model_state if k not in renamed),
         unexpected=sorted(renamed[k] for k in renamed if k not in model_state),
         ignored=ignored,
-        wrappers=sorted({p for k in tensors for p in k.split(".")[:-1]
-                         if p in WRAPPER_PARTS and p not in own_parts}),
+        wrappers=list(dict.fromkeys(p for k in tensors for p in k.split(".")[:-1]
+                                    if p in WRAPPER_PARTS and p not in own_parts)),
     )
     for name, value in list(out.items()):
         want = tuple(model_state[name].shape)

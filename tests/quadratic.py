@@ -1,0 +1,43 @@
+"""Test models with a Hessian chosen exactly: L(θ) = ½ θᵀAθ + bᵀθ with A = Q diag(λ) Qᵀ."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def symmetric_with_spectrum(eigenvalues, seed: int = 0) -> torch.Tensor:
+    """A = Q diag(λ) Qᵀ with a random orthogonal Q (float64)."""
+    lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), generator=generator, dtype=torch.float64))
+    return (q * lam) @ q.T
+
+
+class Quadratic(nn.Module):
+    """forward(x) = ½ θᵀAθ + bᵀθ (the batch only sets the device); its Hessian is A."""
+
+    def __init__(self, matrix: torch.Tensor, gradient_scale: float = 1.0, seed: int = 0):
+        super().__init__()
+        n = matrix.shape[0]
+        generator = torch.Generator().manual_seed(seed + 1)
+        self.theta = nn.Parameter(torch.randn(n, generator=generator, dtype=torch.float64))
+        self.register_buffer("matrix", matrix)
+        self.register_buffer("b", gradient_scale * torch.randn(n, generator=generator,
+                                                                dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.theta @ (self.matrix @ self.theta) + self.b @ self.theta + 0 * x.sum()
+
+
+def make_quadratic(eigenvalues, seed: int = 0, gradient_scale: float = 1.0) -> Quadratic:
+    return Quadratic(symmetric_with_spectrum(eigenvalues, seed), gradient_scale, seed)
+
+
+def make_data(n: int = 10):
+    """A dummy dataset: the quadratic ignores its inputs."""
+    return torch.zeros(n, 1), torch.zeros(n)
+
+
+def quadratic_loss(model: nn.Module, batch) -> torch.Tensor:
+    return model(batch[0])

@@ -1,0 +1,258 @@
+"""The HVP engine and spectrum against exact dense Hessians (torch.func.hessian, float64)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, CNN_CKPT, MLP_CKPT, ROOT, dense_hessian, relative_error
+from torch import nn
+
+from landscape_cli.analyses.spectrum import spectrum
+from landscape_cli.config import load_config
+from landscape_cli.engine.hvp import HVPEngine
+from landscape_cli.engine.problem import build_problem, criterion_loss
+from landscape_cli.errors import LandscapeError, NumericalError
+from landscape_cli.loading.assemble import LoadOptions, build_model, load
+from landscape_cli.loading.data import Batches
+
+DIGITS = np.load(ROOT / "sample_checkpoints" / "data" / "digits.npz")
+
+
+def digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.from_numpy(DIGITS["x"][:n]).double(), torch.from_numpy(DIGITS["y"][:n]).long())
+
+
+def full_batch_loss(model: nn.Module, problem, x, y):
+    """The dataset mean loss in one pass over all samples: no batching, no weights."""
+
+    def loss(theta):
+        out = torch.func.functional_call(model, problem.unflatten(theta, prefix=""), (x,))
+        return nn.functional.cross_entropy(out, y)
+
+    return loss
+
+
+def loaded(config: str, ckpt: Path, *overrides: str, **options):
+    cfg = load_config(CONFIGS / config, ["dtype=float64", "device=cpu", *overrides])
+    return load(cfg, ckpt, LoadOptions(**options))
+
+
+@pytest.fixture(scope="module")
+def mlp_exact():
+    """The real MLP on 600 real digits (uneven last batch of 88) and its dense Hessian."""
+    run = loaded("mlp.yaml", MLP_CKPT, "data.max_samples=600")
+    x, y = digits(600)
+    reference = full_batch_loss(run.problem.objective.model, run.problem, x, y)
+    return run.problem, dense_hessian(reference, run.problem.theta0), reference
+
+
+@pytest.mark.parametrize("strategy", ["cached", "stream"])
+def test_hvp_block_equals_dense_hessian(mlp_exact, strategy):
+    problem, hessian, _ = mlp_exact
+    engine = HVPEngine(problem, strategy=strategy)
+    vectors = torch.randn(3, problem.n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    block = engine.hvp(vectors)
+    single = engine.hvp(vectors[0])
+    scale = float(hessian.abs().max())
+    assert float((block - vectors @ hessian).abs().max()) < 1e-10 * scale * problem.n ** 0.5
+    assert torch.allclose(single, block[0], rtol=1e-10, atol=1e-14)
+    assert engine.cost.hvps == 4 and engine.cost.hvp_blocks == 2
+    assert engine.mode == strategy
+
+
+def test_loss_and_gradient_are_the_sample_weighted_dataset_mean(mlp_exact):
+    problem, _, reference = mlp_exact
+    assert [len(b[1]) for b in problem.batches] == [256, 256, 88]  # uneven last batch
+    engine = HVPEngine(problem)
+    theta = problem.theta0.clone().requires_grad_(True)
+    exact_loss = reference(theta)
+    exact_value = float(exact_loss.detach())
+    exact_grad = torch.autograd.grad(exact_loss, theta)[0]
+    assert engine.loss() == pytest.approx(exact_value, rel=1e-12)
+    assert torch.allclose(engine.grad(), exact_grad, rtol=1e-9, atol=1e-14)
+
+
+def test_mlp_top5_and_bottom5_match_dense_eigvalsh(mlp_exact):
+    problem, hessian, _ = mlp_exact
+    exact = torch.linalg.eigvalsh(hessian)
+    result = spectrum(HVPEngine(problem).hvp, problem.n, top=5, bottom=5, tol=1e-8, seed=0)
+    assert relative_error(result.top_eigenvalues, exact[-5:].flip(0)) < 1e-4
+    # the bottom of a trained net's spectrum is a cluster at 0: compare absolutely
+    assert np.allclose(result.bottom_eigenvalues, exact[:5].numpy(), atol=1e-4 * float(exact[-1]))
+    assert all(result.top_converged)
+
+
+def test_batchnorm_eval_with_uneven_batches_matches_dense_hessian(tmp_path):
+    # the sample BatchNorm CNN at 2 channels (170 parameters), with non-trivial running
+    # statistics, on 100 digits in batches of 32: 32, 32, 32, 4
+    torch.manual_seed(0)
+    model = build_model(load_config(CONFIGS / "cnn_bn.yaml", ["model.kwargs.channels=2"]))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "cnn2.pt"
+    torch.save({"epoch": 1, "model_state_dict": model.state_dict()}, path)
+    run = loaded("cnn_bn.yaml", path, "model.kwargs.channels=2", "data.max_samples=100",
+                 "data.batch_size=32")
+    problem = run.problem
+    assert [len(b[1]) for b in problem.batches] == [32, 32, 32, 4]
+    x, y = digits(100)
+    hessian = dense_hessian(full_batch_loss(problem.objective.model, problem, x, y), problem.theta0)
+    exact = torch.linalg.eigvalsh(hessian)
+    engine = HVPEngine(problem)
+    result = spectrum(engine.hvp, problem.n, top=5, bottom=5, tol=1e-9, seed=1)
+    assert relative_error(result.top_eigenvalues, exact[-5:].flip(0)) < 1e-6
+    assert np.allclose(result.bottom_eigenvalues, exact[:5].numpy(), atol=1e-6 * float(exact[-1]))
+    vectors = torch.randn(2, problem.n, dtype=torch.float64)
+    assert torch.allclose(engine.hvp(vectors), vectors @ hessian, rtol=1e-8, atol=1e-10)
+
+
+def test_sample_cnn_hvp_equals_reference_hvp():
+    # the shipped BatchNorm CNN, full size: compare H·v with torch.autograd.functional.hvp
+    # on the full-batch mean loss (one pass, no batching or weights)
+    run = loaded("cnn_bn.yaml", CNN_CKPT, "data.max_samples=300", "data.batch_size=64")
+    problem = run.problem
+    x, y = digits(300)
+    reference = full_batch_loss(problem.objective.model, problem, x, y)
+    vector = torch.randn(problem.n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    _, expected = torch.autograd.functional.hvp(reference, problem.theta0, vector)
+    for strategy in ("cached", "stream"):
+        got = HVPEngine(problem, strategy=strategy).hvp(vector)
+        assert torch.allclose(got, expected, rtol=1e-9, atol=1e-12 * float(expected.abs().max()))
+
+
+class TinyBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = nn.Linear(64, 6), nn.BatchNorm1d(6), nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.bn(self.fc1(x))))
+
+
+def test_train_stats_policy_uses_batch_statistics_and_keeps_buffers():
+    torch.manual_seed(0)
+    x, y = digits(90)
+    model = TinyBN().double()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    reference_model = TinyBN().double()
+    reference_model.load_state_dict(model.state_dict())
+    before = model.bn.running_mean.clone()
+    sizes = [40, 40, 10]
+    batches = Batches([(x[:40], y[:40]), (x[40:80], y[40:80]), (x[80:], y[80:])], sizes)
+    problem = build_problem(model, criterion_loss(nn.CrossEntropyLoss()), batches, bn="train-stats",
+                            device=torch.device("cpu"), dtype=torch.float64)
+    reference_model.train()  # batch statistics, per batch, weighted by batch size
+
+    def reference(theta):
+        params = problem.unflatten(theta, prefix="")
+        total = 0
+        for (xb, yb), n in zip(batches.batches, sizes):
+            out = torch.func.functional_call(reference_model, params, (xb,))
+            total = total + nn.functional.cross_entropy(out, yb) * n / 90
+        return total
+
+    hessian = torch.autograd.functional.hessian(reference, problem.theta0)
+    engine = HVPEngine(problem)
+    vectors = torch.randn(2, problem.n, dtype=torch.float64)
+    assert torch.allclose(engine.hvp(vectors), vectors @ hessian, rtol=1e-8, atol=1e-10)
+    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
+    assert not torch.equal(before, reference_model.bn.running_mean)  # the reference updated its own
+    # the analysed model uses batch statistics and keeps no running buffers to update
+    assert model.bn.running_mean is None and not model.bn.track_running_stats
+
+
+def test_parameter_subset_is_the_dense_sub_block(mlp_exact):
+    problem, hessian, _ = mlp_exact
+    run = loaded("mlp.yaml", MLP_CKPT, "data.max_samples=600", params=["2.*"])
+    sub = run.problem
+    assert sub.names == ["2.weight", "2.bias"]
+    index = torch.cat([torch.arange(problem.groups[n].start, problem.groups[n].stop)
+                       for n in sub.names])
+    block = hessian[index][:, index]
+    vectors = torch.randn(2, sub.n, dtype=torch.float64)
+    assert torch.allclose(HVPEngine(sub).hvp(vectors), vectors @ block, rtol=1e-9, atol=1e-12)
+
+
+def test_no_parameter_selected_is_bad_input():
+    with pytest.raises(LandscapeError, match="no parameter selected"):
+        loaded("mlp.yaml", MLP_CKPT, "data.max_samples=10", params=["nothing.*"])
+
+
+class OldStyleSquare(torch.autograd.Function):
+    """A custom autograd.Function that torch.func cannot transform (no setup_context) and
+    whose backward reads a value (.item()), which vmap over the backward cannot do."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        scale = 2.0 if grad.abs().sum().item() >= 0 else 0.0
+        return scale * x * grad
+
+
+class Unvmappable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return OldStyleSquare.apply(self.fc(x))
+
+
+@pytest.mark.parametrize("strategy", ["cached", "stream"])
+def test_model_vmap_cannot_handle_falls_back_and_stays_exact(strategy):
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
+    model = Unvmappable().double()
+    batches = Batches([(x[:16], y[:16]), (x[16:], y[16:])], [16, 14])
+    problem = build_problem(model, criterion_loss(nn.CrossEntropyLoss()), batches,
+                            device=torch.device("cpu"), dtype=torch.float64)
+    reference_model = Unvmappable().double()
+    reference_model.load_state_dict(model.state_dict())
+
+    def reference(theta):
+        out = torch.func.functional_call(reference_model, problem.unflatten(theta, prefix=""), (x,))
+        return nn.functional.cross_entropy(out, y)
+
+    hessian = torch.autograd.functional.hessian(reference, problem.theta0)
+    engine = HVPEngine(problem, strategy=strategy)
+    vectors = torch.randn(3, problem.n, dtype=torch.float64)
+    assert torch.allclose(engine.hvp(vectors), vectors @ hessian, rtol=1e-9, atol=1e-12)
+    assert any("fell back" in w for w in engine.warnings)
+
+
+def test_non_finite_hvp_is_a_numerical_error():
+    class Kink(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+        def forward(self, x):
+            return (self.w ** 2).sqrt().sum() + 0 * x.sum()  # |w|: curvature undefined at 0
+
+    batches = Batches([(torch.zeros(2, 1), torch.zeros(2))], [2])
+    problem = build_problem(Kink(), lambda m, b: m(b[0]), batches, device=torch.device("cpu"),
+                            dtype=torch.float64)
+    with pytest.raises(NumericalError, match="not finite"):
+        HVPEngine(problem).hvp(torch.ones(3, dtype=torch.float64))
+
+
+def test_memory_budget_too_small_streams_instead():
+    run = loaded("mlp.yaml", MLP_CKPT, "data.max_samples=300")
+    engine = HVPEngine(run.problem, memory_budget=1000)
+    assert engine.mode == "stream"
+    cached = HVPEngine(run.problem)
+    v = torch.randn(2, run.problem.n, dtype=torch.float64)
+    assert torch.allclose(engine.hvp(v), cached.hvp(v), rtol=1e-10, atol=1e-14)

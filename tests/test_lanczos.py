@@ -1,0 +1,104 @@
+"""Lanczos against torch.linalg.eigvalsh on matrices whose spectrum we choose."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import relative_error
+from quadratic import symmetric_with_spectrum
+
+from landscape_cli.linalg.lanczos import lanczos
+
+SPECTRA = {
+    # mixed signs, well separated ends
+    "mixed": torch.cat([torch.linspace(-3, -0.1, 20), torch.linspace(0.01, 1, 150),
+                        torch.tensor([2.0, 3, 5, 8, 13, 21, 34, 55, 89, 144])]),
+    # decaying, like a trained network's Hessian: a few outliers over a bulk near zero
+    "decaying": torch.cat([100.0 * 0.6 ** torch.arange(30.0), 1e-3 * torch.randn(120,
+                           generator=torch.Generator().manual_seed(3))]),
+    # negative definite (a maximum)
+    "negative": -torch.logspace(-2, 2, 90),
+}
+
+
+def run(matrix, top=5, bottom=5, tol=1e-10, seed=0, **kw):
+    generator = torch.Generator().manual_seed(seed)
+    return lanczos(lambda v: v @ matrix, matrix.shape[0], top=top, bottom=bottom, tol=tol,
+                   generator=generator, **kw)
+
+
+@pytest.mark.parametrize("name", SPECTRA)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_top_and_bottom_five_match_eigvalsh(name, seed):
+    matrix = symmetric_with_spectrum(SPECTRA[name], seed=seed)
+    exact = torch.linalg.eigvalsh(matrix)
+    result = run(matrix, seed=seed)
+    assert relative_error(result.top.values, exact[-5:].flip(0)) < 1e-6
+    assert relative_error(result.bottom.values, exact[:5]) < 1e-6
+    assert all(result.top.converged) and all(result.bottom.converged)
+    if name != "negative":  # its top end is a dense cluster near 0: that takes all n steps
+        assert result.steps < matrix.shape[0]  # converged early, not by exhausting the space
+
+
+def test_residuals_bound_the_distance_to_an_eigenvalue():
+    matrix = symmetric_with_spectrum(SPECTRA["mixed"], seed=4)
+    exact = torch.linalg.eigvalsh(matrix)
+    result = run(matrix, tol=1e-3, max_steps=25)  # stopped early: residuals are far from 0
+    for pairs in (result.top, result.bottom):
+        for value, residual in zip(pairs.values, pairs.residuals):
+            distance = float((exact - value).abs().min())
+            assert distance <= residual * (1 + 1e-9) + 1e-12
+    assert max(result.bottom.residuals) > 1e-6  # the bound is not trivially zero here
+
+
+def test_budget_exhausted_flags_unconverged_pairs():
+    matrix = symmetric_with_spectrum(torch.linspace(1, 2, 200), seed=0)  # clustered: slow
+    result = run(matrix, top=3, bottom=0, tol=1e-12, max_steps=8)
+    assert result.steps == 8
+    assert not all(result.top.converged)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_repeated_eigenvalues_are_found_by_restarting(seed):
+    eigenvalues = torch.tensor([5.0, 5, 5, 3, 3, 1, 1, 1, 0, 0] + [0.5] * 10 + [-2.0] * 4)
+    matrix = symmetric_with_spectrum(eigenvalues, seed=seed)
+    result = run(matrix, top=5, bottom=3, seed=seed)
+    assert result.top.values == pytest.approx([5, 5, 5, 3, 3], abs=1e-9)
+    assert result.bottom.values == pytest.approx([-2, -2, -2], abs=1e-9)
+
+
+def test_low_rank_operator_stops_without_exhausting_the_space():
+    # rank 6 in 300 dimensions: the zero eigenvalue has multiplicity 294
+    eigenvalues = torch.cat([torch.tensor([9.0, 7, 4, -1, -2, -3]), torch.zeros(294)])
+    matrix = symmetric_with_spectrum(eigenvalues, seed=0)
+    result = run(matrix, top=3, bottom=3)
+    assert result.top.values == pytest.approx([9, 7, 4], abs=1e-9)
+    assert result.bottom.values == pytest.approx([-3, -2, -1], abs=1e-9)
+    assert result.steps < 30
+
+
+def test_more_pairs_than_dimensions():
+    matrix = symmetric_with_spectrum([4.0, -1.0, 2.0], seed=0)
+    result = run(matrix, top=5, bottom=5)
+    assert result.top.values == pytest.approx([4, 2, -1], abs=1e-12)
+    assert result.bottom.values == pytest.approx([-1, 2, 4], abs=1e-12)
+
+
+def test_same_seed_same_numbers_other_seed_other_path():
+    matrix = symmetric_with_spectrum(SPECTRA["decaying"], seed=0)
+    a, b = run(matrix, tol=1e-3, seed=7), run(matrix, tol=1e-3, seed=7)
+    c = run(matrix, tol=1e-3, seed=8)
+    assert a.top.values == b.top.values and a.steps == b.steps
+    assert a.top.residuals != c.top.residuals
+
+
+def test_float32_operator():
+    matrix = symmetric_with_spectrum(SPECTRA["mixed"], seed=0)
+    m32 = matrix.float()
+    generator = torch.Generator().manual_seed(0)
+    result = lanczos(lambda v: v @ m32, m32.shape[0], top=3, bottom=3, tol=1e-4,
+                     generator=generator, dtype=torch.float32)
+    exact = torch.linalg.eigvalsh(matrix)
+    assert relative_error(result.top.values, exact[-3:].flip(0)) < 1e-5
+    # measured residuals include float32 rounding: never reported as exactly zero
+    assert min(result.top.residuals) > 0
