@@ -21,12 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import models
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-import models
 
 HERE = Path(__file__).resolve().parent
 Batch = tuple[Tensor, Tensor]

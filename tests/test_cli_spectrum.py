@@ -36,9 +36,8 @@ def test_quadratic_top5_bottom5_equal_eigvalsh(cli, tmp_path, eigenvalues):
 
 
 def test_real_mlp_float64_matches_its_dense_hessian(cli):
-    from test_engine import digits, full_batch_loss, loaded
-
     from conftest import dense_hessian
+    from test_engine import digits, full_batch_loss, loaded
 
     code, doc, _ = cli("spectrum", MLP_CKPT, "--dtype", "float64", "--set", "data.max_samples=400",
                        "--top", "5", "--tol", "1e-7", "--json")

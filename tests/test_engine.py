@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, CNN_CKPT, MLP_CKPT, ROOT, dense_hessian, relative_error
+from conftest import CNN_CKPT, CONFIGS, MLP_CKPT, ROOT, dense_hessian, relative_error
 from torch import nn
 
 from landscape_cli.analyses.spectrum import spectrum

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional, Protocol
+from typing import Annotated, Any, Protocol
 
 import typer
 from rich.console import Console
@@ -41,9 +41,9 @@ class OutputOptions:
     """Options every command has: the checkpoint, output format and destination, verbosity."""
 
     checkpoint: str
-    format: Optional[str] = None
+    format: str | None = None
     json: bool = False
-    output: Optional[Path] = None
+    output: Path | None = None
     quiet: bool = False
     debug: bool = False
 
@@ -59,14 +59,14 @@ class OutputOptions:
 class Common(OutputOptions):
     """The shared options of an analysis command, as parsed."""
 
-    config: Optional[Path] = None
+    config: Path | None = None
     set: list[str] = field(default_factory=list)
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-    seed: Optional[int] = None
-    bn: Optional[str] = None
+    device: str | None = None
+    dtype: str | None = None
+    seed: int | None = None
+    bn: str | None = None
     params: list[str] = field(default_factory=list)
-    batches: Optional[int] = None
+    batches: int | None = None
     hvp_strategy: str = "auto"
     allow_global: list[str] = field(default_factory=list)
     trust_checkpoint: bool = False
@@ -88,26 +88,26 @@ CHECKPOINT = _param("checkpoint", Annotated[str, typer.Argument(
     show_default=False)], inspect.Parameter.empty)
 
 INPUT_OPTIONS = [
-    _param("config", Annotated[Optional[Path], typer.Option(
+    _param("config", Annotated[Path | None, typer.Option(
         "--config", "-c", help="Config YAML (default: $LANDSCAPE_CONFIG, then landscape.yaml "
         "beside the checkpoint or in a parent folder, then in the working directory).",
         rich_help_panel=_INPUT)], None),
     _param("set", Annotated[list[str], typer.Option(
         "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set data.batch_size=64 "
         "(repeatable).", rich_help_panel=_INPUT)], []),
-    _param("device", Annotated[Optional[str], typer.Option(
+    _param("device", Annotated[str | None, typer.Option(
         help="auto | cpu | cuda | cuda:N (overrides the config).", rich_help_panel=_ENGINE)], None),
-    _param("dtype", Annotated[Optional[str], typer.Option(
+    _param("dtype", Annotated[str | None, typer.Option(
         help="float32 | float64 (overrides the config).", rich_help_panel=_ENGINE)], None),
-    _param("seed", Annotated[Optional[int], typer.Option(
+    _param("seed", Annotated[int | None, typer.Option(
         help="Seed of every random choice (overrides the config).", rich_help_panel=_ENGINE)], None),
-    _param("bn", Annotated[Optional[str], typer.Option(
+    _param("bn", Annotated[str | None, typer.Option(
         help="BatchNorm policy: eval (running stats) | train-stats (batch stats, buffers kept).",
         rich_help_panel=_ENGINE)], None),
     _param("params", Annotated[list[str], typer.Option(
         "--params", metavar="GLOB", help="Analyse only parameters whose name matches this glob, "
         "e.g. 'layer3.*' (repeatable).", rich_help_panel=_INPUT)], []),
-    _param("batches", Annotated[Optional[int], typer.Option(
+    _param("batches", Annotated[int | None, typer.Option(
         min=1, help="Use only the first N batches of the data.", rich_help_panel=_INPUT)], None),
     _param("hvp_strategy", Annotated[Strategy, typer.Option(
         help="HVP engine strategy: auto picks 'cached' when the graph fits memory, else 'stream'.",
@@ -124,12 +124,12 @@ INPUT_OPTIONS = [
 ]
 
 OUTPUT_OPTIONS = [
-    _param("format", Annotated[Optional[Format], typer.Option(
+    _param("format", Annotated[Format | None, typer.Option(
         "--format", "-f", help="Output format (default: table in a terminal, else json).",
         rich_help_panel=_OUTPUT)], None),
     _param("json", Annotated[bool, typer.Option(
         "--json", help="Same as --format json.", rich_help_panel=_OUTPUT)], False),
-    _param("output", Annotated[Optional[Path], typer.Option(
+    _param("output", Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write the result to this file (atomically) instead of stdout.",
         rich_help_panel=_OUTPUT)], None),
     _param("quiet", Annotated[bool, typer.Option(
@@ -211,7 +211,7 @@ def guarded(options: OutputOptions, body: Callable[[], Any]) -> Any:
         return body()
     except (typer.Exit, KeyboardInterrupt):
         raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
+    except Exception as exc:
         _fail(exc, options.debug)
 
 

@@ -9,7 +9,14 @@ import typer
 
 from landscape_cli import STARTED
 from landscape_cli.analyses.inspect import inspect_checkpoint
-from landscape_cli.cli.common import CHECKPOINT, OUTPUT_OPTIONS, OutputOptions, finish, guarded, register
+from landscape_cli.cli.common import (
+    CHECKPOINT,
+    OUTPUT_OPTIONS,
+    OutputOptions,
+    finish,
+    guarded,
+    register,
+)
 from landscape_cli.report.document import build_report
 
 HELP = "Show a checkpoint's format, tensors, shapes, dtypes, prefix and unsafe globals."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,7 +27,7 @@ def spectrum_command(
     bottom: Annotated[int, typer.Option(min=0, help="Number of smallest eigenvalues.")] = 0,
     tol: Annotated[float, typer.Option(
         help="Converged when a Ritz residual ≤ tol·|λ|max.")] = 1e-4,
-    max_hvps: Annotated[Optional[int], typer.Option(
+    max_hvps: Annotated[int | None, typer.Option(
         min=1, help="Most Lanczos steps (HVPs) to spend; default: the parameter count.")] = None,
 ) -> SpectrumResult:
     """Lanczos with full reorthogonalization on the exact dataset Hessian."""

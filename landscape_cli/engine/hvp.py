@@ -201,7 +201,7 @@ class HVPEngine:
                 try:
                     grad_fn = torch.func.grad(lambda t, i=i: self.problem.batch_loss(t, i))
                     out += torch.func.vmap(
-                        lambda v: torch.func.jvp(grad_fn, (theta0,), (v,))[1])(block)
+                        lambda v, g=grad_fn: torch.func.jvp(g, (theta0,), (v,))[1])(block)
                     continue
                 except RuntimeError as exc:
                     self._fall_back(exc)

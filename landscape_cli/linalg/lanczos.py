@@ -6,8 +6,9 @@ within that distance of θᵢ (Parlett, *The Symmetric Eigenvalue Problem*, §13
 vector is orthogonalized twice against all previous ones ("twice is enough", Giraud et al.
 2005), so no spurious copies appear. On breakdown (an invariant subspace found) the run
 restarts from a fresh random vector orthogonal to the basis, which also exposes repeated
-eigenvalues (the coupling β it drops, below √ε·‖A‖, still counts in the residual bounds). Operator in, numbers out: ``matvec`` maps a vector (n,) or a block (k, n) of
-row vectors to A·v for each.
+eigenvalues (the coupling β it drops, below √ε·‖A‖, still counts in the residual bounds).
+Operator in, numbers out: ``matvec`` maps a vector (n,) or a block (k, n) of row vectors to
+A·v for each.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             meta = handle.metadata() or {}
-            return {name: handle.get_tensor(name) for name in handle.keys()}, meta
+            return {name: handle.get_tensor(name) for name in handle.keys()}, meta  # noqa: SIM118
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot be read as safetensors ({exc})") from None
 
@@ -235,7 +235,7 @@ def _metadata(obj: Any) -> dict[str, Any]:
 
 def _format_of(obj: Any, key: str | None) -> str:
     if isinstance(obj, Mapping) and ("pytorch-lightning_version" in obj
-                                     or {"global_step", "epoch", "state_dict"} <= obj.keys()):
+                                     or {"global_step", "epoch", "state_dict"} <= set(obj)):
         return "lightning"
     if isinstance(obj, torch.nn.Module):
         return "pickled_module"
@@ -259,10 +259,7 @@ def _read_folder(path: Path, key: str, allow_globals: Iterable[str], trust: bool
     if not present:
         raise CheckpointError(f"{path}: a folder checkpoint needs one of {', '.join(HF_FILES)}")
     name = present[0]
-    if name.endswith(".index.json"):
-        files = _read_sharded_index(path / name)
-    else:
-        files = [path / name]
+    files = _read_sharded_index(path / name) if name.endswith(".index.json") else [path / name]
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         if file.suffix == ".safetensors":

@@ -1,0 +1,70 @@
+"""How the HVP engine's strategies compare, in units of one gradient, on the shipped samples.
+
+    python benchmarks/engine_strategies.py [--device cpu|cuda] [--dtype float32|float64]
+
+Prints a Markdown table: time of one full-dataset gradient, then the time per vector of
+H·V for blocks of k = 1, 8 and 32 vectors with the ``cached`` and ``stream`` strategies
+(median of several repeats, after a warm-up), and the ratio to the gradient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from landscape_cli.config import load_config
+from landscape_cli.engine.hvp import HVPEngine
+from landscape_cli.loading.assemble import load
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = {
+    "mlp": ROOT / "sample_checkpoints/mlp/seed0_epoch100.pt",
+    "cnn_bn": ROOT / "sample_checkpoints/cnn_bn/final.pt",
+    "char_transformer": ROOT / "sample_checkpoints/char_transformer/final.pt",
+}
+
+
+def median_time(fn, repeats: int, sync) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    print(f"device {args.device}, {args.dtype}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads\n")
+    print("| model | params | samples | gradient | strategy | k | per vector | × gradient |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|")
+    for name, ckpt in SAMPLES.items():
+        config = load_config(ROOT / "configs" / f"{name}.yaml",
+                             [f"device={args.device}", f"dtype={args.dtype}"])
+        problem = load(config, ckpt).problem
+        t_grad = median_time(lambda p=problem: HVPEngine(p, strategy="stream").grad(),
+                             args.repeats, sync)
+        for strategy in ("cached", "stream"):
+            engine = HVPEngine(problem, strategy=strategy)
+            for k in (1, 8, 32):
+                vectors = torch.randn(k, problem.n, device=problem.device, dtype=problem.dtype)
+                t = median_time(lambda e=engine, v=vectors: e.hvp(v), args.repeats, sync) / k
+                print(f"| {name} | {problem.n} | {problem.n_samples} | {t_grad * 1e3:.1f} ms | "
+                      f"{strategy} | {k} | {t * 1e3:.2f} ms | {t / t_grad:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
