@@ -186,15 +186,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
-    """Return a copy of ``tree`` with ``value`` set at ``path`` (intermediate maps created)."""
+    """Return a copy of ``tree`` with ``value`` set at ``path`` (intermediate maps created).
+
+    The maps along ``path`` are copied one by one: a YAML alias (``&x`` ... ``*x``) makes one
+    map appear in two places, and a deep copy keeps them one map, so setting a key in one
+    place would set it in the other too."""
     out = copy.deepcopy(tree)
     node = out
     for i, part in enumerate(path[:-1]):
         child = node.get(part)
         if child is None:
-            child = node[part] = {}
+            child = {}
         elif not isinstance(child, dict):
             raise ConfigError("--set", ".".join(path[: i + 1]), "is not a mapping")
+        node[part] = child = dict(child)
         node = child
     node[path[-1]] = value
     return out
