@@ -40,6 +40,10 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
 }
 
 
+#: Extra Rich renderables shown under a command's table (e.g. a density chart), by command.
+EXTRAS: dict[str, Callable[[dict[str, Any]], list[Any]]] = {}
+
+
 def rows_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The document's results as flat rows (one per eigenvalue, tensor, ...)."""
     if doc.get("status") != "ok":
@@ -147,6 +151,10 @@ def to_table(doc: dict[str, Any], color: bool) -> str:
                 cells.append(text)
             table.add_row(*cells)
         console.print(table)
+    extra = EXTRAS.get(doc["command"])
+    if extra is not None and doc.get("status") == "ok":
+        for renderable in extra(doc["results"]):
+            console.print(renderable)
     for line in _footer_lines(doc):
         console.print(line)
     return console.file.getvalue()
