@@ -6,8 +6,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +19,42 @@ MLP_CKPT = ROOT / "sample_checkpoints" / "mlp" / "seed0_epoch100.pt"
 CNN_CKPT = ROOT / "sample_checkpoints" / "cnn_bn" / "final.pt"
 TRANSFORMER_CKPT = ROOT / "sample_checkpoints" / "char_transformer" / "final.pt"
 CONFIGS = ROOT / "configs"
+
+
+DIGITS = np.load(ROOT / "sample_checkpoints" / "data" / "digits.npz")
+
+
+def digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n digits as float64 inputs and class targets."""
+    return (torch.from_numpy(DIGITS["x"][:n]).double(), torch.from_numpy(DIGITS["y"][:n]).long())
+
+
+def full_batch_loss(model: nn.Module, problem, x, y):
+    """The dataset mean loss in one pass over all samples: no batching, no weights."""
+
+    def loss(theta):
+        out = torch.func.functional_call(model, problem.unflatten(theta, prefix=""), (x,))
+        return nn.functional.cross_entropy(out, y)
+
+    return loss
+
+
+def loaded(config: str, ckpt: Path, *overrides: str, **options):
+    """A problem built through the real config and checkpoint loading path, in float64."""
+    from landscape_cli.config import load_config
+    from landscape_cli.loading.assemble import LoadOptions, load
+
+    cfg = load_config(CONFIGS / config, ["dtype=float64", "device=cpu", *overrides])
+    return load(cfg, ckpt, LoadOptions(**options))
+
+
+@pytest.fixture(scope="session")
+def mlp_exact():
+    """The real MLP on 600 real digits (uneven last batch of 88) and its dense Hessian."""
+    run = loaded("mlp.yaml", MLP_CKPT, "data.max_samples=600")
+    x, y = digits(600)
+    reference = full_batch_loss(run.problem.objective.model, run.problem, x, y)
+    return run.problem, dense_hessian(reference, run.problem.theta0), reference
 
 
 def dense_hessian(loss_of_theta, theta: torch.Tensor) -> torch.Tensor:

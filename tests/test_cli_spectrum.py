@@ -7,7 +7,13 @@ import io
 
 import pytest
 import torch
-from conftest import MLP_CKPT, relative_error, save_quadratic_checkpoint, write_quadratic_config
+from conftest import (
+    MLP_CKPT,
+    dense_hessian,
+    relative_error,
+    save_quadratic_checkpoint,
+    write_quadratic_config,
+)
 from quadratic import symmetric_with_spectrum
 
 SPECTRA = [
@@ -36,7 +42,6 @@ def test_quadratic_top5_bottom5_equal_eigvalsh(cli, tmp_path, eigenvalues):
 
 
 def test_real_mlp_float64_matches_its_dense_hessian(cli):
-    from conftest import dense_hessian
     from test_engine import digits, full_batch_loss, loaded
 
     code, doc, _ = cli("spectrum", MLP_CKPT, "--dtype", "float64", "--set", "data.max_samples=400",

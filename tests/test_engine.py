@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from conftest import CNN_CKPT, CONFIGS, MLP_CKPT, ROOT, dense_hessian, relative_error
+from conftest import (
+    CNN_CKPT,
+    CONFIGS,
+    MLP_CKPT,
+    dense_hessian,
+    digits,
+    full_batch_loss,
+    loaded,
+    relative_error,
+)
 from torch import nn
 
 from landscape_cli.analyses.spectrum import spectrum
@@ -15,38 +22,8 @@ from landscape_cli.config import load_config
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.problem import build_problem, criterion_loss
 from landscape_cli.errors import LandscapeError, NumericalError
-from landscape_cli.loading.assemble import LoadOptions, build_model, load
+from landscape_cli.loading.assemble import build_model
 from landscape_cli.loading.data import Batches
-
-DIGITS = np.load(ROOT / "sample_checkpoints" / "data" / "digits.npz")
-
-
-def digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.from_numpy(DIGITS["x"][:n]).double(), torch.from_numpy(DIGITS["y"][:n]).long())
-
-
-def full_batch_loss(model: nn.Module, problem, x, y):
-    """The dataset mean loss in one pass over all samples: no batching, no weights."""
-
-    def loss(theta):
-        out = torch.func.functional_call(model, problem.unflatten(theta, prefix=""), (x,))
-        return nn.functional.cross_entropy(out, y)
-
-    return loss
-
-
-def loaded(config: str, ckpt: Path, *overrides: str, **options):
-    cfg = load_config(CONFIGS / config, ["dtype=float64", "device=cpu", *overrides])
-    return load(cfg, ckpt, LoadOptions(**options))
-
-
-@pytest.fixture(scope="module")
-def mlp_exact():
-    """The real MLP on 600 real digits (uneven last batch of 88) and its dense Hessian."""
-    run = loaded("mlp.yaml", MLP_CKPT, "data.max_samples=600")
-    x, y = digits(600)
-    reference = full_batch_loss(run.problem.objective.model, run.problem, x, y)
-    return run.problem, dense_hessian(reference, run.problem.theta0), reference
 
 
 @pytest.mark.parametrize("strategy", ["cached", "stream"])

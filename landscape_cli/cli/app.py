@@ -9,6 +9,7 @@ import typer
 from landscape_cli import __version__
 from landscape_cli.cli import inspect as inspect_cli
 from landscape_cli.cli import spectrum as spectrum_cli
+from landscape_cli.cli import trace as trace_cli
 from landscape_cli.cli.common import analysis_command
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ def _root(
 
 analysis_command(app, "spectrum", help=spectrum_cli.HELP, epilog=spectrum_cli.EPILOG)(
     spectrum_cli.spectrum_command)
+analysis_command(app, "trace", help=trace_cli.HELP, epilog=trace_cli.EPILOG)(trace_cli.trace_command)
 inspect_cli.register_inspect(app)
 
 

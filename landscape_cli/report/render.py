@@ -30,12 +30,25 @@ def _spectrum_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _trace_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    def row(name, n_params, r):
+        return {"block": name, "n_params": n_params, "trace": r["trace"], "stderr": r["stderr"],
+                "ci95_low": r["ci95"][0], "ci95_high": r["ci95"][1],
+                "trace_per_param": r["trace_per_param"], "hvps": r["hvps"]}
+
+    n_total = sum(r["n_params"] for r in results.get("per_layer") or []) or None
+    rows = [row(f"total ({results['method']})", n_total, results)]
+    rows += [row(r["name"], r["n_params"], r) for r in results.get("per_layer") or []]
+    return rows
+
+
 def _inspect_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(t) for t in results.get("tensors", [])]
 
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "spectrum": _spectrum_rows,
+    "trace": _trace_rows,
     "inspect": _inspect_rows,
 }
 
