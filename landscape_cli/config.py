@@ -298,7 +298,8 @@ def validate(raw: dict[str, Any], source: str) -> Config:
             message = "unknown key"
         elif first["type"] == "missing":
             message = "required key is missing"
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        extra = len(errors) - 1
+        more = f" (and {extra} more problem{'s' if extra > 1 else ''})" if extra else ""
         raise ConfigError(source, key, message + more) from None
 
 

@@ -18,10 +18,12 @@ class Quadratic(nn.Module):
     """forward(x) = ½ θᵀAθ + bᵀθ (the batch only sets the device); its Hessian is A."""
 
     def __init__(self, matrix: torch.Tensor, gradient_scale: float = 1.0, seed: int = 0):
+        """θ and b random, b scaled by ``gradient_scale``; with 0, θ = 0 is a critical point."""
         super().__init__()
         n = matrix.shape[0]
         generator = torch.Generator().manual_seed(seed + 1)
-        self.theta = nn.Parameter(torch.randn(n, generator=generator, dtype=torch.float64))
+        theta = torch.randn(n, generator=generator, dtype=torch.float64)
+        self.theta = nn.Parameter(theta if gradient_scale else torch.zeros_like(theta))
         self.register_buffer("matrix", matrix)
         self.register_buffer("b", gradient_scale * torch.randn(n, generator=generator,
                                                                 dtype=torch.float64))
