@@ -15,6 +15,9 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a results file needs
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
