@@ -1,5 +1,7 @@
 """``spectrum``: extreme Hessian eigenvalues by Lanczos (Ghorbani et al. 2019 use the same
-Krylov machinery; Yao et al. 2020 (PyHessian) use power iteration, which needs far more HVPs)."""
+Krylov machinery; Yao et al. 2020 (PyHessian) use power iteration, which needs far more HVPs),
+and with ``--density`` the eigenvalue density by stochastic Lanczos quadrature
+(``analyses/density.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape_cli.analyses.density import DensityResult
 from landscape_cli.linalg.lanczos import LanczosResult, lanczos
 
 
@@ -23,6 +26,7 @@ class SpectrumResult:
     bottom_converged: list[bool] | None
     lanczos_steps: int
     tol: float
+    density: DensityResult | None = None
 
     def results(self) -> dict:
         out = {
@@ -35,6 +39,8 @@ class SpectrumResult:
                        bottom_residuals=self.bottom_residuals,
                        bottom_converged=self.bottom_converged)
         out.update(lanczos_steps=self.lanczos_steps, tol=self.tol)
+        if self.density is not None:
+            out["density"] = self.density.results()
         return out
 
     def scalars(self) -> dict[str, float]:
@@ -44,14 +50,18 @@ class SpectrumResult:
         if self.bottom_eigenvalues:
             out["lambda_min"] = self.bottom_eigenvalues[0]
             out.update({f"bottom_{i + 1}": v for i, v in enumerate(self.bottom_eigenvalues)})
+        if self.density is not None:
+            out.update(self.density.scalars())
         return out
 
     def warnings(self) -> list[str]:
+        notes = self.density.warnings() if self.density is not None else []
         missed = self.top_converged.count(False) + (self.bottom_converged or []).count(False)
-        if not missed:
-            return []
-        return [f"{missed} requested eigenvalue(s) did not reach residual ≤ {self.tol:g}·|λ|max "
-                f"in {self.lanczos_steps} Lanczos steps; raise --max-hvps or loosen --tol"]
+        if missed:
+            notes.append(f"{missed} requested eigenvalue(s) did not reach residual ≤ {self.tol:g}·"
+                         f"|λ|max in {self.lanczos_steps} Lanczos steps; raise --max-hvps or "
+                         "loosen --tol")
+        return notes
 
 
 def spectrum(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, top: int = 5,

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Protocol
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscape_cli import STARTED
@@ -188,9 +189,9 @@ def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, LandscapeError):
-        stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(exc.exit_code)
-    stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+    stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
                  "(rerun with --debug for a traceback, and please report it)", soft_wrap=True)
     raise typer.Exit(EXIT_INTERNAL)
 
@@ -201,7 +202,7 @@ def finish(doc: dict[str, Any], options: OutputOptions) -> None:
     text = render(doc, fmt, color=fmt == "table" and options.output is None and sys.stdout.isatty())
     if not options.quiet and not (fmt == "table" and options.output is None):
         for warning in doc.get("warnings", []):
-            stderr.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+            stderr.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     emit(text, options.output)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from landscape_cli.report.density_view import spectrum_extras
+
 FORMATS = ("table", "json", "jsonl", "csv", "md")
 
 
@@ -55,6 +57,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
 
 #: Extra Rich renderables shown under a command's table (e.g. a density chart), by command.
 EXTRAS: dict[str, Callable[[dict[str, Any]], list[Any]]] = {}
+EXTRAS["spectrum"] = spectrum_extras
 
 
 def rows_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
