@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from landscape_cli import __version__
+from landscape_cli.cli import critical as critical_cli
 from landscape_cli.cli import inspect as inspect_cli
 from landscape_cli.cli import spectrum as spectrum_cli
 from landscape_cli.cli import trace as trace_cli
@@ -42,6 +43,8 @@ def _root(
 analysis_command(app, "spectrum", help=spectrum_cli.HELP, epilog=spectrum_cli.EPILOG)(
     spectrum_cli.spectrum_command)
 analysis_command(app, "trace", help=trace_cli.HELP, epilog=trace_cli.EPILOG)(trace_cli.trace_command)
+analysis_command(app, "classify-critical-point", help=critical_cli.HELP,
+                 epilog=critical_cli.EPILOG)(critical_cli.classify_command)
 inspect_cli.register_inspect(app)
 
 

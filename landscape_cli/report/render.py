@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from landscape_cli.report.density_view import spectrum_extras
@@ -44,6 +45,16 @@ def _trace_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _critical_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"verdict": results["verdict"], "grad_norm": results["grad_norm"],
+             "lambda_min": results["lambda_min"], "lambda_max": results["lambda_max"],
+             "negative_fraction": results.get("negative_fraction")}]
+
+
+def _critical_evidence(results: dict[str, Any]) -> list[Any]:
+    return [f"[bold]{results['verdict']}[/]", *(f"  • {escape(line)}" for line in results["evidence"])]
+
+
 def _inspect_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(t) for t in results.get("tensors", [])]
 
@@ -51,13 +62,16 @@ def _inspect_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 ROWS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "spectrum": _spectrum_rows,
     "trace": _trace_rows,
+    "classify-critical-point": _critical_rows,
     "inspect": _inspect_rows,
 }
 
 
 #: Extra Rich renderables shown under a command's table (e.g. a density chart), by command.
-EXTRAS: dict[str, Callable[[dict[str, Any]], list[Any]]] = {}
-EXTRAS["spectrum"] = spectrum_extras
+EXTRAS: dict[str, Callable[[dict[str, Any]], list[Any]]] = {
+    "spectrum": spectrum_extras,
+    "classify-critical-point": _critical_evidence,
+}
 
 
 def rows_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
