@@ -43,3 +43,18 @@ def make_data(n: int = 10):
 
 def quadratic_loss(model: nn.Module, batch) -> torch.Tensor:
     return model(batch[0])
+
+
+class Kink(nn.Module):
+    """forward(x) = Σ|w| at w = 0: the loss is finite but its Hessian is not defined there."""
+
+    def __init__(self, n: int = 3):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(n, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.w ** 2).sqrt().sum() + 0 * x.sum()
+
+
+def make_kink(n: int = 3) -> Kink:
+    return Kink(n)

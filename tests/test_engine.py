@@ -211,16 +211,10 @@ def test_model_vmap_cannot_handle_falls_back_and_stays_exact(strategy):
 
 
 def test_non_finite_hvp_is_a_numerical_error():
-    class Kink(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.zeros(3, dtype=torch.float64))
-
-        def forward(self, x):
-            return (self.w ** 2).sqrt().sum() + 0 * x.sum()  # |w|: curvature undefined at 0
+    from quadratic import make_kink
 
     batches = Batches([(torch.zeros(2, 1), torch.zeros(2))], [2])
-    problem = build_problem(Kink(), lambda m, b: m(b[0]), batches, device=torch.device("cpu"),
+    problem = build_problem(make_kink(), lambda m, b: m(b[0]), batches, device=torch.device("cpu"),
                             dtype=torch.float64)
     with pytest.raises(NumericalError, match="not finite"):
         HVPEngine(problem).hvp(torch.ones(3, dtype=torch.float64))

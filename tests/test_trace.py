@@ -117,3 +117,27 @@ def test_student_t_quantiles():
     assert t975(10) == pytest.approx(2.228)
     assert t975(60) == pytest.approx(2.000, abs=2e-3)
     assert t975(1000) == pytest.approx(1.962, abs=2e-3)
+
+
+def test_no_parameter_selected_exits_2(cli):
+    code, _, result = cli("trace", MLP_CKPT, "--params", "nothing.*", "--set", "data.max_samples=50")
+    assert code == 2
+    assert "no parameter selected" in result.output and "0.weight" in result.output
+
+
+def test_non_finite_hvp_exits_2(cli, tmp_path):
+    from pathlib import Path
+
+    from quadratic import make_kink
+
+    here = Path(__file__).resolve().parent / "quadratic.py"
+    config = tmp_path / "kink.yaml"
+    config.write_text(f"model: {{factory: '{here}:make_kink'}}\n"
+                      f"data: {{factory: '{here}:make_data', batch_size: 4}}\n"
+                      f"loss: {{fn: '{here}:quadratic_loss'}}\ndtype: float64\ndevice: cpu\n")
+    ckpt = tmp_path / "kink.pt"
+    torch.save(make_kink().state_dict(), ckpt)
+    code, _, result = cli("trace", ckpt, "-c", config)
+    assert code == 2
+    assert "Hessian-vector product is not finite" in result.output
+    assert "Traceback" not in result.output
