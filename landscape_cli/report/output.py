@@ -25,8 +25,15 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def emit(text: str, output: Path | None) -> None:
-    if output is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    """Write ``text`` (one trailing newline) to ``output``, or to stdout. A reader that closed
+    the pipe early (``| head``) ends the command quietly, as for any Unix filter."""
+    text = text if text.endswith("\n") else text + "\n"
+    if output is not None:
+        write_atomic(output, text)
+        return
+    try:
+        sys.stdout.write(text)
         sys.stdout.flush()
-    else:
-        write_atomic(output, text if text.endswith("\n") else text + "\n")
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        raise SystemExit(1) from None
