@@ -9,6 +9,7 @@ import typer
 from landscape_cli import __version__
 from landscape_cli.cli import critical as critical_cli
 from landscape_cli.cli import inspect as inspect_cli
+from landscape_cli.cli import schema as schema_cli
 from landscape_cli.cli import spectrum as spectrum_cli
 from landscape_cli.cli import trace as trace_cli
 from landscape_cli.cli.common import analysis_command
@@ -46,6 +47,7 @@ analysis_command(app, "trace", help=trace_cli.HELP, epilog=trace_cli.EPILOG)(tra
 analysis_command(app, "classify-critical-point", help=critical_cli.HELP,
                  epilog=critical_cli.EPILOG)(critical_cli.classify_command)
 inspect_cli.register_inspect(app)
+schema_cli.register_schema(app)
 
 
 def main() -> None:

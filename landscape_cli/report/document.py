@@ -46,14 +46,3 @@ def build_report(command: str, *, checkpoint: dict[str, Any], settings: dict[str
     doc["warnings"] = notes
     return doc
 
-
-def error_report(command: str, path: str, message: str, exit_code: int) -> dict[str, Any]:
-    """What a failed checkpoint contributes to a JSON stream (batch, --json)."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "command": command,
-        "status": "error",
-        "tool": tool_info(),
-        "checkpoint": {"path": path},
-        "error": {"message": message, "exit_code": exit_code},
-    }

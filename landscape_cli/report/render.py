@@ -76,8 +76,6 @@ EXTRAS: dict[str, Callable[[dict[str, Any]], list[Any]]] = {
 
 def rows_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The document's results as flat rows (one per eigenvalue, tensor, ...)."""
-    if doc.get("status") != "ok":
-        return [{"status": doc.get("status"), "error": doc.get("error", {}).get("message")}]
     make = ROWS.get(doc["command"])
     return make(doc["results"]) if make else [doc["results"]]
 
@@ -182,7 +180,7 @@ def to_table(doc: dict[str, Any], color: bool) -> str:
             table.add_row(*cells)
         console.print(table)
     extra = EXTRAS.get(doc["command"])
-    if extra is not None and doc.get("status") == "ok":
+    if extra is not None:
         for renderable in extra(doc["results"]):
             console.print(renderable)
     for line in _footer_lines(doc):
