@@ -216,7 +216,7 @@ def guarded(options: OutputOptions, body: Callable[[], Any]) -> Any:
         _fail(exc, options.debug)
 
 
-def _report(command: str, common: Common, analyse: Callable[[Run], Any]) -> dict[str, Any]:
+def _report(command: str, common: Common, analyse: Callable[[Run], Analysis]) -> dict[str, Any]:
     gates: list[Gate] = [parse_gate(expr) for expr in common.fail_if]
     config_path = find_config(str(common.config) if common.config else None, common.checkpoint)
     config = load_config(config_path, common.overrides())
@@ -248,7 +248,7 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Any]) -> dict
     )
 
 
-def execute(command: str, common: Common, analyse: Callable[[Run], Any]) -> None:
+def execute(command: str, common: Common, analyse: Callable[[Run], Analysis]) -> None:
     """Checkpoint → problem → analysis → report → output; exit code per DESIGN §7."""
     doc = guarded(common, lambda: _report(command, common, analyse))
     guarded(common, lambda: finish(doc, common))

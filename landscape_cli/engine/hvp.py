@@ -106,10 +106,6 @@ class HVPEngine:
                 budget = None
             self._build_cache(budget)
 
-    @property
-    def n(self) -> int:
-        return self.problem.n
-
     # ------------------------------------------------------------------ first order
 
     def _build_cache(self, budget: int | None) -> None:

@@ -38,7 +38,6 @@ class LanczosResult:
     bottom: RitzPairs
     steps: int
     scale: float
-    all_values: list[float]
 
     @property
     def converged(self) -> bool:
@@ -119,7 +118,7 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
         values, vectors = tridiagonal_eigh(alphas, betas)
         top_pairs, bottom_pairs, scale = _ritz(values, vectors, [*dropped, (step, beta)],
                                                min(top, step + 1), min(bottom, step + 1), tol)
-        result = LanczosResult(top_pairs, bottom_pairs, step + 1, scale, values.tolist())
+        result = LanczosResult(top_pairs, bottom_pairs, step + 1, scale)
         if callback is not None:
             callback(step + 1, sum(top_pairs.converged) + sum(bottom_pairs.converged), wanted)
         if step + 1 == n:
@@ -170,4 +169,4 @@ def _verified(result: LanczosResult, matvec: Matvec, basis: torch.Tensor, vector
                          converged=[r <= limit for r in residuals])
 
     return LanczosResult(pairs(result.top, measured[:top]), pairs(result.bottom, measured[top:]),
-                         result.steps, result.scale, result.all_values)
+                         result.steps, result.scale)
