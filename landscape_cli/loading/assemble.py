@@ -52,6 +52,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise LandscapeError(f"device '{name}' asked for, but only {torch.cuda.device_count()} "
                              "CUDA device(s) exist")
+    if device.type == "cuda":
+        # TF32 (on by default for cuDNN convolutions) rounds float32 products to 10 mantissa
+        # bits: the Hessian would be computed in less precision than the dtype says.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return device
 
 
