@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
-import statistics
-import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -50,13 +49,12 @@ ROWS: list[dict] = []
 def machine() -> str:
     cpu = "unknown"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle
+                        if line.startswith("model name")), cpu)
     except OSError:
         pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    nproc = os.cpu_count()
     return (f"nproc {nproc}, CPU {cpu}, {platform.system()} {platform.machine()}, "
             f"Python {platform.python_version()}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, float32")
@@ -219,7 +217,7 @@ def bench_model(name, ckpt, repeats):
         t, (hc, val) = timed(run, repeats)
         add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
             "Hutchinson, own stopping rule (maxIter 100 tol 1e-3)")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         fail(name, "all", lib, exc)
 
     # ---------------- hessian-eigenthings 1.0.0a5
@@ -271,14 +269,15 @@ def bench_model(name, ckpt, repeats):
         t, (hc, val) = timed(run, repeats)
         add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
             "Hutch++, default 100 matvecs")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         fail(name, "all", lib, exc)
 
     # ---------------- curvlinops
     try:
+        from importlib.metadata import version
+
         import curvlinops
         import scipy.sparse.linalg
-        from importlib.metadata import version
         lib = f"curvlinops {version('curvlinops-for-pytorch')}"
 
         def make_h():
@@ -316,7 +315,7 @@ def bench_model(name, ckpt, repeats):
         t, (hc, val) = timed(run, repeats)
         add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
             "hutchpp_trace, landscape's HVP count rounded up to a multiple of 3")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         fail(name, "all", "curvlinops", exc)
 
     # plain autograd gradient, the unit the references have no API for
