@@ -99,6 +99,18 @@ class Counter:
         self.n = 0
 
 
+def count_calls(obj, attr: str) -> Counter:
+    """Wrap ``obj.attr`` so that each call adds one to the returned counter."""
+    counter, inner = Counter(), getattr(obj, attr)
+
+    def counted(*args, **kwargs):
+        counter.n += 1
+        return inner(*args, **kwargs)
+
+    setattr(obj, attr, counted)
+    return counter
+
+
 # ----------------------------------------------------------------------------- references
 
 def references(name, ckpt):
@@ -187,14 +199,7 @@ def bench_model(name, ckpt, repeats):
 
         def make_ph():
             h = PyH(fresh_model(), criterion, dataloader=loader, cuda=False)
-            counter = Counter()
-            inner = h.dataloader_hv_product
-
-            def counted(vec):
-                counter.n += 1
-                return inner(vec)
-            h.dataloader_hv_product = counted
-            return h, counter
+            return h, count_calls(h, "dataloader_hv_product")
 
         h, _ = make_ph()
         vl = list(torch.randn(n).split([p.numel() for p in h.params]))
@@ -233,14 +238,7 @@ def bench_model(name, ckpt, repeats):
 
         def make_op():
             op = he.HessianOperator(fresh_model(), loader, loss_fn)
-            counter = Counter()
-            inner = op.matvec
-
-            def counted(vec):
-                counter.n += 1
-                return inner(vec)
-            op.matvec = counted
-            return op, counter
+            return op, count_calls(op, "matvec")
 
         op, _ = make_op()
         t, _ = timed(lambda r: op.matvec(v), repeats, True)
