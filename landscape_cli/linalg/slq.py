@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from landscape_cli.linalg.lanczos import Matvec, tridiagonal_eigh
+from landscape_cli.linalg.probes import rademacher as signs
 
 
 @dataclass
@@ -49,8 +50,7 @@ class SLQResult:
 
 def rademacher(runs: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
     """``runs`` rows of independent ±1/√n entries (float64, CPU): unit vectors, E[vvᵀ] = I/n."""
-    signs = torch.randint(0, 2, (runs, n), generator=generator, dtype=torch.int64)
-    return (2 * signs - 1).to(torch.float64) / math.sqrt(n)
+    return signs(runs, n, generator) / math.sqrt(n)
 
 
 def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape_cli.linalg.probes import rademacher
+
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 #: Student's t quantile t_{0.975, df} for df = 1..30; beyond, t ≈ 1.96 + 2.4/df (within 0.1%).
@@ -43,13 +45,6 @@ class TraceEstimate:
     method: str
     sketch: int
     converged: bool
-
-
-def rademacher(k: int, n: int, generator: torch.Generator, dtype: torch.dtype,
-               device: torch.device | str) -> torch.Tensor:
-    """k independent vectors of n random signs."""
-    signs = torch.randint(0, 2, (k, n), generator=generator, dtype=torch.int8)
-    return (2 * signs - 1).to(dtype=dtype, device=device)
 
 
 def _probe_loop(matvec: Matvec, n: int, offset: float, project, *, rtol: float, budget: int,
