@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from landscape_cli.errors import ConfigError
 
@@ -102,6 +102,16 @@ class LossSection(_FactorySection):
         return self
 
 
+class EngineSection(_Section):
+    """How H·v is computed; never what (``engine/hvp.py``). Left out of the config digest."""
+
+    strategy: Literal["auto", "cached", "stream"] = "auto"
+    memory_budget: ByteSize | None = Field(
+        default=None, description="bytes ('8GB', '512MiB') the cached graph may hold; default: "
+        "half the free GPU memory or 40% of available RAM")
+    compile: bool = False
+
+
 class Config(_Section):
     model: ModelSection
     checkpoint: CheckpointSection = CheckpointSection()
@@ -111,6 +121,7 @@ class Config(_Section):
     dtype: Literal["float32", "float64"] = "float32"
     seed: int = 0
     bn: Literal["eval", "train-stats"] = "eval"
+    engine: EngineSection = EngineSection()
     python_path: list[str] = Field(default_factory=list)
     source: str = Field(default="<config>", exclude=True)
 
@@ -125,7 +136,7 @@ class Config(_Section):
 
     def sha256(self) -> str:
         """Digest of the resolved config, for reports and the batch cache."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        text = json.dumps(self.model_dump(mode="json", exclude={"engine"}), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -83,3 +83,26 @@ def test_unconverged_budget_is_flagged_with_a_warning(cli):
     assert doc["results"]["lanczos_steps"] == 6
     assert not all(doc["results"]["top_converged"])
     assert any("did not reach" in w for w in doc["warnings"])
+
+
+def test_engine_options_reach_the_engine_and_do_not_change_the_numbers(cli):
+    args = ("spectrum", MLP_CKPT, "--dtype", "float64", "--set", "data.max_samples=300", "--top", "3",
+            "--tol", "1e-8", "--json")
+    cached = cli(*args, "--memory-budget", "1GiB")[1]
+    streamed = cli(*args, "--memory-budget", "0")[1]
+    forced = cli(*args, "--set", "engine.memory_budget=0", "--hvp-strategy", "cached")[1]
+    assert cached["settings"]["hvp_strategy"] == "cached" and cached["settings"]["memory_budget_mb"] == 1024
+    assert streamed["settings"]["hvp_strategy"] == "stream" and streamed["settings"]["memory_budget_mb"] == 0
+    assert forced["settings"]["hvp_strategy"] == "cached"
+    assert streamed["results"]["top_eigenvalues"] == pytest.approx(cached["results"]["top_eigenvalues"],
+                                                                   rel=1e-10)
+    assert cached["settings"]["config_sha256"] == streamed["settings"]["config_sha256"]
+
+
+@pytest.mark.parametrize(("option", "named"), [(("--memory-budget", "lots"), "engine.memory_budget"),
+                                               (("--set", "engine.compile=maybe"), "engine.compile"),
+                                               (("--set", "engine.strategy=fast"), "engine.strategy")])
+def test_bad_engine_settings_exit_2_naming_the_key(cli, option, named):
+    code, doc, result = cli("spectrum", MLP_CKPT, *option, "--json")
+    assert code == 2 and doc is None
+    assert named in result.output and "Traceback" not in result.output

@@ -21,7 +21,7 @@ from landscape_cli.analyses.spectrum import spectrum
 from landscape_cli.config import load_config
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.problem import build_problem, criterion_loss
-from landscape_cli.errors import LandscapeError, NumericalError
+from landscape_cli.errors import LandscapeError
 from landscape_cli.loading.assemble import build_model
 from landscape_cli.loading.data import Batches
 
@@ -188,7 +188,7 @@ class Unvmappable(nn.Module):
         return OldStyleSquare.apply(self.fc(x))
 
 
-@pytest.mark.parametrize("strategy", ["cached", "stream"])
+@pytest.mark.parametrize("strategy", ["cached", "stream", "compile"])
 def test_model_vmap_cannot_handle_falls_back_and_stays_exact(strategy):
     torch.manual_seed(0)
     x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
@@ -204,20 +204,33 @@ def test_model_vmap_cannot_handle_falls_back_and_stays_exact(strategy):
         return nn.functional.cross_entropy(out, y)
 
     hessian = torch.autograd.functional.hessian(reference, problem.theta0)
-    engine = HVPEngine(problem, strategy=strategy)
+    engine = (HVPEngine(problem, compile=True) if strategy == "compile"
+              else HVPEngine(problem, strategy=strategy))
     vectors = torch.randn(3, problem.n, dtype=torch.float64)
     assert torch.allclose(engine.hvp(vectors), vectors @ hessian, rtol=1e-9, atol=1e-12)
     assert any("fell back" in w for w in engine.warnings)
+    assert (strategy == "compile") == any("torch.compile failed" in w for w in engine.warnings)
 
 
-def test_non_finite_hvp_is_a_numerical_error():
+@pytest.mark.parametrize("algorithm", ["lanczos", "hutchpp", "slq"])
+def test_non_finite_hvp_stops_every_algorithm(algorithm):
     from quadratic import make_kink
+
+    from landscape_cli.linalg.lanczos import lanczos
+    from landscape_cli.linalg.slq import slq
+    from landscape_cli.linalg.trace import hutchpp
 
     batches = Batches([(torch.zeros(2, 1), torch.zeros(2))], [2])
     problem = build_problem(make_kink(), lambda m, b: m(b[0]), batches, device=torch.device("cpu"),
                             dtype=torch.float64)
-    with pytest.raises(NumericalError, match="not finite"):
-        HVPEngine(problem).hvp(torch.ones(3, dtype=torch.float64))
+    engine = HVPEngine(problem)
+    assert not torch.isfinite(engine.hvp(torch.ones(3, dtype=torch.float64))).all()
+    run = {"lanczos": lambda: lanczos(engine.hvp, problem.n, top=2),
+           "hutchpp": lambda: hutchpp(engine.hvp, problem.n, max_matvecs=30,
+                                       generator=torch.Generator().manual_seed(0)),
+           "slq": lambda: slq(engine.hvp, problem.n, runs=2, steps=3)}[algorithm]
+    with pytest.raises(FloatingPointError):
+        run()
 
 
 def test_memory_budget_too_small_streams_instead():
@@ -227,3 +240,33 @@ def test_memory_budget_too_small_streams_instead():
     cached = HVPEngine(run.problem)
     v = torch.randn(2, run.problem.n, dtype=torch.float64)
     assert torch.allclose(engine.hvp(v), cached.hvp(v), rtol=1e-10, atol=1e-14)
+
+
+def test_compiled_stream_hvp_equals_dense_hessian(mlp_exact):
+    problem, hessian, _ = mlp_exact
+    engine = HVPEngine(problem, compile=True)
+    vectors = torch.randn(2, problem.n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    scale = float(hessian.abs().max())
+    assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale * problem.n ** 0.5
+    assert engine.mode == "stream" and engine.describe()["compiled"] and not engine.warnings
+
+
+def test_memory_budget_zero_never_builds_the_graph(mlp_exact):
+    problem, _, _ = mlp_exact
+    engine = HVPEngine(problem, memory_budget=0)
+    assert engine.mode == "stream" and engine.cost.data_passes == 0
+
+
+def test_lanczos_reads_the_device_once_per_step(monkeypatch):
+    """DESIGN §4: no host-device synchronisation per step beyond the convergence check."""
+    from quadratic import symmetric_with_spectrum
+
+    import landscape_cli.linalg.lanczos as lanczos_module
+
+    reads = []
+    real = lanczos_module.read_finite
+    monkeypatch.setattr(lanczos_module, "read_finite", lambda t: reads.append(1) or real(t))
+    matrix = symmetric_with_spectrum(torch.linspace(-1, 10, 60, dtype=torch.float64), seed=0)
+    result = lanczos_module.lanczos(lambda v: v @ matrix, 60, top=3, tol=1e-8,
+                                    generator=torch.Generator().manual_seed(0))
+    assert result.converged and len(reads) == result.steps + 1  # + the final measured residuals

@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from landscape_cli import STARTED
 from landscape_cli.config import find_config, load_config
-from landscape_cli.engine.hvp import STRATEGIES, HVPEngine
-from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, LandscapeError
+from landscape_cli.engine.hvp import NONFINITE, STRATEGIES, HVPEngine
+from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, LandscapeError, NumericalError
 from landscape_cli.loading.assemble import Loaded, LoadOptions, describe_checkpoint, load
 from landscape_cli.report.document import build_report
 from landscape_cli.report.gates import Gate, parse_gate
@@ -68,15 +68,20 @@ class Common(OutputOptions):
     bn: str | None = None
     params: list[str] = field(default_factory=list)
     batches: int | None = None
-    hvp_strategy: str = "auto"
+    hvp_strategy: str | None = None
+    memory_budget: str | None = None
+    compile: bool | None = None
     allow_global: list[str] = field(default_factory=list)
     trust_checkpoint: bool = False
     fail_if: list[str] = field(default_factory=list)
 
     def overrides(self) -> list[str]:
         """``--set`` values, then the dedicated flags (which win)."""
-        flags = {"device": self.device, "dtype": self.dtype, "seed": self.seed, "bn": self.bn}
-        return [*self.set, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+        flags = {"device": self.device, "dtype": self.dtype, "seed": self.seed, "bn": self.bn,
+                 "engine.strategy": self.hvp_strategy, "engine.memory_budget": self.memory_budget,
+                 "engine.compile": None if self.compile is None else str(self.compile).lower()}
+        return [*self.set, *(f"{k}={getattr(v, 'value', v)}" for k, v in flags.items()
+                              if v is not None)]
 
 
 def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
@@ -110,9 +115,17 @@ INPUT_OPTIONS = [
         "e.g. 'layer3.*' (repeatable).", rich_help_panel=_INPUT)], []),
     _param("batches", Annotated[int | None, typer.Option(
         min=1, help="Use only the first N batches of the data.", rich_help_panel=_INPUT)], None),
-    _param("hvp_strategy", Annotated[Strategy, typer.Option(
-        help="HVP engine strategy: auto picks 'cached' when the graph fits memory, else 'stream'.",
-        rich_help_panel=_ENGINE)], Strategy.auto),
+    _param("hvp_strategy", Annotated[Strategy | None, typer.Option(
+        help="HVP engine strategy: auto (default) keeps the first-order graph ('cached') when it "
+        "fits the memory budget, else streams batches ('stream').", rich_help_panel=_ENGINE)], None),
+    _param("memory_budget", Annotated[str | None, typer.Option(
+        metavar="SIZE", help="Memory the cached graph may hold, e.g. 8GB or 512MiB (0: always "
+        "stream). Default: half the free GPU memory, or 40% of available RAM.",
+        rich_help_panel=_ENGINE)], None),
+    _param("compile", Annotated[bool | None, typer.Option(
+        "--compile/--no-compile", help="torch.compile the streaming HVP (first call compiles; "
+        "pays off over many HVPs on large models). Implies stream unless --hvp-strategy cached.",
+        rich_help_panel=_ENGINE)], None),
     _param("allow_global", Annotated[list[str], typer.Option(
         "--allow-global", metavar="MODULE.NAME", help="Let weights_only unpickling accept this "
         "global (repeatable).", rich_help_panel=_INPUT)], []),
@@ -224,10 +237,14 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis]) ->
         params=common.params, max_batches=common.batches,
         allow_globals=common.allow_global, trust_checkpoint=common.trust_checkpoint))
     started = time.perf_counter()
-    engine = HVPEngine(loaded.problem, strategy=common.hvp_strategy)
+    engine = HVPEngine(loaded.problem, strategy=config.engine.strategy,
+                       memory_budget=config.engine.memory_budget, compile=config.engine.compile)
     run = Run(loaded=loaded, engine=engine, seed=config.seed,
               show_progress=not common.quiet and stderr.is_terminal)
-    result = analyse(run)
+    try:
+        result = analyse(run)
+    except FloatingPointError:
+        raise NumericalError(NONFINITE) from None
     loss, accuracy = engine.evaluate()
     wall = time.perf_counter() - started
     headline = {"loss": loss, **({"accuracy": accuracy} if accuracy is not None else {})}

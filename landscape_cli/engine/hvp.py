@@ -1,23 +1,28 @@
 """The HVP engine: loss, gradient and H·V for a block V (k×n) of the dataset loss (DESIGN §4).
 
 H·v is the directional derivative of the gradient, ∇²L(θ)v = d/dε ∇L(θ+εv) (Pearlmutter 1994).
-Two ways to compute it, picked by measurement (``benchmarks/``):
+Two strategies, picked by measurement (``benchmarks/README.md``):
 
 * ``cached``: the first-order graph of the *whole dataset*, ∇L(θ₀) built once with
   ``create_graph=True``, is kept; each block H·V is then a single batched backward pass
   through it (``is_grads_batched``: vmap over the k rows). No forward pass or first backward
-  is repeated, which makes an HVP cost about one gradient. Chosen when the tensors that
-  graph saves (measured with saved-tensor hooks while building it) fit the memory budget.
-* ``stream``: batch by batch; memory is that of one batch. A block of k > 1 vectors goes
-  through forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``) vmapped over the
-  k vectors; a single vector through double backward, which is cheaper for k = 1.
+  is repeated, which makes an HVP cost about one gradient. Chosen by ``auto`` when the tensors
+  that graph saves (counted with saved-tensor hooks while building it) fit the memory budget.
+* ``stream``: batch by batch, with one batch on the device at a time, so memory does not grow
+  with the dataset. A block of k > 1 vectors goes through forward-over-reverse
+  (``torch.func.jvp`` of ``torch.func.grad``) vmapped over the k vectors; a single vector
+  through double backward, which is cheaper eagerly for k = 1. With ``compile``, every block
+  goes through ``torch.compile`` of forward-over-reverse instead (one compilation per block
+  and batch shape), and ``auto`` streams, since a kept graph has nothing left to compile.
 
-Measured on the samples (``benchmarks/engine_strategies.py``, 2 CPU cores, float32), the cost
-of one HVP in units of one gradient: cached 0.9–1.9× for k = 1 and 0.3–1.5× per vector for
-k = 8; stream 5–7× for k = 1 with forward-over-reverse, 0.9–1.8× per vector for k = 8.
+Measured on the samples (2 CPU cores, float32), one HVP costs, in gradients: cached 0.7–1.8×
+for k = 1 and 0.3–1.2× per vector for k = 8; stream (eager) 1.9–2.3× for k = 1 and 0.4–1.4×
+per vector for k = 8.
 
-Every path falls back automatically: a model that ``vmap`` cannot handle is run one vector at
-a time (and in ``stream`` mode through double backward), with a warning in the report.
+Every path falls back automatically: a model that ``vmap`` or ``torch.compile`` cannot handle
+is run eagerly one vector at a time, with a warning in the report. Nothing here reads a value
+back from the device (no host-device synchronisation per HVP); the algorithms check that the
+numbers they read are finite and raise ``FloatingPointError`` otherwise (see ``NONFINITE``).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from landscape_cli.engine.problem import Problem
-from landscape_cli.errors import NumericalError
 
 STRATEGIES = ("auto", "cached", "stream")
+NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
+             "the loss is not twice differentiable there or overflows in this dtype "
+             "(try dtype: float64)")
 
 
 @dataclass
@@ -84,6 +91,7 @@ class HVPEngine:
     problem: Problem
     strategy: str = "auto"
     memory_budget: int | None = None
+    compile: bool = False
     cost: Cost = field(default_factory=Cost)
     warnings: list[str] = field(default_factory=list)
 
@@ -96,15 +104,17 @@ class HVPEngine:
         self._grad: torch.Tensor | None = None
         self._evaluated: tuple[float, float | None] | None = None
         self._vectorize = True
+        self._compiled = None
+        if self.compile:
+            self._compiled = torch.compile(self._forward_over_reverse, dynamic=False)
         self.mode = "stream"
         self.cached_bytes = 0
-        if self.strategy in ("auto", "cached"):
-            budget = self.memory_budget
-            if budget is None:
-                budget = default_memory_budget(self.problem.device)
-            if self.strategy == "cached":
-                budget = None
-            self._build_cache(budget)
+        if self.memory_budget is None:
+            self.memory_budget = default_memory_budget(self.problem.device)
+        if self.strategy == "cached":
+            self._build_cache(None)
+        elif self.strategy == "auto" and not self.compile and self.memory_budget > 0:
+            self._build_cache(self.memory_budget)
 
     # ------------------------------------------------------------------ first order
 
@@ -118,14 +128,14 @@ class HVPEngine:
                 batch_loss = self.problem.batch_loss(theta, i)
                 g = torch.autograd.grad(batch_loss, theta, create_graph=True)[0]
                 grad_graph = g if grad_graph is None else grad_graph + g
-                loss += float(batch_loss.detach())
+                loss = loss + batch_loss.detach()
                 if budget is not None and saved.bytes > budget:
                     self.cost.data_passes += 1  # a partial pass, spent all the same
                     return
         self.cost.data_passes += 1
         self.cost.grads += 1
         self._theta, self._grad_graph = theta, grad_graph
-        self._loss, self._grad = loss, grad_graph.detach()
+        self._loss, self._grad = float(loss), grad_graph.detach()
         self.mode = "cached"
         self.cached_bytes = saved.bytes
 
@@ -151,8 +161,8 @@ class HVPEngine:
             for i in range(len(self.problem.batches)):
                 batch_loss = self.problem.batch_loss(theta, i)
                 total += torch.autograd.grad(batch_loss, theta)[0]
-                loss += float(batch_loss.detach())
-            self._grad, self._loss = total, loss
+                loss = loss + batch_loss.detach()
+            self._grad, self._loss = total, float(loss)
             self.cost.grads += 1
             self.cost.data_passes += 1
         return self._grad
@@ -171,10 +181,6 @@ class HVPEngine:
             self.cost.data_passes += 1
         self.cost.hvps += block.shape[0]
         self.cost.hvp_blocks += 1
-        if not bool(torch.isfinite(out).all()):
-            raise NumericalError("a Hessian-vector product is not finite (NaN or Inf) at the "
-                                 "checkpoint's weights; the loss is not twice differentiable there "
-                                 "or overflows in this dtype (try dtype: float64)")
         return out[0] if single else out
 
     def _hvp_cached(self, block: torch.Tensor) -> torch.Tensor:
@@ -189,32 +195,50 @@ class HVPEngine:
                 self._fall_back(exc)
         return torch.stack([backward(v, False) for v in block])
 
+    def _forward_over_reverse(self, theta: torch.Tensor, block: torch.Tensor,
+                              batch: object) -> torch.Tensor:
+        """∇²L_b(θ)·vᵢ for each row of ``block``: vmap over the rows of jvp(grad L_b)."""
+        grad_fn = torch.func.grad(lambda t: self.problem.mean_batch_loss(t, batch))
+        return torch.func.vmap(lambda v: torch.func.jvp(grad_fn, (theta,), (v,))[1])(block)
+
     def _hvp_stream(self, block: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(block)
         theta0 = self.problem.theta0
         for i in range(len(self.problem.batches)):
+            batch, weight = self.problem.batch(i), self.problem.weights[i]
+            if self._compiled is not None:
+                try:
+                    out += weight * self._compiled(theta0, block, batch)
+                    continue
+                except Exception as exc:  # torch.compile raises many kinds; eager is exact too
+                    self._compiled = None
+                    self._warn("torch.compile failed for this model", exc, "ran eagerly")
             if self._vectorize and block.shape[0] > 1:
                 try:
-                    grad_fn = torch.func.grad(lambda t, i=i: self.problem.batch_loss(t, i))
-                    out += torch.func.vmap(
-                        lambda v, g=grad_fn: torch.func.jvp(g, (theta0,), (v,))[1])(block)
+                    out += weight * self._forward_over_reverse(theta0, block, batch)
                     continue
                 except RuntimeError as exc:
                     self._fall_back(exc)
             theta = theta0.detach().requires_grad_(True)
-            g = torch.autograd.grad(self.problem.batch_loss(theta, i), theta, create_graph=True)[0]
+            loss = weight * self.problem.mean_batch_loss(theta, batch)
+            g = torch.autograd.grad(loss, theta, create_graph=True)[0]
             for j, v in enumerate(block):
                 out[j] += torch.autograd.grad(g, theta, grad_outputs=v, retain_graph=True)[0]
         return out
 
     def _fall_back(self, exc: Exception) -> None:
         self._vectorize = False
+        self._warn("vectorised HVPs failed for this model", exc,
+                   "fell back to one vector at a time")
+
+    def _warn(self, what: str, exc: Exception, action: str) -> None:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        self.warnings.append(f"vectorised HVPs failed for this model ({first_line[:160]}); "
-                             "fell back to one vector at a time")
+        self.warnings.append(f"{what} ({first_line[:160]}); {action}")
 
     def describe(self) -> dict[str, object]:
         """The strategy used, for the report's settings."""
         return {"hvp_strategy": self.mode, "vectorized": self._vectorize,
-                "cached_graph_mb": round(self.cached_bytes / 2**20, 3)}
+                "compiled": self.mode == "stream" and self._compiled is not None,
+                "cached_graph_mb": round(self.cached_bytes / 2**20, 3),
+                "memory_budget_mb": round(self.memory_budget / 2**20, 3)}
 

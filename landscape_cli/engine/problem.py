@@ -2,7 +2,9 @@
 vector θ of the selected parameters (DESIGN §4), everything else held fixed.
 
 The model runs through ``torch.func.functional_call`` with views of θ in place of its
-parameters, so one flat leaf tensor serves autograd and ``torch.func`` alike.
+parameters, so one flat leaf tensor serves autograd and ``torch.func`` alike. The batches stay
+in host memory (pinned for CUDA) and go to the device one at a time, so the device holds one
+batch, never the dataset.
 """
 
 from __future__ import annotations
@@ -117,19 +119,26 @@ class Problem:
         pieces = theta.split([s.numel() for s in self.shapes])
         return {prefix + n: p.view(s) for n, p, s in zip(self.names, pieces, self.shapes)}
 
+    def batch(self, index: int) -> Any:
+        """Batch ``index`` on the device (an asynchronous copy from pinned memory on CUDA)."""
+        return to_device(self.batches[index], self.device, self.dtype)
+
     def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
         """w_b · L_b(θ): batch ``index``'s share of the dataset loss."""
-        loss, _ = torch.func.functional_call(self.objective, self.unflatten(theta),
-                                             (self.batches[index],))
-        return loss * self.weights[index]
+        return self.weights[index] * self.mean_batch_loss(theta, self.batch(index))
+
+    def mean_batch_loss(self, theta: torch.Tensor, batch: Any) -> torch.Tensor:
+        """L_b(θ), the mean loss over one batch already on the device."""
+        return torch.func.functional_call(self.objective, self.unflatten(theta), (batch,))[0]
 
     def evaluate(self, theta: torch.Tensor | None = None) -> tuple[float, float | None]:
         """Dataset loss (and accuracy, for classification) at θ, without gradients."""
         theta = self.theta0 if theta is None else theta
         total, correct = 0.0, 0 if self.classification else None
         with torch.no_grad():
-            for i, batch in enumerate(self.batches):
-                total += float(self.batch_loss(theta, i))
+            for i in range(len(self.batches)):
+                batch = self.batch(i)
+                total += float(self.weights[i] * self.mean_batch_loss(theta, batch))
                 if correct is not None:
                     outputs = call_model(self.objective.model, batch[0],
                                          self.unflatten(theta, prefix=""))
@@ -156,7 +165,8 @@ def build_problem(model: nn.Module, loss_fn: LossFn, data: Batches, *, bn: str =
     named = dict(model.named_parameters())
     theta0 = torch.cat([named[n].detach().reshape(-1) for n in names]).clone()
     objective = Objective(model, loss_fn).to(device=device, dtype=dtype)
-    batches = [to_device(b, device, dtype) for b in data.batches]
+    host = torch.device("cpu")
+    batches = [to_device(b, host, dtype, pin=device.type == "cuda") for b in data.batches]
     problem = Problem(
         objective=objective,
         names=names,
@@ -180,10 +190,10 @@ def _batch_weights(problem: Problem, sizes: list[int]) -> list[float]:
     """n_b / N, where n_b is the batch size or the count ``loss.fn`` returns with its mean."""
     counts: list[float] = []
     with torch.no_grad():
-        for batch, size in zip(problem.batches, sizes):
+        for i, size in enumerate(sizes):
             try:
                 loss, count = torch.func.functional_call(
-                    problem.objective, problem.unflatten(problem.theta0), (batch,))
+                    problem.objective, problem.unflatten(problem.theta0), (problem.batch(i),))
             except LandscapeError:
                 raise
             except Exception as exc:

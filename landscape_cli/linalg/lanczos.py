@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape_cli.linalg.host import read_finite
+
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -109,10 +111,11 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
     for step in range(max_steps):
         basis[step] = q
         w = matvec(q)
-        alpha = float(torch.dot(q, w))
-        w = w - alpha * q - (beta * prev if prev is not None else 0)
+        alpha_t = torch.dot(q, w)
+        w = w - alpha_t * q - (beta * prev if prev is not None else 0)
         w = _orthogonalize(w, basis[: step + 1])
-        beta = float(torch.linalg.vector_norm(w))
+        beta_t = torch.linalg.vector_norm(w)
+        alpha, beta = read_finite(torch.stack((alpha_t, beta_t)))  # the step's one sync
         alphas.append(alpha)
         betas.append(beta)
         values, vectors = tridiagonal_eigh(alphas, betas)
@@ -146,7 +149,7 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
         if (step + 1 >= wanted and complete and result.converged
                 and (first_block is None or step + 1 - block_start > first_block)):
             break
-        prev, q = q, w / beta
+        prev, q = q, w / beta_t
     return _verified(result, matvec, basis[: result.steps], vectors, values, top, bottom, tol)
 
 
@@ -160,8 +163,8 @@ def _verified(result: LanczosResult, matvec: Matvec, basis: torch.Tensor, vector
     ritz_vectors = coefficients.T @ basis
     ritz_vectors = ritz_vectors / torch.linalg.vector_norm(ritz_vectors, dim=1, keepdim=True)
     thetas = values[wanted].to(basis.dtype).to(basis.device)
-    measured = torch.linalg.vector_norm(matvec(ritz_vectors) - thetas[:, None] * ritz_vectors,
-                                        dim=1).double().cpu().tolist()
+    measured = read_finite(torch.linalg.vector_norm(
+        matvec(ritz_vectors) - thetas[:, None] * ritz_vectors, dim=1))
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
 
     def pairs(old: RitzPairs, residuals: list[float]) -> RitzPairs:

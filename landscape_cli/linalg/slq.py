@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.lanczos import Matvec, tridiagonal_eigh
 from landscape_cli.linalg.probes import rademacher as signs
 
@@ -92,7 +93,8 @@ def slq(matvec: Matvec, n: int, *, runs: int = 10, steps: int = 90,
         block = basis[:, : step + 1] if len(active) == runs else basis[active, : step + 1]
         w = _orthogonalize(w, block)
         beta = torch.linalg.vector_norm(w, dim=1)
-        alpha64, beta64 = alpha.double().cpu(), beta.double().cpu()
+        alpha64, beta64 = torch.tensor(read_finite(torch.stack((alpha, beta))),
+                                       dtype=torch.float64).view(2, -1)  # the step's one sync
         alphas[active, step], betas[active, step] = alpha64, beta64
         scale[active] = torch.maximum(scale[active], torch.maximum(alpha64.abs(), beta64))
         keep = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.probes import rademacher
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -56,7 +57,7 @@ def _probe_loop(matvec: Matvec, n: int, offset: float, project, *, rtol: float, 
     converged = False
     while spent < budget:
         probes = project(rademacher(min(block, budget - spent), n, generator, dtype, device))
-        samples += (probes * matvec(probes)).sum(dim=1).double().cpu().tolist()
+        samples += read_finite((probes * matvec(probes)).sum(dim=1))
         spent += probes.shape[0]
         if len(samples) >= max(2, min_probes):
             mean = sum(samples) / len(samples)
@@ -119,7 +120,7 @@ def hutchpp(matvec: Matvec, n: int, *, rtol: float = 0.01, max_matvecs: int = 10
         q, r = torch.linalg.qr(images.T)
         keep = r.diagonal().abs() > torch.finfo(dtype).eps * r.diagonal().abs().max() * n
         basis = q[:, keep].T.contiguous()
-        offset = float((basis * matvec(basis)).sum()) if len(basis) else 0.0
+        offset = read_finite((basis * matvec(basis)).sum())[0] if len(basis) else 0.0
         spent = sketch + len(basis)
 
     if len(basis) == n:  # the sketch spans everything: tr(QᵀAQ) is exact

@@ -152,7 +152,13 @@ def load_batches(config: Config, max_batches: int | None = None) -> Batches:
     return Batches(batches=batches, sizes=sizes)
 
 
-def to_device(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """Move a batch to ``device``; floating tensors take the analysis dtype."""
-    return map_tensors(batch, lambda t: t.to(device=device, dtype=dtype) if t.is_floating_point()
-                       else t.to(device=device))
+def to_device(batch: Any, device: torch.device, dtype: torch.dtype, pin: bool = False) -> Any:
+    """Move a batch to ``device``; floating tensors take the analysis dtype. ``pin`` puts
+    host tensors in page-locked memory, from which copies to a GPU run asynchronously."""
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype,
+                 non_blocking=t.is_pinned())
+        return t.pin_memory() if pin and not t.is_pinned() else t
+
+    return map_tensors(batch, move)

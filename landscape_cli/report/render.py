@@ -132,7 +132,8 @@ def _summary_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"[dim]device {settings.get('device')} · {settings.get('dtype')} · "
                      f"bn {settings.get('bn')} · {settings.get('n_samples')} samples · "
                      f"{settings.get('n_analysed')} parameters analysed · "
-                     f"HVP {settings.get('hvp_strategy')}[/]")
+                     f"HVP {settings.get('hvp_strategy')}"
+                     f"{' (compiled)' if settings.get('compiled') else ''}[/]")
     if "loss" in results:
         accuracy = results.get("accuracy")
         acc = f" · accuracy {accuracy:.4f}" if isinstance(accuracy, float) else ""
