@@ -102,3 +102,14 @@ def test_float32_operator():
     assert relative_error(result.top.values, exact[-3:].flip(0)) < 1e-5
     # measured residuals include float32 rounding: never reported as exactly zero
     assert min(result.top.residuals) > 0
+
+
+def test_basis_memory_grows_with_steps_not_with_n():
+    """n = 300,000: a basis of n rows would need 720 GB; the run needs a few dozen rows."""
+    n = 300_000
+    diagonal = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    diagonal[:2] = torch.tensor([5.0, 3.0])
+    result = lanczos(lambda v: v * diagonal, n, top=2, tol=1e-8,
+                     generator=torch.Generator().manual_seed(1))
+    assert result.converged and result.steps < 100
+    assert result.top.values == pytest.approx([5.0, 3.0], rel=1e-8)

@@ -7,7 +7,8 @@ vector is orthogonalized twice against all previous ones ("twice is enough", Gir
 2005), so no spurious copies appear. On breakdown (an invariant subspace found) the run
 restarts from a fresh random vector orthogonal to the basis, which also exposes repeated
 eigenvalues (the coupling β it drops, below √ε·‖A‖, still counts in the residual bounds).
-Operator in, numbers out: ``matvec`` maps a vector (n,) or a block (k, n) of row vectors to
+Memory: the basis, steps·n numbers, grown as steps are taken. Operator in, numbers out:
+``matvec`` maps a vector (n,) or a block (k, n) of row vectors to
 A·v for each.
 """
 
@@ -94,7 +95,7 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
     top, bottom = min(top, n), min(bottom, n)
     wanted = top + bottom
     max_steps = n if max_steps is None else max(1, min(max_steps, n))
-    basis = torch.empty(max_steps, n, dtype=dtype, device=device)
+    basis = torch.empty(min(max_steps, 32), n, dtype=dtype, device=device)  # grows by doubling
     eps = torch.finfo(dtype).eps
 
     def random_unit() -> torch.Tensor:
@@ -109,6 +110,9 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
     result = None
     block_start, first_block, at_last_breakdown = 0, None, None
     for step in range(max_steps):
+        if step == len(basis):
+            extra = torch.empty(min(len(basis), max_steps - len(basis)), n, dtype=dtype, device=device)
+            basis = torch.cat((basis, extra))
         basis[step] = q
         w = matvec(q)
         alpha_t = torch.dot(q, w)

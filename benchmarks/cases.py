@@ -1,0 +1,144 @@
+"""The benchmark models: the three samples and ResNet-style networks on 32×32 inputs.
+
+Each case is this tool's ``Problem`` (the dataset loss Σ_b n_b·L_b / N over fixed batches)
+plus what the reference libraries need to see the same loss: an eval-mode copy of the model,
+a loader over the same batches and a criterion with criterion(model(x), y) = L_b.
+The ResNets have random weights (BatchNorm statistics from one pass over the data) and
+synthetic images whose labels a fixed random linear map of the pixels decides.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from landscape_cli.config import load_config
+from landscape_cli.engine.problem import Problem, build_problem, criterion_loss
+from landscape_cli.loading.assemble import load
+from landscape_cli.loading.data import Batches, map_tensors
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = {
+    "mlp": ROOT / "sample_checkpoints/mlp/seed0_epoch100.pt",
+    "cnn_bn": ROOT / "sample_checkpoints/cnn_bn/final.pt",
+    "char_transformer": ROOT / "sample_checkpoints/char_transformer/final.pt",
+}
+#: name: (blocks per stage, widths, samples, batch size)
+RESNETS = {
+    "resnet8": ((1, 1, 1), (16, 32, 64), 512, 128),
+    "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), 10_000, 500),
+}
+CASES = [*SAMPLES, *RESNETS]
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the (1×1 conv-BN projected, when the shape changes) input."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016): 3×3 stem, stages of basic blocks, global pool.
+    Blocks (2, 2, 2, 2) with widths (64, 128, 256, 512) is ResNet-18 (11.2M parameters)."""
+
+    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers, c_in = [], widths[0]
+        for stage, (count, width) in enumerate(zip(blocks, widths)):
+            for i in range(count):
+                layers.append(BasicBlock(c_in, width, 2 if stage > 0 and i == 0 else 1))
+                c_in = width
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)).mean(dim=(2, 3)))
+
+
+class FlatCrossEntropy(nn.Module):
+    """Cross-entropy over every position of (B, T, V) logits: the sample transformer's loss."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+@dataclass
+class Case:
+    name: str
+    problem: Problem
+    criterion: nn.Module
+    batch_size: int
+
+    def model(self) -> nn.Module:
+        """A fresh eval-mode copy of the model with trainable parameters, for a reference."""
+        model = copy.deepcopy(self.problem.objective.model).eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def loader(self) -> DataLoader:
+        """The same batches, in the same order, as tensors on the problem's device."""
+        device = self.problem.device
+        x = torch.cat([b[0] for b in self.problem.batches]).to(device)
+        y = torch.cat([b[1] for b in self.problem.batches]).to(device)
+        return DataLoader(TensorDataset(x, y), batch_size=self.batch_size, shuffle=False)
+
+
+def _images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=generator)
+    teacher = torch.randn(3 * 32 * 32, 10, generator=torch.Generator().manual_seed(1234))
+    return x, (x.flatten(1) @ teacher).argmax(dim=1)
+
+
+def _resnet(name: str, device: torch.device, dtype: torch.dtype, scale: int) -> Case:
+    blocks, widths, n, batch = RESNETS[name]
+    torch.manual_seed(0)
+    model = ResNet(blocks, widths)
+    x, y = _images(n * scale, seed=0)
+    model.train()
+    with torch.no_grad():  # BatchNorm running statistics from one pass over the data
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = None
+        for i in range(0, min(len(x), 2000), batch):
+            model(x[i:i + batch])
+    pieces = [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
+    data = Batches(pieces, [len(p[1]) for p in pieces])
+    problem = build_problem(model, criterion_loss(nn.CrossEntropyLoss()), data, device=device,
+                            dtype=dtype)
+    return Case(name, problem, nn.CrossEntropyLoss(), batch)
+
+
+def build(name: str, device: str = "cpu", dtype: str = "float32", scale: int = 1) -> Case:
+    """Case ``name`` with ``scale`` times its data (copies of the samples' batches)."""
+    if name in RESNETS:
+        return _resnet(name, torch.device(device), getattr(torch, dtype), scale)
+    config = load_config(ROOT / "configs" / f"{name}.yaml", [f"device={device}", f"dtype={dtype}"])
+    problem = load(config, SAMPLES[name]).problem
+    if scale > 1:
+        problem.batches = [map_tensors(b, torch.clone) for _ in range(scale) for b in problem.batches]
+        problem.weights = [w / scale for _ in range(scale) for w in problem.weights]
+        problem.n_samples *= scale
+    criterion = FlatCrossEntropy() if name == "char_transformer" else nn.CrossEntropyLoss()
+    return Case(name, problem, criterion, config.data.batch_size)
