@@ -41,6 +41,7 @@ from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.linalg.slq import slq
 
 ROWS: list[dict] = []
+BLOCKS = [1, 8, 32]  # block sizes of the amortised HVP rows (--blocks)
 TRACE_RTOL = 0.01 / 1.96  # standard error at which the 95% interval is ±1%
 
 
@@ -116,8 +117,10 @@ def count_calls(obj, attr: str) -> Counter:
 
 # ----------------------------------------------------------------------------- references
 
-def references(name: str, device: str, fast: bool):
+def references(name: str, device: str, fast: bool, tasks: set[str]):
     """Top-5 eigenvalues and tr(H) to compare against, and how they were obtained."""
+    if not tasks & {"top", "trace"}:
+        return [float("nan")] * 5, float("nan"), "not computed"
     problem = build(name, device, "float32" if fast else "float64").problem
     engine = HVPEngine(problem)
     start = time.perf_counter()
@@ -130,6 +133,8 @@ def references(name: str, device: str, fast: bool):
         tr_ref, tr_note = float(dense.diagonal().sum()), "dense float64 Hessian"
         eig_dense = torch.linalg.eigvalsh(0.5 * (dense + dense.T)).flip(0)[:5].tolist()
         tr_note += f"; dense top-5 vs Lanczos max rel. diff {rel_err(eig_dense, eig_ref):.1e}"
+    elif "trace" not in tasks:
+        tr_ref, tr_note = float("nan"), "not computed"
     else:
         est = lt_trace(engine.hvp, problem.n, rtol=2e-3, max_hvps=min(problem.n, 3000),
                        **options).estimate
@@ -144,8 +149,8 @@ def references(name: str, device: str, fast: bool):
 # ----------------------------------------------------------------------------- libraries
 
 def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int], fast: bool,
-                libraries: set[str]):
-    eig_ref, tr_ref, tr_note = references(name, device, fast)
+                libraries: set[str], tasks: set[str]):
+    eig_ref, tr_ref, tr_note = references(name, device, fast, tasks)
     case = build(name, device)
     problem, criterion, loader = case.problem, case.criterion, case.loader()
     n, dev = problem.n, problem.device
@@ -158,62 +163,75 @@ def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int]
         return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
     # ---------------- landscape
-    lib = "landscape"
-    t, _ = timed(lambda r: HVPEngine(problem, strategy="stream").grad(), repeats, True)
-    add(name, "grad", lib, t, 0, None)
-    m = case.model()
-    t, _ = timed(lambda r: plain_grad(m), repeats, True)
-    add(name, "grad", "plain autograd (loop over loader)", t, 0, None)
-    engines = {"auto": HVPEngine(problem)}
-    strategies = ["cached", "stream"] if engines["auto"].mode == "cached" else ["stream"]
-    for strategy in strategies:
-        engine = HVPEngine(problem, strategy=strategy)
-        for k in (1, 8, 32):
-            block = torch.randn(k, n, device=dev)
-            t, _ = timed(lambda r, e=engine, b=block: e.hvp(b), repeats, True)
-            add(name, "hvp" if k == 1 else f"hvp×{k}", f"{lib} ({strategy})", t / k, k, None,
-                "per vector" + ("; graph built once per analysis, its cost is in the top-k rows"
-                                if strategy == "cached" else ""))
-    mode = engines["auto"].mode
+    mode = HVPEngine(problem).mode
     lib = f"landscape ({mode})"
-    for k in (1, 5):
-        def run(r, k=k):
+    if "hvp" in tasks:
+        bench_hvp(case, plain_grad, repeats, ["cached", "stream"] if mode == "cached" else ["stream"])
+    if "top" in tasks:
+        for k in (1, 5):
+            def run(r, k=k):
+                eng = HVPEngine(problem)
+                res = spectrum(eng.hvp, n, top=k, tol=1e-4, seed=r, dtype=problem.dtype, device=dev)
+                return eng.cost.hvps, res.top_eigenvalues
+            t, (h, vals) = timed(run, repeats)
+            add(name, f"top{k}", lib, t, h, rel_err(vals, eig_ref), "Lanczos, tol 1e-4 (default)")
+
+    lt_tr_hvps = 0
+    if "trace" in tasks:
+        def run_tr(r):
             eng = HVPEngine(problem)
-            res = spectrum(eng.hvp, n, top=k, tol=1e-4, seed=r, dtype=problem.dtype, device=dev)
-            return eng.cost.hvps, res.top_eigenvalues
-        t, (h, vals) = timed(run, repeats)
-        add(name, f"top{k}", lib, t, h, rel_err(vals, eig_ref), "Lanczos, tol 1e-4 (default)")
+            est = lt_trace(eng.hvp, n, rtol=TRACE_RTOL, seed=r, dtype=problem.dtype, device=dev).estimate
+            return est.matvecs, est.trace
+        t, (lt_tr_hvps, val) = timed(run_tr, repeats)
+        add(name, "trace", lib, t, lt_tr_hvps, abs(val - tr_ref) / abs(tr_ref),
+            f"Hutch++ until the 95% interval is ±1% (rtol {TRACE_RTOL:.4f})")
 
-    def run_tr(r):
-        eng = HVPEngine(problem)
-        est = lt_trace(eng.hvp, n, rtol=TRACE_RTOL, seed=r, dtype=problem.dtype, device=dev).estimate
-        return est.matvecs, est.trace
-    t, (lt_tr_hvps, val) = timed(run_tr, repeats)
-    add(name, "trace", lib, t, lt_tr_hvps, abs(val - tr_ref) / abs(tr_ref),
-        f"Hutch++ until the 95% interval is ±1% (rtol {TRACE_RTOL:.4f})")
-
-    def run_slq(r):
-        eng = HVPEngine(problem)
-        res = slq(eng.hvp, n, runs=runs, steps=steps, generator=torch.Generator().manual_seed(r),
-                  dtype=problem.dtype, device=dev)
-        return eng.cost.hvps, res
-    t, (h, _) = timed(run_slq, repeats)
-    add(name, "slq", lib, t, h, None, f"{runs} runs × {steps} steps, batched")
+    if "slq" in tasks:
+        def run_slq(r):
+            eng = HVPEngine(problem)
+            res = slq(eng.hvp, n, runs=runs, steps=steps, generator=torch.Generator().manual_seed(r),
+                      dtype=problem.dtype, device=dev)
+            return eng.cost.hvps, res
+        t, (h, _) = timed(run_slq, repeats)
+        add(name, "slq", lib, t, h, None, f"{runs} runs × {steps} steps, batched")
 
     if "pyhessian" in libraries:
-        bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape)
+        bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks)
     if "eigenthings" in libraries:
-        bench_eigenthings(case, loader, eig_ref, tr_ref, repeats)
+        bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks)
     if "curvlinops" in libraries:
-        bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps)
+        bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps, tasks)
     return tr_note
 
 
-def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape):
+def bench_hvp(case, plain_grad, repeats, strategies):
+    """One gradient, and H·V per vector for blocks of 1, 8 and 32 with each strategy."""
+    name, problem = case.name, case.problem
+    t, _ = timed(lambda r: HVPEngine(problem, strategy="stream").grad(), repeats, True)
+    add(name, "grad", "landscape", t, 0, None)
+    m = case.model()
+    t, _ = timed(lambda r: plain_grad(m), repeats, True)
+    add(name, "grad", "plain autograd (loop over loader)", t, 0, None)
+    for strategy in strategies:
+        engine = HVPEngine(problem, strategy=strategy)
+        for k in BLOCKS:
+            block = torch.randn(k, problem.n, device=problem.device)
+            t, _ = timed(lambda r, e=engine, b=block: e.hvp(b), repeats, True)
+            add(name, "hvp" if k == 1 else f"hvp×{k}", f"landscape ({strategy})", t / k, k, None,
+                "per vector" + ("; graph built once per analysis, its cost is in the top-k rows"
+                                if strategy == "cached" else ""))
+
+
+def _tasks(tasks: set[str], *names: str) -> bool:
+    return any(name in tasks for name in names)
+
+
+def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
     name, criterion, n = case.name, case.criterion, case.problem.n
     lib = "PyHessian 0.1"
     try:
         from pyhessian import hessian as PyH
+
         def _eig(a, eigenvectors=False):  # density() calls torch.eig, now a stub that raises
             w, q = torch.linalg.eigh(a)
             return torch.stack([w, torch.zeros_like(w)], 1), q
@@ -224,16 +242,13 @@ def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape):
             return h, count_calls(h, "dataloader_hv_product")
 
         h, _ = make_ph()
-        blocks = {}
-        for k in (1, 8):
-            vectors = torch.randn(k, n, device=case.problem.device)
-            blocks[k] = [[a.view_as(p) for a, p in zip(v.split([p.numel() for p in h.params]), h.params)]
-                         for v in vectors]
-        for k, vls in blocks.items():
+        for k in (1, 8) if _tasks(tasks, "hvp") else ():
+            vls = [[a.view_as(p) for a, p in zip(v.split([p.numel() for p in h.params]), h.params)]
+                   for v in torch.randn(k, n, device=case.problem.device)]
             t, _ = timed(lambda r, vls=vls: [h.dataloader_hv_product(vl) for vl in vls], repeats, True)
             add(name, "hvp" if k == 1 else f"hvp×{k}", lib, t / k, k, None,
                 "per vector; double backward per batch, one vector at a time")
-        for k in (1, 5):
+        for k in (1, 5) if _tasks(tasks, "top") else ():
             def run(r, k=k):
                 hh, c = make_ph()
                 vals, _ = hh.eigenvalues(top_n=k)
@@ -241,28 +256,42 @@ def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape):
             t, (hc, vals) = timed(run, repeats)
             add(name, f"top{k}", lib, t, hc, rel_err(vals, eig_ref),
                 "power iteration, defaults maxIter 100 tol 1e-3")
+        if _tasks(tasks, "trace"):
+            def run(r):
+                hh, c = make_ph()
+                samples = hh.trace()
+                return c.n, sum(samples) / len(samples)
+            t, (hc, val) = timed(run, repeats)
+            add(name, "trace (own rule)", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
+                "Hutchinson, own stopping rule (maxIter 100 tol 1e-3)")
+            # To a 95% interval of ±1%: p = (1.96·s / (0.01·mean))² probes, s from 30 pilot probes.
+            pilot = torch.tensor(make_ph()[0].trace(maxIter=30, tol=0.0), dtype=torch.float64)
+            needed = int((1.96 * pilot.std() / (0.01 * pilot.mean().abs())) ** 2) + 1
+            ran = min(needed, 200)
 
-        def run(r):
-            hh, c = make_ph()
-            samples = hh.trace()
-            return c.n, sum(samples) / len(samples)
-        t, (hc, val) = timed(run, repeats)
-        add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
-            "Hutchinson, own stopping rule (maxIter 100 tol 1e-3)")
+            def run(r):
+                hh, c = make_ph()
+                samples = hh.trace(maxIter=ran, tol=0.0)
+                return c.n, sum(samples) / len(samples)
+            t, (hc, val) = timed(run, 1)
+            add(name, "trace", lib, t * needed / ran, needed,
+                abs(val - tr_ref) / abs(tr_ref) if ran == needed else None,
+                f"Hutchinson with the {needed} probes a ±1% 95% interval needs (pilot variance)"
+                + (f"; timed {ran} probes, scaled linearly" if ran < needed else ""))
+        if _tasks(tasks, "slq"):
+            runs, steps = slq_shape
 
-        runs, steps = slq_shape
-
-        def run(r):
-            hh, c = make_ph()
-            hh.density(iter=steps, n_v=runs)
-            return c.n, None
-        t, (hc, _) = timed(run, repeats)
-        add(name, "slq", lib, t, hc, None, f"density(iter={steps}, n_v={runs}), one run at a time")
+            def run(r):
+                hh, c = make_ph()
+                hh.density(iter=steps, n_v=runs)
+                return c.n, None
+            t, (hc, _) = timed(run, repeats)
+            add(name, "slq", lib, t, hc, None, f"density(iter={steps}, n_v={runs}), one run at a time")
     except Exception as exc:
         fail(name, "all", lib, exc)
 
 
-def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats):
+def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks):
     name, criterion, n = case.name, case.criterion, case.problem.n
     lib = "hessian-eigenthings 1.0.0a5"
     try:
@@ -279,12 +308,12 @@ def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats):
             return op, count_calls(op, "matvec")
 
         op, _ = make_op()
-        for k in (1, 8):
+        for k in (1, 8) if _tasks(tasks, "hvp") else ():
             vectors = torch.randn(k, n, device=case.problem.device)
             t, _ = timed(lambda r, vs=vectors: [op.matvec(v) for v in vs], repeats, True)
             add(name, "hvp" if k == 1 else f"hvp×{k}", lib, t / k, k, None,
                 "per vector; double backward per batch, one vector at a time")
-        for k in (1, 5):
+        for k in (1, 5) if _tasks(tasks, "top") else ():
             def run(r, k=k):
                 o, c = make_op()
                 res = he.lanczos(o, k=k, seed=r, which="LA")
@@ -300,18 +329,17 @@ def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats):
             t, (hc, vals) = timed(run, repeats)
             add(name, f"top{k}", lib + " power", t, hc, rel_err(vals, eig_ref),
                 "defaults: max_iter 100 tol 1e-4")
-
-        def run(r):
-            o, c = make_op()
-            est = he.trace(o, seed=r).estimate
-            return c.n, est
-        t, (hc, val) = timed(run, repeats)
-        add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref), "Hutch++, default 100 matvecs")
+        if _tasks(tasks, "trace"):
+            def run(r):
+                o, c = make_op()
+                return c.n, he.trace(o, seed=r).estimate
+            t, (hc, val) = timed(run, repeats)
+            add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref), "Hutch++, default 100 matvecs")
     except Exception as exc:
         fail(name, "all", lib, exc)
 
 
-def bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps):
+def bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps, tasks):
     name, criterion, n = case.name, case.criterion, case.problem.n
     try:
         from importlib.metadata import version
@@ -334,14 +362,15 @@ def bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps):
             return H, counter
 
         H, _ = make_h()
-        t, _ = timed(lambda r: H.gradient_and_loss(), repeats, True)
-        add(name, "grad", lib, t, 0, None)
-        for k in (1, 8, 32):
+        if _tasks(tasks, "hvp"):
+            t, _ = timed(lambda r: H.gradient_and_loss(), repeats, True)
+            add(name, "grad", lib, t, 0, None)
+        for k in BLOCKS if _tasks(tasks, "hvp") else ():
             block = torch.randn(n, k, device=case.problem.device)
             t, _ = timed(lambda r, b=block: H @ b, repeats, True)
             add(name, "hvp" if k == 1 else f"hvp×{k}", lib, t / k, k, None,
                 "per vector; H @ (n × k) matrix: vmapped forward-over-reverse")
-        for k in (1, 5):
+        for k in (1, 5) if _tasks(tasks, "top") else ():
             def run(r, k=k):
                 HH, c = make_h()
                 vals = scipy.sparse.linalg.eigsh(HH.to_scipy(), k=k, which="LA",
@@ -350,14 +379,13 @@ def bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps):
             t, (hc, vals) = timed(run, repeats)
             add(name, f"top{k}", lib, t, hc, rel_err(vals, eig_ref),
                 "scipy eigsh (ARPACK) on to_scipy(), defaults")
-
-        def run(r):
-            HH, c = make_h()
-            est = float(curvlinops.hutchpp_trace(HH, num_matvecs=3 * -(-lt_tr_hvps // 3)))
-            return c.n, est
-        t, (hc, val) = timed(run, repeats)
-        add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
-            "hutchpp_trace, landscape's HVP count rounded up to a multiple of 3")
+        if _tasks(tasks, "trace") and lt_tr_hvps:
+            def run(r):
+                HH, c = make_h()
+                return c.n, float(curvlinops.hutchpp_trace(HH, num_matvecs=3 * -(-lt_tr_hvps // 3)))
+            t, (hc, val) = timed(run, repeats)
+            add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
+                "hutchpp_trace, landscape's HVP count rounded up to a multiple of 3")
     except Exception as exc:
         fail(name, "all", "curvlinops", exc)
 
@@ -390,9 +418,12 @@ def main() -> None:
     parser.add_argument("--fast-reference", action="store_true",
                         help="float32 reference at tol 1e-7 (for models too large for float64)")
     parser.add_argument("--libraries", nargs="+", default=["pyhessian", "eigenthings", "curvlinops"])
+    parser.add_argument("--tasks", nargs="+", default=["hvp", "top", "trace", "slq"])
+    parser.add_argument("--blocks", nargs="+", type=int, default=BLOCKS)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results_cpu.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    BLOCKS[:] = args.blocks
     if args.device.startswith("cuda"):
         SYNC[0] = torch.cuda.synchronize
     desc = machine(args.device)
@@ -400,7 +431,7 @@ def main() -> None:
     notes = {}
     for name in args.models:
         notes[name] = bench_model(name, args.device, args.repeats, tuple(args.slq),
-                                  args.fast_reference, set(args.libraries))
+                                  args.fast_reference, set(args.libraries), set(args.tasks))
     command = " ".join(["python benchmarks/compare.py", *sys.argv[1:]])
     text = (f"# landscape vs PyHessian, hessian-eigenthings, curvlinops ({args.device})\n\n"
             f"Machine: {desc}. Medians of {args.repeats} runs; `{command}`.\n\n"

@@ -11,29 +11,19 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import torch
+from cases import SAMPLES, build
 
 from landscape_cli.analyses.density import spectral_density
 from landscape_cli.analyses.spectrum import spectrum
 from landscape_cli.analyses.trace import trace
-from landscape_cli.config import load_config
 from landscape_cli.engine.hvp import HVPEngine
-from landscape_cli.loading.assemble import load
-
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = {
-    "mlp": ROOT / "sample_checkpoints/mlp/seed0_epoch100.pt",
-    "cnn_bn": ROOT / "sample_checkpoints/cnn_bn/final.pt",
-    "char_transformer": ROOT / "sample_checkpoints/char_transformer/final.pt",
-}
 
 
 def measure(name: str, device: str) -> tuple[list[float], float]:
     """Top-5 eigenvalues, trace and negative-weight ratio; and the seconds they took."""
-    config = load_config(ROOT / "configs" / f"{name}.yaml", [f"device={device}", "dtype=float64"])
-    problem = load(config, SAMPLES[name]).problem
+    problem = build(name, device, "float64").problem
     start = time.perf_counter()
     engine = HVPEngine(problem)
     options = {"seed": 0, "dtype": problem.dtype, "device": problem.device}

@@ -12,20 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from cases import SAMPLES, build
 
-from landscape_cli.config import load_config
 from landscape_cli.engine.hvp import HVPEngine
-from landscape_cli.loading.assemble import load
-
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = {
-    "mlp": ROOT / "sample_checkpoints/mlp/seed0_epoch100.pt",
-    "cnn_bn": ROOT / "sample_checkpoints/cnn_bn/final.pt",
-    "char_transformer": ROOT / "sample_checkpoints/char_transformer/final.pt",
-}
 
 
 def median_time(fn, repeats: int, sync) -> float:
@@ -51,10 +42,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads\n")
     print("| model | params | samples | gradient | strategy | k | per vector | × gradient |")
     print("|---|---:|---:|---:|---|---:|---:|---:|")
-    for name, ckpt in SAMPLES.items():
-        config = load_config(ROOT / "configs" / f"{name}.yaml",
-                             [f"device={args.device}", f"dtype={args.dtype}"])
-        problem = load(config, ckpt).problem
+    for name in SAMPLES:
+        problem = build(name, args.device, args.dtype).problem
         t_grad = median_time(lambda p=problem: HVPEngine(p, strategy="stream").grad(),
                              args.repeats, sync)
         for strategy in ("cached", "stream"):

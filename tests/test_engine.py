@@ -270,3 +270,20 @@ def test_lanczos_reads_the_device_once_per_step(monkeypatch):
     result = lanczos_module.lanczos(lambda v: v @ matrix, 60, top=3, tol=1e-8,
                                     generator=torch.Generator().manual_seed(0))
     assert result.converged and len(reads) == result.steps + 1  # + the final measured residuals
+
+
+def test_out_of_memory_blocks_are_split_and_stay_exact(mlp_exact, monkeypatch):
+    problem, hessian, _ = mlp_exact
+    engine = HVPEngine(problem, strategy="stream")
+    real = engine._forward_over_reverse
+
+    def small_device(theta, block, batch):
+        if len(block) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(theta, block, batch)
+
+    monkeypatch.setattr(engine, "_forward_over_reverse", small_device)
+    vectors = torch.randn(10, problem.n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    scale = float(hessian.abs().max())
+    assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale * problem.n ** 0.5
+    assert engine.describe()["hvp_chunk"] == 3 and any("out of memory" in w for w in engine.warnings)

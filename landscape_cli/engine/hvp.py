@@ -104,6 +104,7 @@ class HVPEngine:
         self._grad: torch.Tensor | None = None
         self._evaluated: tuple[float, float | None] | None = None
         self._vectorize = True
+        self._chunk = 1 << 30  # rows per vmapped forward-over-reverse, lowered on out-of-memory
         self._compiled = None
         if self.compile:
             self._compiled = torch.compile(self._forward_over_reverse, dynamic=False)
@@ -201,6 +202,23 @@ class HVPEngine:
         grad_fn = torch.func.grad(lambda t: self.problem.mean_batch_loss(t, batch))
         return torch.func.vmap(lambda v: torch.func.jvp(grad_fn, (theta,), (v,))[1])(block)
 
+    def _in_chunks(self, theta: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
+        """Forward-over-reverse over chunks of the block's rows; vmap holds one batch's
+        activations per row, so a chunk that runs out of memory is halved (and stays so)."""
+        while True:
+            try:
+                return torch.cat([self._forward_over_reverse(theta, part, batch)
+                                  for part in block.split(self._chunk)])
+            except torch.OutOfMemoryError:
+                if min(self._chunk, len(block)) == 1:
+                    raise
+                self._chunk = (min(self._chunk, len(block)) + 1) // 2
+                if self.problem.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if not any("out of memory" in w for w in self.warnings):
+                    self.warnings.append("a block of HVPs ran out of memory; blocks are split "
+                                         "into chunks of at most the size that fits")
+
     def _hvp_stream(self, block: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(block)
         theta0 = self.problem.theta0
@@ -215,8 +233,10 @@ class HVPEngine:
                     self._warn("torch.compile failed for this model", exc, "ran eagerly")
             if self._vectorize and block.shape[0] > 1:
                 try:
-                    out += weight * self._forward_over_reverse(theta0, block, batch)
+                    out += weight * self._in_chunks(theta0, block, batch)
                     continue
+                except torch.OutOfMemoryError:
+                    raise
                 except RuntimeError as exc:
                     self._fall_back(exc)
             theta = theta0.detach().requires_grad_(True)
@@ -239,6 +259,7 @@ class HVPEngine:
         """The strategy used, for the report's settings."""
         return {"hvp_strategy": self.mode, "vectorized": self._vectorize,
                 "compiled": self.mode == "stream" and self._compiled is not None,
+                **({"hvp_chunk": self._chunk} if self._chunk < 1 << 30 else {}),
                 "cached_graph_mb": round(self.cached_bytes / 2**20, 3),
                 "memory_budget_mb": round(self.memory_budget / 2**20, 3)}
 
