@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from landscape_cli.config import load_config
 from landscape_cli.engine.problem import Problem, build_problem, criterion_loss
-from landscape_cli.loading.assemble import load
+from landscape_cli.loading.assemble import load, resolve_device
 from landscape_cli.loading.data import Batches, map_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def _resnet(name: str, device: torch.device, dtype: torch.dtype, scale: int) -> 
 def build(name: str, device: str = "cpu", dtype: str = "float32", scale: int = 1) -> Case:
     """Case ``name`` with ``scale`` times its data (copies of the samples' batches)."""
     if name in RESNETS:
-        return _resnet(name, torch.device(device), getattr(torch, dtype), scale)
+        return _resnet(name, resolve_device(device), getattr(torch, dtype), scale)  # TF32 off, as the CLI
     config = load_config(ROOT / "configs" / f"{name}.yaml", [f"device={device}", f"dtype={dtype}"])
     problem = load(config, SAMPLES[name]).problem
     if scale > 1:

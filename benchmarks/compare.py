@@ -16,8 +16,8 @@ Tasks (median time of ``--repeats`` runs, float32; on the CPU with 2 threads):
 * ``slq``: a spectral density from the same runs × steps, this tool's batched SLQ against
   PyHessian's ``density()`` (with ``torch.eig``, removed from torch, shimmed by ``eigh``).
 
-Truth: eigenvalues from this tool's Lanczos in float64 at tol 1e-10 (float32 at tol 1e-7 for
-``--fast-reference``, which the GPU ResNet-18 uses); tr(H) from the dense float64 Hessian for
+Truth: eigenvalues from this tool's Lanczos in float64 at tol 1e-10 (in float32 at the tol
+``--fast-reference TOL`` gives, which the GPU ResNet-18 uses); tr(H) from the dense float64 Hessian for
 the MLP, else from Hutch++ at rtol 2e-3 (its standard error is printed). Every library sees
 the model in eval mode and the dataset loss Σ_b n_b·L_b / N.
 """
@@ -42,10 +42,14 @@ from landscape_cli.linalg.slq import slq
 
 ROWS: list[dict] = []
 BLOCKS = [1, 8, 32]  # block sizes of the amortised HVP rows (--blocks)
+LOOPED_BLOCKS = [1, 8]  # the same for PyHessian and hessian-eigenthings, which loop (--reference-blocks)
 TRACE_RTOL = 0.01 / 1.96  # standard error at which the 95% interval is ±1%
 
 
 SYNC = [lambda: None]
+OUT: list[Path] = []
+LONG_REPEATS = [3]  # repeats of the top-k, trace and SLQ rows (--long-repeats)
+REFERENCE_TOL = [1e-7]  # of the float32 reference (--fast-reference TOL)
 
 
 def machine(device: str) -> str:
@@ -87,6 +91,8 @@ def rel_err(values, ref) -> float:
 def add(model, task, library, seconds, hvps, err, note=""):
     ROWS.append(dict(model=model, task=task, library=library, time=seconds, hvps=hvps,
                      err=err, note=note))
+    if OUT:
+        OUT[0].write_text(table({}))  # after every row: a run cut short keeps what it measured
     e = "" if err is None else f"{err:.2e}"
     print(f"  {task:6s} {library:38s} {seconds if seconds is None else round(seconds, 4)!s:>9} s"
           f"  hvps={hvps!s:>5}  err={e}  {note}", flush=True)
@@ -125,7 +131,7 @@ def references(name: str, device: str, fast: bool, tasks: set[str]):
     engine = HVPEngine(problem)
     start = time.perf_counter()
     options = {"dtype": problem.dtype, "device": problem.device}
-    ref = spectrum(engine.hvp, problem.n, top=5, tol=1e-7 if fast else 1e-10, **options)
+    ref = spectrum(engine.hvp, problem.n, top=5, tol=REFERENCE_TOL[0] if fast else 1e-10, **options)
     eig_ref = ref.top_eigenvalues
     if name == "mlp":
         eye = torch.eye(problem.n, dtype=torch.float64, device=problem.device)
@@ -173,7 +179,7 @@ def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int]
                 eng = HVPEngine(problem)
                 res = spectrum(eng.hvp, n, top=k, tol=1e-4, seed=r, dtype=problem.dtype, device=dev)
                 return eng.cost.hvps, res.top_eigenvalues
-            t, (h, vals) = timed(run, repeats)
+            t, (h, vals) = timed(run, LONG_REPEATS[0])
             add(name, f"top{k}", lib, t, h, rel_err(vals, eig_ref), "Lanczos, tol 1e-4 (default)")
 
     lt_tr_hvps = 0
@@ -182,7 +188,7 @@ def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int]
             eng = HVPEngine(problem)
             est = lt_trace(eng.hvp, n, rtol=TRACE_RTOL, seed=r, dtype=problem.dtype, device=dev).estimate
             return est.matvecs, est.trace
-        t, (lt_tr_hvps, val) = timed(run_tr, repeats)
+        t, (lt_tr_hvps, val) = timed(run_tr, LONG_REPEATS[0])
         add(name, "trace", lib, t, lt_tr_hvps, abs(val - tr_ref) / abs(tr_ref),
             f"Hutch++ until the 95% interval is ±1% (rtol {TRACE_RTOL:.4f})")
 
@@ -192,7 +198,7 @@ def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int]
             res = slq(eng.hvp, n, runs=runs, steps=steps, generator=torch.Generator().manual_seed(r),
                       dtype=problem.dtype, device=dev)
             return eng.cost.hvps, res
-        t, (h, _) = timed(run_slq, repeats)
+        t, (h, _) = timed(run_slq, LONG_REPEATS[0])
         add(name, "slq", lib, t, h, None, f"{runs} runs × {steps} steps, batched")
 
     if "pyhessian" in libraries:
@@ -242,7 +248,7 @@ def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
             return h, count_calls(h, "dataloader_hv_product")
 
         h, _ = make_ph()
-        for k in (1, 8) if _tasks(tasks, "hvp") else ():
+        for k in LOOPED_BLOCKS if _tasks(tasks, "hvp") else ():
             vls = [[a.view_as(p) for a, p in zip(v.split([p.numel() for p in h.params]), h.params)]
                    for v in torch.randn(k, n, device=case.problem.device)]
             t, _ = timed(lambda r, vls=vls: [h.dataloader_hv_product(vl) for vl in vls], repeats, True)
@@ -253,7 +259,7 @@ def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
                 hh, c = make_ph()
                 vals, _ = hh.eigenvalues(top_n=k)
                 return c.n, vals
-            t, (hc, vals) = timed(run, repeats)
+            t, (hc, vals) = timed(run, LONG_REPEATS[0])
             add(name, f"top{k}", lib, t, hc, rel_err(vals, eig_ref),
                 "power iteration, defaults maxIter 100 tol 1e-3")
         if _tasks(tasks, "trace"):
@@ -261,7 +267,7 @@ def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
                 hh, c = make_ph()
                 samples = hh.trace()
                 return c.n, sum(samples) / len(samples)
-            t, (hc, val) = timed(run, repeats)
+            t, (hc, val) = timed(run, LONG_REPEATS[0])
             add(name, "trace (own rule)", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
                 "Hutchinson, own stopping rule (maxIter 100 tol 1e-3)")
             # To a 95% interval of ±1%: p = (1.96·s / (0.01·mean))² probes, s from 30 pilot probes.
@@ -285,7 +291,7 @@ def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
                 hh, c = make_ph()
                 hh.density(iter=steps, n_v=runs)
                 return c.n, None
-            t, (hc, _) = timed(run, repeats)
+            t, (hc, _) = timed(run, LONG_REPEATS[0])
             add(name, "slq", lib, t, hc, None, f"density(iter={steps}, n_v={runs}), one run at a time")
     except Exception as exc:
         fail(name, "all", lib, exc)
@@ -308,7 +314,7 @@ def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks):
             return op, count_calls(op, "matvec")
 
         op, _ = make_op()
-        for k in (1, 8) if _tasks(tasks, "hvp") else ():
+        for k in LOOPED_BLOCKS if _tasks(tasks, "hvp") else ():
             vectors = torch.randn(k, n, device=case.problem.device)
             t, _ = timed(lambda r, vs=vectors: [op.matvec(v) for v in vs], repeats, True)
             add(name, "hvp" if k == 1 else f"hvp×{k}", lib, t / k, k, None,
@@ -318,7 +324,7 @@ def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks):
                 o, c = make_op()
                 res = he.lanczos(o, k=k, seed=r, which="LA")
                 return c.n, res.eigenvalues.tolist()
-            t, (hc, vals) = timed(run, repeats)
+            t, (hc, vals) = timed(run, LONG_REPEATS[0])
             add(name, f"top{k}", lib + " lanczos", t, hc, rel_err(vals, eig_ref),
                 "defaults: max_iter 2k")
 
@@ -326,14 +332,14 @@ def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks):
                 o, c = make_op()
                 res = he.deflated_power_iteration(o, k=k, seed=r)
                 return c.n, res.eigenvalues.tolist()
-            t, (hc, vals) = timed(run, repeats)
+            t, (hc, vals) = timed(run, LONG_REPEATS[0])
             add(name, f"top{k}", lib + " power", t, hc, rel_err(vals, eig_ref),
                 "defaults: max_iter 100 tol 1e-4")
         if _tasks(tasks, "trace"):
             def run(r):
                 o, c = make_op()
                 return c.n, he.trace(o, seed=r).estimate
-            t, (hc, val) = timed(run, repeats)
+            t, (hc, val) = timed(run, LONG_REPEATS[0])
             add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref), "Hutch++, default 100 matvecs")
     except Exception as exc:
         fail(name, "all", lib, exc)
@@ -376,14 +382,15 @@ def bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps, tasks):
                 vals = scipy.sparse.linalg.eigsh(HH.to_scipy(), k=k, which="LA",
                                                  return_eigenvectors=False)
                 return c.n, list(vals)
-            t, (hc, vals) = timed(run, repeats)
+            t, (hc, vals) = timed(run, LONG_REPEATS[0])
             add(name, f"top{k}", lib, t, hc, rel_err(vals, eig_ref),
                 "scipy eigsh (ARPACK) on to_scipy(), defaults")
         if _tasks(tasks, "trace") and lt_tr_hvps:
             def run(r):
-                HH, c = make_h()
-                return c.n, float(curvlinops.hutchpp_trace(HH, num_matvecs=3 * -(-lt_tr_hvps // 3)))
-            t, (hc, val) = timed(run, repeats)
+                HH, _ = make_h()
+                matvecs = 3 * -(-lt_tr_hvps // 3)
+                return matvecs, float(curvlinops.hutchpp_trace(HH, num_matvecs=matvecs))
+            t, (hc, val) = timed(run, LONG_REPEATS[0])
             add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
                 "hutchpp_trace, landscape's HVP count rounded up to a multiple of 3")
     except Exception as exc:
@@ -413,10 +420,14 @@ def main() -> None:
                         choices=CASES)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long-repeats", type=int, default=None,
+                        help="repeats of the top-k, trace and SLQ rows (default: --repeats)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slq", type=int, nargs=2, default=(4, 40), metavar=("RUNS", "STEPS"))
-    parser.add_argument("--fast-reference", action="store_true",
-                        help="float32 reference at tol 1e-7 (for models too large for float64)")
+    parser.add_argument("--fast-reference", type=float, default=None, metavar="TOL",
+                        help="float32 reference at this tol (for models too large for float64)")
+    parser.add_argument("--reference-blocks", nargs="+", type=int, default=[1, 8],
+                        help="block sizes for the libraries that loop over vectors")
     parser.add_argument("--libraries", nargs="+", default=["pyhessian", "eigenthings", "curvlinops"])
     parser.add_argument("--tasks", nargs="+", default=["hvp", "top", "trace", "slq"])
     parser.add_argument("--blocks", nargs="+", type=int, default=BLOCKS)
@@ -424,6 +435,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     BLOCKS[:] = args.blocks
+    LONG_REPEATS[0] = args.long_repeats or args.repeats
+    LOOPED_BLOCKS[:] = args.reference_blocks
+    if args.fast_reference is not None:
+        REFERENCE_TOL[0] = args.fast_reference
+    OUT.append(Path(args.out))
     if args.device.startswith("cuda"):
         SYNC[0] = torch.cuda.synchronize
     desc = machine(args.device)
@@ -431,10 +447,11 @@ def main() -> None:
     notes = {}
     for name in args.models:
         notes[name] = bench_model(name, args.device, args.repeats, tuple(args.slq),
-                                  args.fast_reference, set(args.libraries), set(args.tasks))
+                                  args.fast_reference is not None, set(args.libraries), set(args.tasks))
     command = " ".join(["python benchmarks/compare.py", *sys.argv[1:]])
     text = (f"# landscape vs PyHessian, hessian-eigenthings, curvlinops ({args.device})\n\n"
-            f"Machine: {desc}. Medians of {args.repeats} runs; `{command}`.\n\n"
+            f"Machine: {desc}. Medians of {args.repeats} runs ({LONG_REPEATS[0]} for top-k, trace "
+            f"and SLQ); `{command}`.\n\n"
             "Truth: top-5 eigenvalues from this tool's Lanczos (see the module docstring); rel. "
             "error of top-k is the largest over the k eigenvalues. `time ÷ landscape` divides "
             "by the first landscape row of the same model and task.\n\n" + table(notes))

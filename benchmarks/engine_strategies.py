@@ -3,7 +3,8 @@
     python benchmarks/engine_strategies.py [--device cpu|cuda] [--dtype float32|float64]
 
 Prints a Markdown table: time of one full-dataset gradient, then the time per vector of
-H·V for blocks of k = 1, 8 and 32 vectors with the ``cached`` and ``stream`` strategies
+H·V for blocks of k = 1, 8 and 32 vectors with the ``cached`` and ``stream`` strategies (and
+``compile``: stream through ``torch.compile``; its first call, the compilation, is the warm-up)
 (median of several repeats, after a warm-up), and the ratio to the gradient.
 """
 
@@ -14,7 +15,7 @@ import statistics
 import time
 
 import torch
-from cases import SAMPLES, build
+from cases import CASES, SAMPLES, build
 
 from landscape_cli.engine.hvp import HVPEngine
 
@@ -36,19 +37,24 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=list(SAMPLES), choices=CASES)
+    parser.add_argument("--strategies", nargs="+", default=["cached", "stream"],
+                        choices=["cached", "stream", "compile"])
+    parser.add_argument("--blocks", nargs="+", type=int, default=[1, 8, 32])
     args = parser.parse_args()
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     print(f"device {args.device}, {args.dtype}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
     print("| model | params | samples | gradient | strategy | k | per vector | × gradient |")
     print("|---|---:|---:|---:|---|---:|---:|---:|")
-    for name in SAMPLES:
+    for name in args.models:
         problem = build(name, args.device, args.dtype).problem
         t_grad = median_time(lambda p=problem: HVPEngine(p, strategy="stream").grad(),
                              args.repeats, sync)
-        for strategy in ("cached", "stream"):
-            engine = HVPEngine(problem, strategy=strategy)
-            for k in (1, 8, 32):
+        for strategy in args.strategies:
+            engine = (HVPEngine(problem, compile=True) if strategy == "compile"
+                      else HVPEngine(problem, strategy=strategy))
+            for k in args.blocks:
                 vectors = torch.randn(k, problem.n, device=problem.device, dtype=problem.dtype)
                 t = median_time(lambda e=engine, v=vectors: e.hvp(v), args.repeats, sync) / k
                 print(f"| {name} | {problem.n} | {problem.n_samples} | {t_grad * 1e3:.1f} ms | "

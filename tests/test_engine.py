@@ -38,6 +38,8 @@ def test_hvp_block_equals_dense_hessian(mlp_exact, strategy):
     assert torch.allclose(single, block[0], rtol=1e-10, atol=1e-14)
     assert engine.cost.hvps == 4 and engine.cost.hvp_blocks == 2
     assert engine.mode == strategy
+    if strategy == "stream":  # one vector: the faster of two exact ways, timed on first use
+        assert engine.describe()["single_vector_hvp"] in ("forward-over-reverse", "double backward")
 
 
 def test_loss_and_gradient_are_the_sample_weighted_dataset_mean(mlp_exact):

@@ -9,15 +9,18 @@ Two strategies, picked by measurement (``benchmarks/README.md``):
   is repeated, which makes an HVP cost about one gradient. Chosen by ``auto`` when the tensors
   that graph saves (counted with saved-tensor hooks while building it) fit the memory budget.
 * ``stream``: batch by batch, with one batch on the device at a time, so memory does not grow
-  with the dataset. A block of k > 1 vectors goes through forward-over-reverse
-  (``torch.func.jvp`` of ``torch.func.grad``) vmapped over the k vectors; a single vector
-  through double backward, which is cheaper eagerly for k = 1. With ``compile``, every block
-  goes through ``torch.compile`` of forward-over-reverse instead (one compilation per block
-  and batch shape), and ``auto`` streams, since a kept graph has nothing left to compile.
+  with the dataset. Blocks go through forward-over-reverse (``torch.func.jvp`` of
+  ``torch.func.grad``) vmapped over the k vectors. For a single vector, which way is faster
+  depends on model and device: double backward costs 2× a gradient on the CPU samples against
+  5–7× for forward-over-reverse, but on an H100 ResNet-18 (10,000 images) 6× against 3×. So
+  the engine times both on the first batch, once, and keeps the faster. With ``compile``,
+  every block goes through ``torch.compile`` of forward-over-reverse (one compilation per
+  block and batch shape; 2.8× a gradient for k = 1 on that ResNet-18), and ``auto`` streams,
+  since a kept graph has nothing left to compile.
 
-Measured on the samples (2 CPU cores, float32), one HVP costs, in gradients: cached 0.7–1.8×
-for k = 1 and 0.3–1.2× per vector for k = 8; stream (eager) 1.9–2.3× for k = 1 and 0.4–1.4×
-per vector for k = 8.
+Measured (``benchmarks/README.md``), one HVP costs, in gradients: cached 0.6–1.8× for k = 1 and
+0.3–1.2× per vector for k = 8 on the samples (2 CPU cores); stream 1.8–2.3× for k = 1 and
+0.4–1.4× per vector for k = 8 there, 2.0× per vector for k = 8 on the GPU ResNet-18.
 
 Every path falls back automatically: a model that ``vmap`` or ``torch.compile`` cannot handle
 is run eagerly one vector at a time, with a warning in the report. Nothing here reads a value
@@ -27,6 +30,7 @@ numbers they read are finite and raise ``FloatingPointError`` otherwise (see ``N
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -104,6 +108,7 @@ class HVPEngine:
         self._grad: torch.Tensor | None = None
         self._evaluated: tuple[float, float | None] | None = None
         self._vectorize = True
+        self._single: str | None = None  # how one vector goes in stream mode, timed on first use
         self._chunk = 1 << 30  # rows per vmapped forward-over-reverse, lowered on out-of-memory
         self._compiled = None
         if self.compile:
@@ -231,7 +236,10 @@ class HVPEngine:
                 except Exception as exc:  # torch.compile raises many kinds; eager is exact too
                     self._compiled = None
                     self._warn("torch.compile failed for this model", exc, "ran eagerly")
-            if self._vectorize and block.shape[0] > 1:
+            if self._vectorize and block.shape[0] == 1 and self._single is None:
+                out += weight * self._pick_single(theta0, block, batch)
+                continue
+            if self._vectorize and (block.shape[0] > 1 or self._single == "forward-over-reverse"):
                 try:
                     out += weight * self._in_chunks(theta0, block, batch)
                     continue
@@ -239,12 +247,39 @@ class HVPEngine:
                     raise
                 except RuntimeError as exc:
                     self._fall_back(exc)
-            theta = theta0.detach().requires_grad_(True)
-            loss = weight * self.problem.mean_batch_loss(theta, batch)
-            g = torch.autograd.grad(loss, theta, create_graph=True)[0]
-            for j, v in enumerate(block):
-                out[j] += torch.autograd.grad(g, theta, grad_outputs=v, retain_graph=True)[0]
+            out += weight * self._double_backward(theta0, block, batch)
         return out
+
+    def _double_backward(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
+        """∇²L_b(θ)·vᵢ by differentiating the batch gradient once more, one row at a time."""
+        theta = theta0.detach().requires_grad_(True)
+        g = torch.autograd.grad(self.problem.mean_batch_loss(theta, batch), theta, create_graph=True)[0]
+        return torch.stack([torch.autograd.grad(g, theta, grad_outputs=v, retain_graph=True)[0]
+                            for v in block])
+
+    def _pick_single(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
+        """Time both ways of one vector on this batch (a warm-up run each, then a timed one)
+        and keep the faster for the rest of the run: which wins depends on model and device."""
+        sync = torch.cuda.synchronize if self.problem.device.type == "cuda" else (lambda: None)
+        ways = {"forward-over-reverse": self._forward_over_reverse,
+                "double backward": self._double_backward}
+        seconds, results = {}, {}
+        for name, way in ways.items():
+            try:
+                way(theta0, block, batch)
+                sync()
+                start = time.perf_counter()
+                results[name] = way(theta0, block, batch)
+                sync()
+                seconds[name] = time.perf_counter() - start
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as exc:
+                if name == "double backward":
+                    raise
+                self._fall_back(exc)
+        self._single = min(seconds, key=seconds.get)
+        return results[self._single]
 
     def _fall_back(self, exc: Exception) -> None:
         self._vectorize = False
@@ -260,6 +295,7 @@ class HVPEngine:
         return {"hvp_strategy": self.mode, "vectorized": self._vectorize,
                 "compiled": self.mode == "stream" and self._compiled is not None,
                 **({"hvp_chunk": self._chunk} if self._chunk < 1 << 30 else {}),
+                **({"single_vector_hvp": self._single} if self._single else {}),
                 "cached_graph_mb": round(self.cached_bytes / 2**20, 3),
                 "memory_budget_mb": round(self.memory_budget / 2**20, 3)}
 
