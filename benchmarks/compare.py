@@ -232,8 +232,17 @@ def _tasks(tasks: set[str], *names: str) -> bool:
     return any(name in tasks for name in names)
 
 
+def looped_hvp_rows(case, lib: str, repeats: int, matvec) -> None:
+    """Rows ``hvp`` / ``hvp×k`` for a library without a block API: k calls of ``matvec``."""
+    for k in LOOPED_BLOCKS:
+        vectors = torch.randn(k, case.problem.n, device=case.problem.device)
+        t, _ = timed(lambda r, vs=vectors: [matvec(v) for v in vs], repeats, True)
+        add(case.name, "hvp" if k == 1 else f"hvp×{k}", lib, t / k, k, None,
+            "per vector; double backward per batch, one vector at a time")
+
+
 def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
-    name, criterion, n = case.name, case.criterion, case.problem.n
+    name, criterion = case.name, case.criterion
     lib = "PyHessian 0.1"
     try:
         from pyhessian import hessian as PyH
@@ -248,12 +257,10 @@ def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
             return h, count_calls(h, "dataloader_hv_product")
 
         h, _ = make_ph()
-        for k in LOOPED_BLOCKS if _tasks(tasks, "hvp") else ():
-            vls = [[a.view_as(p) for a, p in zip(v.split([p.numel() for p in h.params]), h.params)]
-                   for v in torch.randn(k, n, device=case.problem.device)]
-            t, _ = timed(lambda r, vls=vls: [h.dataloader_hv_product(vl) for vl in vls], repeats, True)
-            add(name, "hvp" if k == 1 else f"hvp×{k}", lib, t / k, k, None,
-                "per vector; double backward per batch, one vector at a time")
+        if _tasks(tasks, "hvp"):
+            sizes = [p.numel() for p in h.params]
+            looped_hvp_rows(case, lib, repeats, lambda v: h.dataloader_hv_product(
+                [a.view_as(p) for a, p in zip(v.split(sizes), h.params)]))
         for k in (1, 5) if _tasks(tasks, "top") else ():
             def run(r, k=k):
                 hh, c = make_ph()
@@ -298,7 +305,7 @@ def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
 
 
 def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks):
-    name, criterion, n = case.name, case.criterion, case.problem.n
+    name, criterion = case.name, case.criterion
     lib = "hessian-eigenthings 1.0.0a5"
     try:
         import hessian_eigenthings as he
@@ -314,11 +321,8 @@ def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks):
             return op, count_calls(op, "matvec")
 
         op, _ = make_op()
-        for k in LOOPED_BLOCKS if _tasks(tasks, "hvp") else ():
-            vectors = torch.randn(k, n, device=case.problem.device)
-            t, _ = timed(lambda r, vs=vectors: [op.matvec(v) for v in vs], repeats, True)
-            add(name, "hvp" if k == 1 else f"hvp×{k}", lib, t / k, k, None,
-                "per vector; double backward per batch, one vector at a time")
+        if _tasks(tasks, "hvp"):
+            looped_hvp_rows(case, lib, repeats, op.matvec)
         for k in (1, 5) if _tasks(tasks, "top") else ():
             def run(r, k=k):
                 o, c = make_op()
