@@ -25,6 +25,7 @@ the model in eval mode and the dataset loss Σ_b n_b·L_b / N.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -41,9 +42,11 @@ from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.linalg.slq import slq
 
 ROWS: list[dict] = []
+RUNS: dict[str, list[dict]] = {}  # model -> its runs: machine, repeats, command, trace reference
 BLOCKS = [1, 8, 32]  # block sizes of the amortised HVP rows (--blocks)
 LOOPED_BLOCKS = [1, 8]  # the same for PyHessian and hessian-eigenthings, which loop (--reference-blocks)
 TRACE_RTOL = 0.01 / 1.96  # standard error at which the 95% interval is ±1%
+TARGET_ERR = 1e-3  # top-k accuracy the issue compares at
 
 
 SYNC = [lambda: None]
@@ -89,10 +92,15 @@ def rel_err(values, ref) -> float:
 
 
 def add(model, task, library, seconds, hvps, err, note=""):
-    ROWS.append(dict(model=model, task=task, library=library, time=seconds, hvps=hvps,
-                     err=err, note=note))
-    if OUT:
-        OUT[0].write_text(table({}))  # after every row: a run cut short keeps what it measured
+    """Record a row; it replaces the row of the same model, task and library from an earlier run."""
+    row = dict(model=model, task=task, library=library, time=seconds, hvps=hvps, err=err, note=note)
+    key = (model, task, library)
+    same = [i for i, r in enumerate(ROWS) if (r["model"], r["task"], r["library"]) == key]
+    if same:
+        ROWS[same[0]] = row
+    else:
+        ROWS.append(row)
+    write_report()
     e = "" if err is None else f"{err:.2e}"
     print(f"  {task:6s} {library:38s} {seconds if seconds is None else round(seconds, 4)!s:>9} s"
           f"  hvps={hvps!s:>5}  err={e}  {note}", flush=True)
@@ -204,9 +212,9 @@ def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int]
     if "pyhessian" in libraries:
         bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks)
     if "eigenthings" in libraries:
-        bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks)
+        bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks)
     if "curvlinops" in libraries:
-        bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps, tasks)
+        bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps, slq_shape, tasks)
     return tr_note
 
 
@@ -304,7 +312,7 @@ def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
         fail(name, "all", lib, exc)
 
 
-def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks):
+def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
     name, criterion = case.name, case.criterion
     lib = "hessian-eigenthings 1.0.0a5"
     try:
@@ -332,6 +340,17 @@ def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks):
             add(name, f"top{k}", lib + " lanczos", t, hc, rel_err(vals, eig_ref),
                 "defaults: max_iter 2k")
 
+            def tuned(max_iter, r=0, k=k):
+                o, c = make_op()
+                res = he.lanczos(o, k=k, max_iter=max_iter, seed=r, which="LA")
+                return c.n, res.eigenvalues.tolist()
+            steps = [m * k for m in (3, 4, 6, 8, 12, 16, 24, 32) if m * k < case.problem.n]
+            enough = next((m for m in steps if rel_err(tuned(m)[1], eig_ref) <= TARGET_ERR), None)
+            if enough:
+                t, (hc, vals) = timed(lambda r, m=enough: tuned(m, r), LONG_REPEATS[0])
+                add(name, f"top{k}", lib + " lanczos, tuned", t, hc, rel_err(vals, eig_ref),
+                    f"max_iter {enough}: the first of 3k, 4k, 6k, 8k, … at ≤ {TARGET_ERR:g} error (seed 0)")
+
             def run(r, k=k):
                 o, c = make_op()
                 res = he.deflated_power_iteration(o, k=k, seed=r)
@@ -342,14 +361,25 @@ def bench_eigenthings(case, loader, eig_ref, tr_ref, repeats, tasks):
         if _tasks(tasks, "trace"):
             def run(r):
                 o, c = make_op()
-                return c.n, he.trace(o, seed=r).estimate
+                estimate = he.trace(o, seed=r).estimate
+                return c.n, estimate
             t, (hc, val) = timed(run, LONG_REPEATS[0])
             add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref), "Hutch++, default 100 matvecs")
+        if _tasks(tasks, "slq"):
+            runs, steps = slq_shape
+
+            def run(r):
+                o, c = make_op()
+                he.spectral_density(o, num_runs=runs, lanczos_steps=steps, seed=r)
+                return c.n, None
+            t, (hc, _) = timed(run, LONG_REPEATS[0])
+            add(name, "slq", lib, t, hc, None,
+                f"spectral_density(num_runs={runs}, lanczos_steps={steps}), one run at a time")
     except Exception as exc:
         fail(name, "all", lib, exc)
 
 
-def bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps, tasks):
+def bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps, slq_shape, tasks):
     name, criterion, n = case.name, case.criterion, case.problem.n
     try:
         from importlib.metadata import version
@@ -397,15 +427,29 @@ def bench_curvlinops(case, loader, eig_ref, tr_ref, repeats, lt_tr_hvps, tasks):
             t, (hc, val) = timed(run, LONG_REPEATS[0])
             add(name, "trace", lib, t, hc, abs(val - tr_ref) / abs(tr_ref),
                 "hutchpp_trace, landscape's HVP count rounded up to a multiple of 3")
+        if _tasks(tasks, "slq"):
+            from curvlinops.papyan2020traces.spectrum import lanczos_approximate_spectrum
+            runs, steps = slq_shape
+
+            def run(r):
+                HH, c = make_h()
+                lanczos_approximate_spectrum(HH, ncv=steps, num_repeats=runs)
+                return c.n, None
+            t, (hc, _) = timed(run, LONG_REPEATS[0])
+            add(name, "slq", lib, t, hc, None,
+                f"lanczos_approximate_spectrum(ncv={steps}, num_repeats={runs}): no "
+                "reorthogonalisation; HVPs include eigsh for the spectrum's ends (tol 1e-2)")
     except Exception as exc:
         fail(name, "all", "curvlinops", exc)
 
 
-def table(notes) -> str:
+def table() -> str:
     lines = ["| model | task | library | time s | HVPs | rel. error | time ÷ landscape | notes |",
              "|---|---|---|---:|---:|---:|---:|---|"]
-    for row in ROWS:
-        base = next((r for r in ROWS if r["model"] == row["model"] and r["task"] == row["task"]
+    order = {name: i for i, name in enumerate(CASES)}
+    rows = sorted(ROWS, key=lambda r: order[r["model"]])  # stable: a model's rows keep their order
+    for row in rows:
+        base = next((r for r in rows if r["model"] == row["model"] and r["task"] == row["task"]
                      and r["library"].startswith("landscape")), None)
         ratio = ("" if row["time"] is None or base is None or base["time"] is None
                  else f"{row['time'] / base['time']:.2f}")
@@ -414,8 +458,34 @@ def table(notes) -> str:
         hv = "" if row["hvps"] is None else str(row["hvps"])
         lines.append(f"| {row['model']} | {row['task']} | {row['library']} | {t} | {hv} | {err} "
                      f"| {ratio} | {row['note']} |")
-    refs = "\n".join(f"* {m}: trace reference: {note}" for m, note in notes.items())
-    return "\n".join(lines) + "\n\n" + refs + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def write_report() -> None:
+    """``--out`` (markdown) and its ``.json`` sidecar, rewritten after every row, so that a run
+    cut short keeps what it measured, and runs of some models or tasks update one table."""
+    if not OUT:
+        return
+    out = OUT[0]
+    runs = "\n".join(f"* {m}: {r['machine']}; medians of {r['repeats']} runs ({r['long_repeats']} "
+                     f"for top-k, trace and SLQ); `{r['command']}`; "
+                     f"trace reference: {r.get('trace_ref', '…')}"
+                     for m in CASES for r in RUNS.get(m, []))
+    out.write_text(
+        "# landscape vs PyHessian, hessian-eigenthings, curvlinops\n\n"
+        "Truth: top-5 eigenvalues from this tool's Lanczos (see the module docstring); rel. "
+        "error of top-k is the largest over the k eigenvalues. `time ÷ landscape` divides "
+        "by the first landscape row of the same model and task.\n\nRuns:\n\n" + runs + "\n\n" + table())
+    out.with_suffix(".json").write_text(json.dumps({"runs": RUNS, "rows": ROWS}, indent=1) + "\n")
+
+
+def load_previous() -> None:
+    """Start from an earlier run's sidecar: rows measured again replace theirs (see ``add``)."""
+    sidecar = OUT[0].with_suffix(".json")
+    if sidecar.exists():
+        old = json.loads(sidecar.read_text())
+        ROWS.extend(old["rows"])
+        RUNS.update(old["runs"])
 
 
 def main() -> None:
@@ -435,7 +505,8 @@ def main() -> None:
     parser.add_argument("--libraries", nargs="+", default=["pyhessian", "eigenthings", "curvlinops"])
     parser.add_argument("--tasks", nargs="+", default=["hvp", "top", "trace", "slq"])
     parser.add_argument("--blocks", nargs="+", type=int, default=BLOCKS)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results_cpu.md"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results_cpu.md"),
+                        help="markdown table; its .json sidecar keeps rows not measured again")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     BLOCKS[:] = args.blocks
@@ -444,23 +515,20 @@ def main() -> None:
     if args.fast_reference is not None:
         REFERENCE_TOL[0] = args.fast_reference
     OUT.append(Path(args.out))
+    load_previous()
     if args.device.startswith("cuda"):
         SYNC[0] = torch.cuda.synchronize
     desc = machine(args.device)
     print(desc, flush=True)
-    notes = {}
-    for name in args.models:
-        notes[name] = bench_model(name, args.device, args.repeats, tuple(args.slq),
-                                  args.fast_reference is not None, set(args.libraries), set(args.tasks))
     command = " ".join(["python benchmarks/compare.py", *sys.argv[1:]])
-    text = (f"# landscape vs PyHessian, hessian-eigenthings, curvlinops ({args.device})\n\n"
-            f"Machine: {desc}. Medians of {args.repeats} runs ({LONG_REPEATS[0]} for top-k, trace "
-            f"and SLQ); `{command}`.\n\n"
-            "Truth: top-5 eigenvalues from this tool's Lanczos (see the module docstring); rel. "
-            "error of top-k is the largest over the k eigenvalues. `time ÷ landscape` divides "
-            "by the first landscape row of the same model and task.\n\n" + table(notes))
-    print("\n" + text)
-    Path(args.out).write_text(text)
+    for name in args.models:
+        run = dict(machine=desc, repeats=args.repeats, long_repeats=LONG_REPEATS[0], command=command)
+        RUNS.setdefault(name, []).append(run)
+        run["trace_ref"] = bench_model(name, args.device, args.repeats, tuple(args.slq),
+                                              args.fast_reference is not None, set(args.libraries),
+                                              set(args.tasks))
+        write_report()
+    print("\n" + OUT[0].read_text())
 
 
 if __name__ == "__main__":
