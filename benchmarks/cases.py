@@ -78,6 +78,8 @@ class ResNet(nn.Module):
 class FlatCrossEntropy(nn.Module):
     """Cross-entropy over every position of (B, T, V) logits: the sample transformer's loss."""
 
+    reduction = "mean"  # per sequence, as curvlinops reads it to weight batches
+
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 

@@ -107,8 +107,8 @@ class EngineSection(_Section):
 
     strategy: Literal["auto", "cached", "stream"] = "auto"
     memory_budget: ByteSize | None = Field(
-        default=None, description="bytes ('8GB', '512MiB') the cached graph may hold; default: "
-        "half the free GPU memory or 40% of available RAM")
+        default=None, description="bytes ('8GB', '512MiB') the cached graph, then the SLQ bases, "
+        "may hold; default: half the free GPU memory or 40% of available RAM")
     compile: bool = False
 
 

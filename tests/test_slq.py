@@ -184,6 +184,38 @@ def test_batched_runs_equal_single_runs():
         assert torch.allclose(result.weights[r], weights, rtol=0, atol=1e-9)
 
 
+def test_without_reorthogonalization_the_quadrature_keeps_its_moments():
+    """Three vectors per run instead of the basis: orthogonality is lost once the outliers
+    converge (their nodes repeat), but vᵀAᵏv and the spectral functionals stay right."""
+    eigenvalues = torch.cat([torch.linspace(-1.0, 1.0, 297).double(),
+                             torch.tensor([50.0, 80.0, 120.0], dtype=torch.float64)])
+    matrix = symmetric_with_spectrum(eigenvalues, seed=6)
+    runs, steps = 4, 60
+    full = run_slq(matrix, runs=runs, steps=steps, seed=11)
+    local = slq(matvec_of(matrix), 300, runs=runs, steps=steps,
+                generator=torch.Generator().manual_seed(11), reorthogonalize=False)
+    starts = rademacher(runs, 300, torch.Generator().manual_seed(11))
+    for k in (1, 2, 3, 4):
+        exact = torch.einsum("rn,nm,rm->r", starts, torch.linalg.matrix_power(matrix, k), starts)
+        per_run = (local.weights * local.nodes ** k).sum(dim=1)
+        assert torch.allclose(per_run, exact, rtol=1e-8)
+    # lost orthogonality shows: the largest outlier appears more than once among the nodes
+    assert int((local.nodes[0] - 120.0).abs().lt(1e-6).sum()) > 1
+    assert int((full.nodes[0] - 120.0).abs().lt(1e-6).sum()) == 1
+    for functional in (lambda r: negative_mass(r.nodes, r.weights, 0.1),
+                       lambda r: negative_weight_ratio(r.nodes, r.weights)):
+        assert functional(local) == pytest.approx(functional(full), abs=0.01)
+
+
+def test_density_beyond_the_memory_budget_drops_reorthogonalization(quarter):
+    basis_bytes = 3 * 20 * 400 * 8
+    kept = spectral_density(matvec_of(quarter), 400, runs=3, steps=20, memory_budget=basis_bytes)
+    dropped = spectral_density(matvec_of(quarter), 400, runs=3, steps=20, memory_budget=basis_bytes - 1)
+    assert kept.reorthogonalized and not kept.notes
+    assert not dropped.reorthogonalized and "without full reorthogonalization" in dropped.notes[0]
+    assert dropped.negative_mass == pytest.approx(kept.negative_mass, abs=0.02)
+
+
 def test_negative_weight_ratio_matches_exact(quarter):
     result = run_slq(quarter, runs=10, steps=90)
     exact = float(QUARTER_NEGATIVE[QUARTER_NEGATIVE < 0].abs().sum() / QUARTER_NEGATIVE.abs().sum())
@@ -228,7 +260,7 @@ def test_cli_density_json(cli, quarter_files):
                 "negative_weight_ratio", "sigma", "runs", "steps"):
         assert key in density
     assert density["negative_mass"] == pytest.approx(0.25, abs=0.08)
-    assert density["runs"] == 10 and density["steps"] == 90
+    assert density["runs"] == 10 and density["steps"] == 90 and density["reorthogonalized"]
     assert len(density["nodes"]) == len(density["weights"]) == 10
     assert all(len(row) == 90 and sum(w) == pytest.approx(1.0) for row, w in
                zip(density["nodes"], density["weights"]))
@@ -250,6 +282,18 @@ def test_cli_gates_see_the_density_scalars(cli, small_files):
     exact = 1.5 / 12.1  # Σ_{λ<0}|λ| / Σ|λ|; each run's weights are its start vector's projections
     assert doc["results"]["density"]["negative_weight_ratio"] == pytest.approx(exact, abs=0.08)
     assert code == 1 and doc["gates"][0]["violated"]
+
+
+def test_cli_memory_budget_zero_runs_slq_without_the_basis(cli, quarter_files):
+    ckpt, config = quarter_files
+    code, doc, _ = cli("spectrum", ckpt, "-c", config, "--top", "1", "--density", "--json",
+                       "--memory-budget", "0")
+    assert code == 0
+    density = doc["results"]["density"]
+    assert not density["reorthogonalized"] and density["negative_mass"] == pytest.approx(0.25, abs=0.08)
+    assert any("without full reorthogonalization" in w and "10 × 90" in w for w in doc["warnings"])
+    code, doc, _ = cli("classify-critical-point", ckpt, "-c", config, "--json", "--memory-budget", "0")
+    assert code == 0 and any("without full reorthogonalization" in w for w in doc["warnings"])
 
 
 def test_cli_table_shows_the_chart(cli, small_files):

@@ -74,10 +74,11 @@ class CriticalPointResult:
         return out
 
     def warnings(self) -> list[str]:
+        notes = [] if self.density is None else self.density.warnings()
         if self.lanczos_converged:
-            return []
+            return notes
         return ["Lanczos did not converge at both ends within the budget; the verdict rests on "
-                "the residual bounds shown (raise --max-hvps for a firmer one)"]
+                "the residual bounds shown (raise --max-hvps for a firmer one)", *notes]
 
 
 def decide(grad_norm: float, grad_threshold: float, theta_min: float, r_min: float,
@@ -108,8 +109,10 @@ def classify(hvp: Callable[[torch.Tensor], torch.Tensor], grad: torch.Tensor, th
              tol: float = 1e-4, max_hvps: int | None = None, density: bool = True,
              runs: int = 4, steps: int = 60, seed: int = 0, dtype: torch.dtype = torch.float64,
              device: torch.device | str = "cpu",
-             callback: Callable[[int, int, int], None] | None = None) -> CriticalPointResult:
-    """Gradient norm, extreme eigenvalues by Lanczos, negative spectral mass by SLQ."""
+             callback: Callable[[int, int, int], None] | None = None,
+             memory_budget: int | None = None) -> CriticalPointResult:
+    """Gradient norm, extreme eigenvalues by Lanczos, negative spectral mass by SLQ (within
+    ``memory_budget`` bytes for its vectors, see :func:`spectral_density`)."""
     n = theta.numel()
     run = lanczos(hvp, n, top=1, bottom=1, tol=tol, max_steps=max_hvps,
                   generator=torch.Generator().manual_seed(seed), dtype=dtype, device=device,
@@ -132,7 +135,7 @@ def classify(hvp: Callable[[torch.Tensor], torch.Tensor], grad: torch.Tensor, th
     result_density = None
     if density:
         result_density = spectral_density(hvp, n, runs=runs, steps=min(steps, n), seed=seed,
-                                          dtype=dtype, device=device)
+                                          dtype=dtype, device=device, memory_budget=memory_budget)
         evidence.append(
             f"SLQ ({runs} runs × {min(steps, n)} steps): an estimated "
             f"{100 * result_density.negative_mass:.3g}% of eigenvalues lie below "

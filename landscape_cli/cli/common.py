@@ -119,8 +119,9 @@ INPUT_OPTIONS = [
         help="HVP engine strategy: auto (default) keeps the first-order graph ('cached') when it "
         "fits the memory budget, else streams batches ('stream').", rich_help_panel=_ENGINE)], None),
     _param("memory_budget", Annotated[str | None, typer.Option(
-        metavar="SIZE", help="Memory the cached graph may hold, e.g. 8GB or 512MiB (0: always "
-        "stream). Default: half the free GPU memory, or 40% of available RAM.",
+        metavar="SIZE", help="Memory the cached graph and then the SLQ bases may hold, e.g. 8GB "
+        "or 512MiB (0: always stream, SLQ without bases). Default: half the free GPU memory, or "
+        "40% of available RAM.",
         rich_help_panel=_ENGINE)], None),
     _param("compile", Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help="torch.compile the streaming HVP (first call compiles; "

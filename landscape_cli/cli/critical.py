@@ -52,4 +52,5 @@ def classify_command(
         return classify(run.engine.hvp, run.engine.grad(), problem.theta0, grad_rtol=grad_rtol,
                         grad_tol=grad_tol, eig_rtol=eig_rtol, tol=tol, max_hvps=budget,
                         density=density, runs=runs, steps=steps, seed=run.seed,
-                        dtype=problem.dtype, device=problem.device, callback=callback)
+                        dtype=problem.dtype, device=problem.device, callback=callback,
+                        memory_budget=run.engine.memory_left())

@@ -78,7 +78,8 @@ def spectrum_command(
     with run.progress(f"SLQ ×{runs}", total=min(steps, problem.n)) as callback:
         estimate = spectral_density(run.engine.hvp, problem.n, runs=runs, steps=steps,
                                     seed=run.seed, sigma=sigma, dtype=problem.dtype,
-                                    device=problem.device, callback=callback)
+                                    device=problem.device, callback=callback,
+                                    memory_budget=run.engine.memory_left())
     result = dataclasses.replace(result, density=estimate)
     if plot is not None:
         # The plot draws what the report holds: the same results, NaN already made null.

@@ -145,6 +145,10 @@ class HVPEngine:
         self.mode = "cached"
         self.cached_bytes = saved.bytes
 
+    def memory_left(self) -> int:
+        """Bytes of the memory budget the cached graph leaves for the algorithms' vectors."""
+        return max(self.memory_budget - self.cached_bytes, 0)
+
     def loss(self) -> float:
         """L(θ₀), the sample-weighted mean loss over the dataset."""
         if self._loss is None:

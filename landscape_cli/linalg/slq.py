@@ -11,7 +11,10 @@ via Hessian eigenvalue density").
 All runs advance together: each step is one block product A·V with V (runs × n), so an engine
 that batches Hessian-vector products pays much less per vector. Each run keeps its own basis
 (runs × steps × n) and is fully reorthogonalized against it, twice ("twice is enough").
-Memory: runs·steps·n numbers for the bases.
+Without reorthogonalization only three vectors per run are kept (runs × 3 × n): orthogonality
+is lost once Ritz values converge, which adds spurious copies of converged nodes, but the
+quadrature stays accurate for the smooth functionals SLQ estimates (Knizhnerman 1996; Ubaru,
+Chen & Saad 2017, "Fast estimation of tr(f(A)) via stochastic Lanczos quadrature").
 """
 
 from __future__ import annotations
@@ -64,19 +67,21 @@ def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 def slq(matvec: Matvec, n: int, *, runs: int = 10, steps: int = 90,
         generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
         device: torch.device | str = "cpu",
-        callback: Callable[[int, int, int], None] | None = None) -> SLQResult:
+        callback: Callable[[int, int, int], None] | None = None,
+        reorthogonalize: bool = True) -> SLQResult:
     """``runs`` independent Lanczos quadratures of ``steps`` steps (at most n) each.
 
     ``matvec`` maps a block V (k × n) of row vectors to A·vᵢ for each row; it is called once
     per step with the rows of the runs still going. A run stops early when β ≤ √ε·‖T‖ (its
     Krylov space is invariant, so its quadrature is already exact). ``callback(step,
-    finished_runs, runs)`` is called after each step.
+    finished_runs, runs)`` is called after each step. ``reorthogonalize=False`` keeps three
+    vectors per run instead of the whole basis (see the module docstring).
     """
     if runs < 1 or steps < 1 or n < 1:
         raise ValueError(f"slq needs runs, steps and n ≥ 1 (got {runs}, {steps}, {n})")
     steps = min(steps, n)
     eps = torch.finfo(dtype).eps
-    basis = torch.zeros(runs, steps, n, dtype=dtype, device=device)
+    basis = torch.zeros(runs, steps, n, dtype=dtype, device=device) if reorthogonalize else None
     alphas = torch.zeros(runs, steps, dtype=torch.float64)
     betas = torch.zeros(runs, steps, dtype=torch.float64)
     scale = torch.zeros(runs, dtype=torch.float64)  # largest |α|, |β| so far: ‖T‖ estimate
@@ -86,12 +91,13 @@ def slq(matvec: Matvec, n: int, *, runs: int = 10, steps: int = 90,
     previous = torch.zeros_like(q)
     beta_prev = torch.zeros(runs, dtype=dtype, device=device)
     for step in range(steps):
-        basis[active, step] = q
         w = matvec(q)
         alpha = (q * w).sum(dim=1)
         w = w - alpha[:, None] * q - beta_prev[:, None] * previous
-        block = basis[:, : step + 1] if len(active) == runs else basis[active, : step + 1]
-        w = _orthogonalize(w, block)
+        if basis is not None:
+            basis[active, step] = q
+            block = basis[:, : step + 1] if len(active) == runs else basis[active, : step + 1]
+            w = _orthogonalize(w, block)
         beta = torch.linalg.vector_norm(w, dim=1)
         alpha64, beta64 = torch.tensor(read_finite(torch.stack((alpha, beta))),
                                        dtype=torch.float64).view(2, -1)  # the step's one sync
