@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,28 @@ def test_hvp_block_equals_dense_hessian(mlp_exact, strategy):
     assert engine.mode == strategy
     if strategy == "stream":  # one vector: the faster of two exact ways, timed on first use
         assert engine.describe()["single_vector_hvp"] in ("forward-over-reverse", "double backward")
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_cached_blocks_go_the_faster_way_and_stay_exact(mlp_exact, monkeypatch, slow):
+    """The second block times batched against looped backward passes and keeps the faster."""
+    problem, hessian, _ = mlp_exact
+    engine = HVPEngine(problem, strategy="cached")
+    real = engine._cached_backward
+
+    def timed_backward(vectors, batched):
+        if batched == slow:  # make one way clearly slower
+            time.sleep(0.02 * (len(vectors) if batched else 1))
+        return real(vectors, batched)
+
+    monkeypatch.setattr(engine, "_cached_backward", timed_backward)
+    scale = float(hessian.abs().max()) * problem.n ** 0.5
+    for seed in range(3):
+        generator = torch.Generator().manual_seed(seed)
+        vectors = torch.randn(4, problem.n, dtype=torch.float64, generator=generator)
+        assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale
+    assert engine.describe()["cached_block_hvp"] == ("looped" if slow else "batched")
+    assert engine.cost.hvps == 12 and engine.cost.hvp_blocks == 3  # the timing rows are not counted
 
 
 def test_loss_and_gradient_are_the_sample_weighted_dataset_mean(mlp_exact):

@@ -6,7 +6,9 @@ Two strategies, picked by measurement (``benchmarks/README.md``):
 * ``cached``: the first-order graph of the *whole dataset*, ∇L(θ₀) built once with
   ``create_graph=True``, is kept; each block H·V is then a single batched backward pass
   through it (``is_grads_batched``: vmap over the k rows). No forward pass or first backward
-  is repeated, which makes an HVP cost about one gradient. Chosen by ``auto`` when the tensors
+  is repeated, which makes an HVP cost about one gradient. Whether a block goes batched or one
+  row at a time is timed on the second block and kept: batching pays 1.3–3.5× per vector on
+  the CPU samples, but costs 1.5× on a ResNet-8 on the CPU. Chosen by ``auto`` when the tensors
   that graph saves (counted with saved-tensor hooks while building it) fit the memory budget.
 * ``stream``: batch by batch, with one batch on the device at a time, so memory does not grow
   with the dataset. Blocks go through forward-over-reverse (``torch.func.jvp`` of
@@ -109,6 +111,8 @@ class HVPEngine:
         self._evaluated: tuple[float, float | None] | None = None
         self._vectorize = True
         self._single: str | None = None  # how one vector goes in stream mode, timed on first use
+        self._batched_blocks: bool | None = None  # cached: batched or looped blocks, timed once
+        self._blocks_seen = 0
         self._chunk = 1 << 30  # rows per vmapped forward-over-reverse, lowered on out-of-memory
         self._compiled = None
         if self.compile:
@@ -193,17 +197,37 @@ class HVPEngine:
         self.cost.hvp_blocks += 1
         return out[0] if single else out
 
-    def _hvp_cached(self, block: torch.Tensor) -> torch.Tensor:
-        def backward(v: torch.Tensor, batched: bool) -> torch.Tensor:
-            return torch.autograd.grad(self._grad_graph, self._theta, grad_outputs=v,
-                                       retain_graph=True, is_grads_batched=batched)[0]
+    def _cached_backward(self, vectors: torch.Tensor, batched: bool) -> torch.Tensor:
+        """One backward pass through the kept graph: H·v, or H·vᵢ for each row when batched."""
+        return torch.autograd.grad(self._grad_graph, self._theta, grad_outputs=vectors,
+                                   retain_graph=True, is_grads_batched=batched)[0]
 
-        if block.shape[0] > 1 and self._vectorize:
+    def _hvp_cached(self, block: torch.Tensor) -> torch.Tensor:
+        if block.shape[0] > 1 and self._vectorize and self._batched_blocks is not False:
             try:
-                return backward(block, True)
+                if self._batched_blocks is None and self._blocks_seen:
+                    return self._pick_cached_block(block)
+                self._blocks_seen += 1  # the first block warms the batched path up
+                return self._cached_backward(block, True)
             except RuntimeError as exc:
                 self._fall_back(exc)
-        return torch.stack([backward(v, False) for v in block])
+        return torch.stack([self._cached_backward(v, False) for v in block])
+
+    def _pick_cached_block(self, block: torch.Tensor) -> torch.Tensor:
+        """Time this block batched against two of its rows one at a time, and keep the faster
+        per vector: batching wins on small models, but not on convolutions on the CPU."""
+        sync = torch.cuda.synchronize if self.problem.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        out = self._cached_backward(block, True)
+        sync()
+        batched = (time.perf_counter() - start) / block.shape[0]
+        start = time.perf_counter()
+        for v in block[:2]:
+            self._cached_backward(v, False)
+        sync()
+        self._batched_blocks = batched <= (time.perf_counter() - start) / 2
+        return out
 
     def _forward_over_reverse(self, theta: torch.Tensor, block: torch.Tensor,
                               batch: object) -> torch.Tensor:
@@ -300,6 +324,8 @@ class HVPEngine:
                 "compiled": self.mode == "stream" and self._compiled is not None,
                 **({"hvp_chunk": self._chunk} if self._chunk < 1 << 30 else {}),
                 **({"single_vector_hvp": self._single} if self._single else {}),
+                **({"cached_block_hvp": "batched" if self._batched_blocks else "looped"}
+                   if self._batched_blocks is not None else {}),
                 "cached_graph_mb": round(self.cached_bytes / 2**20, 3),
                 "memory_budget_mb": round(self.memory_budget / 2**20, 3)}
 
