@@ -44,6 +44,33 @@ def test_hvp_block_equals_dense_hessian(mlp_exact, strategy):
         assert engine.describe()["single_vector_hvp"] in ("forward-over-reverse", "double backward")
 
 
+def three_blocks_are_exact(engine, hessian, rows):
+    scale = float(hessian.abs().max()) * hessian.shape[0] ** 0.5
+    for seed in range(3):
+        generator = torch.Generator().manual_seed(seed)
+        vectors = torch.randn(rows, hessian.shape[0], dtype=torch.float64, generator=generator)
+        assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_streamed_blocks_go_the_faster_way_and_stay_exact(mlp_exact, monkeypatch, slow):
+    """The second block times vmapped forward-over-reverse against double backward, once."""
+    problem, hessian, _ = mlp_exact
+    engine = HVPEngine(problem, strategy="stream")
+    slower = "_in_chunks" if slow else "_double_backward"
+    real = getattr(engine, slower)
+
+    def delayed(*args):
+        time.sleep(0.2)
+        return real(*args)
+
+    monkeypatch.setattr(engine, slower, delayed)
+    three_blocks_are_exact(engine, hessian, rows=3)
+    way = engine.describe()["stream_block_hvp"]
+    assert way == ("double backward" if slow else "vmapped forward-over-reverse")
+    assert engine.cost.hvps == 9 and engine.cost.data_passes == 3
+
+
 @pytest.mark.parametrize("slow", [True, False])
 def test_cached_blocks_go_the_faster_way_and_stay_exact(mlp_exact, monkeypatch, slow):
     """The second block times batched against looped backward passes and keeps the faster."""
@@ -53,15 +80,11 @@ def test_cached_blocks_go_the_faster_way_and_stay_exact(mlp_exact, monkeypatch, 
 
     def timed_backward(vectors, batched):
         if batched == slow:  # make one way clearly slower
-            time.sleep(0.02 * (len(vectors) if batched else 1))
+            time.sleep(0.1 * (len(vectors) if batched else 1))
         return real(vectors, batched)
 
     monkeypatch.setattr(engine, "_cached_backward", timed_backward)
-    scale = float(hessian.abs().max()) * problem.n ** 0.5
-    for seed in range(3):
-        generator = torch.Generator().manual_seed(seed)
-        vectors = torch.randn(4, problem.n, dtype=torch.float64, generator=generator)
-        assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale
+    three_blocks_are_exact(engine, hessian, rows=4)
     assert engine.describe()["cached_block_hvp"] == ("looped" if slow else "batched")
     assert engine.cost.hvps == 12 and engine.cost.hvp_blocks == 3  # the timing rows are not counted
 

@@ -18,7 +18,9 @@ Two strategies, picked by measurement (``benchmarks/README.md``):
   the engine times both on the first batch, once, and keeps the faster. With ``compile``,
   every block goes through ``torch.compile`` of forward-over-reverse (one compilation per
   block and batch shape; 2.8× a gradient for k = 1 on that ResNet-18), and ``auto`` streams,
-  since a kept graph has nothing left to compile.
+  since a kept graph has nothing left to compile. Blocks, too, are timed once (on the first
+  batch of the second block) against double backward, which wins on convolutions on the CPU
+  (a ResNet-8: vmapped 7× a gradient per vector, double backward about 3×).
 
 Measured (``benchmarks/README.md``), one HVP costs, in gradients: cached 0.6–1.8× for k = 1 and
 0.3–1.2× per vector for k = 8 on the samples (2 CPU cores); stream 1.8–2.3× for k = 1 and
@@ -112,6 +114,7 @@ class HVPEngine:
         self._vectorize = True
         self._single: str | None = None  # how one vector goes in stream mode, timed on first use
         self._batched_blocks: bool | None = None  # cached: batched or looped blocks, timed once
+        self._block_way: str | None = None  # stream: how a block goes, timed once
         self._blocks_seen = 0
         self._chunk = 1 << 30  # rows per vmapped forward-over-reverse, lowered on out-of-memory
         self._compiled = None
@@ -267,6 +270,13 @@ class HVPEngine:
             if self._vectorize and block.shape[0] == 1 and self._single is None:
                 out += weight * self._pick_single(theta0, block, batch)
                 continue
+            if (self._vectorize and block.shape[0] > 1 and self._block_way is None
+                    and self._blocks_seen and i == 0):
+                out += weight * self._pick_stream_block(theta0, block, batch)
+                continue
+            if block.shape[0] > 1 and self._block_way == "double backward":
+                out += weight * self._double_backward(theta0, block, batch)
+                continue
             if self._vectorize and (block.shape[0] > 1 or self._single == "forward-over-reverse"):
                 try:
                     out += weight * self._in_chunks(theta0, block, batch)
@@ -276,7 +286,24 @@ class HVPEngine:
                 except RuntimeError as exc:
                     self._fall_back(exc)
             out += weight * self._double_backward(theta0, block, batch)
+        if block.shape[0] > 1:
+            self._blocks_seen += 1  # the first block warms the vmapped path up
         return out
+
+    def _pick_stream_block(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
+        """Time this block on this batch vmapped (forward-over-reverse) against double backward
+        (one first-order graph, then a backward pass per row), and keep the faster."""
+        sync = torch.cuda.synchronize if self.problem.device.type == "cuda" else (lambda: None)
+        seconds, results = {}, {}
+        for name, way in (("vmapped forward-over-reverse", self._in_chunks),
+                          ("double backward", self._double_backward)):
+            sync()
+            start = time.perf_counter()
+            results[name] = way(theta0, block, batch)
+            sync()
+            seconds[name] = time.perf_counter() - start
+        self._block_way = min(seconds, key=seconds.get)
+        return results[self._block_way]
 
     def _double_backward(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
         """∇²L_b(θ)·vᵢ by differentiating the batch gradient once more, one row at a time."""
@@ -326,6 +353,7 @@ class HVPEngine:
                 **({"single_vector_hvp": self._single} if self._single else {}),
                 **({"cached_block_hvp": "batched" if self._batched_blocks else "looped"}
                    if self._batched_blocks is not None else {}),
+                **({"stream_block_hvp": self._block_way} if self._block_way else {}),
                 "cached_graph_mb": round(self.cached_bytes / 2**20, 3),
                 "memory_budget_mb": round(self.memory_budget / 2**20, 3)}
 
