@@ -8,7 +8,7 @@ Two strategies, picked by measurement (``benchmarks/README.md``):
   through it (``is_grads_batched``: vmap over the k rows). No forward pass or first backward
   is repeated, which makes an HVP cost about one gradient. Whether a block goes batched or one
   row at a time is timed on the second block and kept: batching pays 1.3–3.5× per vector on
-  the CPU samples, but costs 1.5× on a ResNet-8 on the CPU. Chosen by ``auto`` when the tensors
+  the CPU samples, but costs 1.6× on a ResNet-8 on the CPU. Chosen by ``auto`` when the tensors
   that graph saves (counted with saved-tensor hooks while building it) fit the memory budget.
 * ``stream``: batch by batch, with one batch on the device at a time, so memory does not grow
   with the dataset. Blocks go through forward-over-reverse (``torch.func.jvp`` of
@@ -20,7 +20,7 @@ Two strategies, picked by measurement (``benchmarks/README.md``):
   block and batch shape; 2.8× a gradient for k = 1 on that ResNet-18), and ``auto`` streams,
   since a kept graph has nothing left to compile. Blocks, too, are timed once (on the first
   batch of the second block) against double backward, which wins on convolutions on the CPU
-  (a ResNet-8: vmapped 7× a gradient per vector, double backward about 3×).
+  (a ResNet-8: vmapped 8.5× a gradient per vector, double backward 2.8×).
 
 Measured (``benchmarks/README.md``), one HVP costs, in gradients: cached 0.6–1.8× for k = 1 and
 0.3–1.2× per vector for k = 8 on the samples (2 CPU cores); stream 1.8–2.3× for k = 1 and
