@@ -35,6 +35,7 @@ numbers they read are finite and raise ``FloatingPointError`` otherwise (see ``N
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -219,17 +220,9 @@ class HVPEngine:
     def _pick_cached_block(self, block: torch.Tensor) -> torch.Tensor:
         """Time this block batched against two of its rows one at a time, and keep the faster
         per vector: batching wins on small models, but not on convolutions on the CPU."""
-        sync = torch.cuda.synchronize if self.problem.device.type == "cuda" else (lambda: None)
-        sync()
-        start = time.perf_counter()
-        out = self._cached_backward(block, True)
-        sync()
-        batched = (time.perf_counter() - start) / block.shape[0]
-        start = time.perf_counter()
-        for v in block[:2]:
-            self._cached_backward(v, False)
-        sync()
-        self._batched_blocks = batched <= (time.perf_counter() - start) / 2
+        batched, out = self._timed(self._cached_backward, block, True)
+        looped, _ = self._timed(lambda rows: [self._cached_backward(v, False) for v in rows], block[:2])
+        self._batched_blocks = batched / block.shape[0] <= looped / 2
         return out
 
     def _forward_over_reverse(self, theta: torch.Tensor, block: torch.Tensor,
@@ -293,17 +286,10 @@ class HVPEngine:
     def _pick_stream_block(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
         """Time this block on this batch vmapped (forward-over-reverse) against double backward
         (one first-order graph, then a backward pass per row), and keep the faster."""
-        sync = torch.cuda.synchronize if self.problem.device.type == "cuda" else (lambda: None)
-        seconds, results = {}, {}
-        for name, way in (("vmapped forward-over-reverse", self._in_chunks),
-                          ("double backward", self._double_backward)):
-            sync()
-            start = time.perf_counter()
-            results[name] = way(theta0, block, batch)
-            sync()
-            seconds[name] = time.perf_counter() - start
-        self._block_way = min(seconds, key=seconds.get)
-        return results[self._block_way]
+        self._block_way, out = self._fastest({"vmapped forward-over-reverse": self._in_chunks,
+                                              "double backward": self._double_backward},
+                                             theta0, block, batch, warm=False)
+        return out
 
     def _double_backward(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
         """∇²L_b(θ)·vᵢ by differentiating the batch gradient once more, one row at a time."""
@@ -315,26 +301,40 @@ class HVPEngine:
     def _pick_single(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
         """Time both ways of one vector on this batch (a warm-up run each, then a timed one)
         and keep the faster for the rest of the run: which wins depends on model and device."""
+        self._single, out = self._fastest({"forward-over-reverse": self._forward_over_reverse,
+                                           "double backward": self._double_backward},
+                                          theta0, block, batch, warm=True)
+        return out
+
+    def _timed(self, way: Callable[..., object], *args: object) -> tuple[float, object]:
+        """Seconds ``way(*args)`` takes on the device (synchronised on CUDA), and its result."""
         sync = torch.cuda.synchronize if self.problem.device.type == "cuda" else (lambda: None)
-        ways = {"forward-over-reverse": self._forward_over_reverse,
-                "double backward": self._double_backward}
+        sync()
+        start = time.perf_counter()
+        out = way(*args)
+        sync()
+        return time.perf_counter() - start, out
+
+    def _fastest(self, ways: dict[str, Callable[..., torch.Tensor]], *args: object,
+                 warm: bool) -> tuple[str, torch.Tensor]:
+        """Run every way on ``args`` (after a warm-up run when ``warm``); the fastest's name and
+        result. A way that fails falls back to the next (the last one, double backward, is exact
+        for every model and may not fail)."""
         seconds, results = {}, {}
+        last = list(ways)[-1]
         for name, way in ways.items():
             try:
-                way(theta0, block, batch)
-                sync()
-                start = time.perf_counter()
-                results[name] = way(theta0, block, batch)
-                sync()
-                seconds[name] = time.perf_counter() - start
+                if warm:
+                    way(*args)
+                seconds[name], results[name] = self._timed(way, *args)
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError as exc:
-                if name == "double backward":
+                if name == last:
                     raise
                 self._fall_back(exc)
-        self._single = min(seconds, key=seconds.get)
-        return results[self._single]
+        best = min(seconds, key=seconds.get)
+        return best, results[best]
 
     def _fall_back(self, exc: Exception) -> None:
         self._vectorize = False
