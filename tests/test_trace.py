@@ -11,7 +11,7 @@ from quadratic import symmetric_with_spectrum
 
 from landscape_cli.analyses.trace import module_groups, trace
 from landscape_cli.engine.hvp import HVPEngine
-from landscape_cli.linalg.trace import hutchinson, hutchpp, t975
+from landscape_cli.linalg.trace import hutchinson, hutchpp, independent_columns, t975
 
 MIXED = [3.0 * (1 + i % 7) for i in range(60)] + [-1.5 * (1 + i % 5) for i in range(40)]
 DECAYING = [100 * 0.85 ** i for i in range(300)]
@@ -79,6 +79,13 @@ def test_sketch_spanning_the_space_is_exact():
     est = hutchpp(matvec, n, rtol=0.01, max_matvecs=100, sketch=4,
                   generator=torch.Generator().manual_seed(0))
     assert est.trace == pytest.approx(exact, abs=1e-12) and est.stderr == 0 and est.converged
+
+
+def test_sketch_directions_kept_do_not_depend_on_n():
+    # the old rule |rᵢᵢ| > n·ε·max dropped every direction in float32 once n ≥ 2²³ (ResNet-18)
+    r = torch.diag(torch.tensor([3.0, 0.03, 3e-7]))
+    assert independent_columns(r, torch.float32).tolist() == [True, True, False]
+    assert independent_columns(r.double(), torch.float64).tolist() == [True, True, True]
 
 
 def test_per_layer_traces_are_the_diagonal_blocks(mlp_exact):

@@ -89,6 +89,14 @@ def _estimate(offset: float, samples: list[float], matvecs: int, method: str, sk
                          converged=converged)
 
 
+def independent_columns(r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Columns of a QR factor R that are numerically independent: |rᵢᵢ| > √ε·max|rⱼⱼ|. Not n·ε:
+    products carry rounding far above ε anyway, and n·ε exceeds 1 in float32 once n ≥ 2²³,
+    which would drop every direction of a large model's sketch."""
+    diagonal = r.diagonal().abs()
+    return diagonal > torch.finfo(dtype).eps ** 0.5 * diagonal.max()
+
+
 def hutchinson(matvec: Matvec, n: int, *, rtol: float = 0.01, max_matvecs: int = 1000,
                block: int = 8, min_probes: int = 10, generator: torch.Generator,
                dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
@@ -118,8 +126,7 @@ def hutchpp(matvec: Matvec, n: int, *, rtol: float = 0.01, max_matvecs: int = 10
     if sketch > 0:
         images = matvec(rademacher(sketch, n, generator, dtype, device))
         q, r = torch.linalg.qr(images.T)
-        keep = r.diagonal().abs() > torch.finfo(dtype).eps * r.diagonal().abs().max() * n
-        basis = q[:, keep].T.contiguous()
+        basis = q[:, independent_columns(r, dtype)].T.contiguous()
         offset = read_finite((basis * matvec(basis)).sum())[0] if len(basis) else 0.0
         spent = sketch + len(basis)
 
