@@ -108,7 +108,7 @@ def spectral_density(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, run
     """
     steps = min(steps, n)
     notes = []
-    basis_bytes = runs * steps * n * torch.finfo(dtype).bits // 8
+    basis_bytes = runs * steps * n * dtype.itemsize
     reorthogonalize = memory_budget is None or basis_bytes <= memory_budget
     if not reorthogonalize:
         notes.append(f"SLQ without full reorthogonalization: the {runs} × {steps} Lanczos vectors "
