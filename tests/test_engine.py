@@ -291,13 +291,42 @@ def test_memory_budget_too_small_streams_instead():
     assert torch.allclose(engine.hvp(v), cached.hvp(v), rtol=1e-10, atol=1e-14)
 
 
-def test_compiled_stream_hvp_equals_dense_hessian(mlp_exact):
+def test_compiled_stream_hvp_equals_dense_hessian_and_compiles_once_per_batch_shape(mlp_exact):
+    from torch._dynamo.utils import counters
+
     problem, hessian, _ = mlp_exact
     engine = HVPEngine(problem, compile=True)
-    vectors = torch.randn(2, problem.n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
     scale = float(hessian.abs().max())
-    assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale * problem.n ** 0.5
+    graphs = []
+    for rows in (3, 11):  # padded to one chunk of 8, then split into two: the same compiled shape
+        vectors = torch.randn(rows, problem.n, dtype=torch.float64, generator=generator)
+        error = float((engine.hvp(vectors) - vectors @ hessian).abs().max())
+        assert error < 1e-10 * scale * problem.n ** 0.5
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[0]  # a new block size compiled nothing new
     assert engine.mode == "stream" and engine.describe()["compiled"] and not engine.warnings
+
+
+def test_each_compiled_engine_compiles_its_own_graphs():
+    """Dynamo's recompilation limit is per code object; engines one after another in a process
+    (a sweep over checkpoints) must not run out of it and fall back to eager without a word."""
+    from torch._dynamo.utils import counters
+
+    graphs = []
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for width in (3, 4, 5):
+            torch.manual_seed(width)
+            x, y = torch.randn(12, width, dtype=torch.float64), torch.randint(0, 2, (12,))
+            problem = build_problem(nn.Linear(width, 2).double(), criterion_loss(nn.CrossEntropyLoss()),
+                                    Batches([(x, y)], [12]), device=torch.device("cpu"),
+                                    dtype=torch.float64)
+            engine = HVPEngine(problem, compile=True)
+            before = counters["stats"]["unique_graphs"]
+            engine.hvp(torch.randn(3, problem.n, dtype=torch.float64))
+            graphs.append(counters["stats"]["unique_graphs"] - before)
+            assert not engine.warnings
+    assert graphs == [1, 1, 1]
 
 
 def test_memory_budget_zero_never_builds_the_graph(mlp_exact):

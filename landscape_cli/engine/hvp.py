@@ -1,7 +1,7 @@
 """The HVP engine: loss, gradient and H·V for a block V (k×n) of the dataset loss (DESIGN §4).
 
 H·v is the directional derivative of the gradient, ∇²L(θ)v = d/dε ∇L(θ+εv) (Pearlmutter 1994).
-Two strategies, picked by measurement (``benchmarks/README.md``):
+Two strategies, picked by measurement (``benchmarks/README.md``), and one option on the second:
 
 * ``cached``: the first-order graph of the *whole dataset*, ∇L(θ₀) built once with
   ``create_graph=True``, is kept; each block H·V is then a single batched backward pass
@@ -15,12 +15,15 @@ Two strategies, picked by measurement (``benchmarks/README.md``):
   ``torch.func.grad``) vmapped over the k vectors. For a single vector, which way is faster
   depends on model and device: double backward costs 2× a gradient on the CPU samples against
   5–7× for forward-over-reverse, but on an H100 ResNet-18 (10,000 images) 6× against 3×. So
-  the engine times both on the first batch, once, and keeps the faster. With ``compile``,
-  every block goes through ``torch.compile`` of forward-over-reverse (one compilation per
-  block and batch shape; 2.8× a gradient for k = 1 on that ResNet-18), and ``auto`` streams,
-  since a kept graph has nothing left to compile. Blocks, too, are timed once (on the first
-  batch of the second block) against double backward, which wins on convolutions on the CPU
-  (a ResNet-8: vmapped 8.5× a gradient per vector, double backward 2.8×).
+  the engine times both on the first batch, once, and keeps the faster. Blocks, too, are timed
+  once (on the first batch of the second block) against double backward, which wins on
+  convolutions on the CPU (a ResNet-8: vmapped 8.5× a gradient per vector, double backward 2.8×).
+* ``compile`` (an option of ``stream``): forward-over-reverse through ``torch.compile``, in chunks of
+  ``COMPILED_ROWS`` rows, so a run compiles once per batch shape for single vectors and once
+  for blocks (a minute or two each on 2 CPU cores). ``auto`` then streams, since a kept graph
+  has nothing left to compile. It pays on long runs: 2.8× a gradient for k = 1 on the H100
+  ResNet-18 (3.0× eager), 0.65× per vector for k = 8 on the CPU sample transformer (cached
+  1.2–2.1×), nothing on CPU convolutions.
 
 Measured (``benchmarks/README.md``), one HVP costs, in gradients: cached 0.6–1.8× for k = 1 and
 0.3–1.2× per vector for k = 8 on the samples (2 CPU cores); stream 1.8–2.3× for k = 1 and
@@ -43,6 +46,9 @@ import torch
 from landscape_cli.engine.problem import Problem
 
 STRATEGIES = ("auto", "cached", "stream")
+#: rows per compiled block: every block goes through ``torch.compile`` in chunks of this many
+#: rows (a single vector alone), so a run compiles once per batch shape, not once per block size
+COMPILED_ROWS = 8
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "
              "(try dtype: float64)")
@@ -120,6 +126,9 @@ class HVPEngine:
         self._chunk = 1 << 30  # rows per vmapped forward-over-reverse, lowered on out-of-memory
         self._compiled = None
         if self.compile:
+            # Dynamo keeps its graphs, and its limit of 8 recompilations, per code object: shared
+            # by every engine of the process, so a third model would silently run eagerly.
+            torch.compiler.reset()
             self._compiled = torch.compile(self._forward_over_reverse, dynamic=False)
         self.mode = "stream"
         self.cached_bytes = 0
@@ -255,7 +264,7 @@ class HVPEngine:
             batch, weight = self.problem.batch(i), self.problem.weights[i]
             if self._compiled is not None:
                 try:
-                    out += weight * self._compiled(theta0, block, batch)
+                    out += weight * self._compiled_rows(theta0, block, batch)
                     continue
                 except Exception as exc:  # torch.compile raises many kinds; eager is exact too
                     self._compiled = None
@@ -282,6 +291,16 @@ class HVPEngine:
         if block.shape[0] > 1:
             self._blocks_seen += 1  # the first block warms the vmapped path up
         return out
+
+    def _compiled_rows(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
+        """Compiled forward-over-reverse on chunks of ``COMPILED_ROWS`` rows, the last padded with
+        zero rows (H·0 = 0, discarded). Compiling is static in shape and costs about a minute per
+        shape on a 2-core CPU; a Hutch++ trace alone asks for blocks of 24, 8 and fewer rows."""
+        if len(block) == 1:
+            return self._compiled(theta0, block, batch)
+        padded = torch.cat([block, block.new_zeros(-len(block) % COMPILED_ROWS, block.shape[1])])
+        return torch.cat([self._compiled(theta0, chunk, batch)
+                          for chunk in padded.split(COMPILED_ROWS)])[:len(block)]
 
     def _pick_stream_block(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
         """Time this block on this batch vmapped (forward-over-reverse) against double backward
