@@ -54,7 +54,7 @@ def main() -> None:
     for name in args.models:
         problem = build(name, args.device, args.dtype).problem
         _, t_grad = median_time(lambda p=problem: HVPEngine(p, strategy="stream").grad(),
-                             args.repeats, sync)
+                                args.repeats, sync)
         for strategy in args.strategies:
             engine = (HVPEngine(problem, compile=True) if strategy == "compile"
                       else HVPEngine(problem, strategy=strategy))

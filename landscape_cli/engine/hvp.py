@@ -18,9 +18,9 @@ Two strategies, picked by measurement (``benchmarks/README.md``), and one option
   the engine times both on the first batch, once, and keeps the faster. Blocks, too, are timed
   once (on the first batch of the second block) against double backward, which wins on
   convolutions on the CPU (a ResNet-8: vmapped 8.5× a gradient per vector, double backward 2.8×).
-* ``compile`` (an option of ``stream``): forward-over-reverse through ``torch.compile``, in chunks of
-  ``COMPILED_ROWS`` rows, so a run compiles once per batch shape for single vectors and once
-  for blocks (a minute or two each on 2 CPU cores). ``auto`` then streams, since a kept graph
+* ``compile`` (an option of ``stream``): forward-over-reverse through ``torch.compile``, in
+  chunks of ``COMPILED_ROWS`` rows, so a run compiles once per batch shape for single vectors
+  and once for blocks (a minute or two each on 2 CPU cores). ``auto`` then streams, since a kept graph
   has nothing left to compile. It pays on long runs: 2.8× a gradient for k = 1 on the H100
   ResNet-18 (3.0× eager), 0.65× per vector for k = 8 on the CPU sample transformer (cached
   1.2–2.1×), nothing on CPU convolutions.
@@ -127,7 +127,8 @@ class HVPEngine:
         self._compiled = None
         if self.compile:
             # Dynamo keeps its graphs, and its limit of 8 recompilations, per code object: shared
-            # by every engine of the process, so a third model would silently run eagerly.
+            # by every engine of the process, so once 8 graphs were spent (two or three models)
+            # the next engine's "compiled" HVPs would silently run eagerly.
             torch.compiler.reset()
             self._compiled = torch.compile(self._forward_over_reverse, dynamic=False)
         self.mode = "stream"
