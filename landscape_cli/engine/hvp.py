@@ -20,10 +20,10 @@ Two strategies, picked by measurement (``benchmarks/README.md``), and one option
   convolutions on the CPU (a ResNet-8: vmapped 8.5× a gradient per vector, double backward 2.8×).
 * ``compile`` (an option of ``stream``): forward-over-reverse through ``torch.compile``, in
   chunks of ``COMPILED_ROWS`` rows, so a run compiles once per batch shape for single vectors
-  and once for blocks (a minute or two each on 2 CPU cores). ``auto`` then streams, since a kept graph
-  has nothing left to compile. It pays on long runs: 2.8× a gradient for k = 1 on the H100
-  ResNet-18 (3.0× eager), 0.65× per vector for k = 8 on the CPU sample transformer (cached
-  1.2–2.1×), nothing on CPU convolutions.
+  and once for blocks (a minute or two each on 2 CPU cores). ``auto`` then streams, since a
+  kept graph has nothing left to compile. It pays on long runs: 2.8× a gradient for k = 1 on
+  the H100 ResNet-18 (3.0× eager), 0.65× per vector for k = 8 on the CPU sample transformer
+  (cached 1.2–2.1×), nothing on CPU convolutions.
 
 Measured (``benchmarks/README.md``), one HVP costs, in gradients: cached 0.6–1.8× for k = 1 and
 0.3–1.2× per vector for k = 8 on the samples (2 CPU cores); stream 1.8–2.3× for k = 1 and
