@@ -113,3 +113,36 @@ def test_basis_memory_grows_with_steps_not_with_n():
                      generator=torch.Generator().manual_seed(1))
     assert result.converged and result.steps < 100
     assert result.top.values == pytest.approx([5.0, 3.0], rel=1e-8)
+
+
+def test_residuals_are_measured_on_the_products_at_no_extra_product():
+    """An operator with a small asymmetric error E (as float32 HVPs have): the tridiagonal
+    estimate |β_m·s_m| cannot see E, the reported ‖Ay − θy‖ must, without another product."""
+    matrix = symmetric_with_spectrum(SPECTRA["mixed"], seed=0)
+    n = matrix.shape[0]
+    noisy = matrix + 1e-6 * torch.randn(n, n, dtype=torch.float64,
+                                        generator=torch.Generator().manual_seed(5))
+    inputs, outputs = [], []
+
+    def matvec(v):
+        inputs.append(v.clone())
+        outputs.append(v @ noisy.T)
+        return outputs[-1]
+
+    result = lanczos(matvec, n, top=3, bottom=3, tol=1e-10,
+                     generator=torch.Generator().manual_seed(0))
+    assert len(inputs) == result.steps  # no verification products
+    Q, AQ = torch.stack(inputs), torch.stack(outputs)
+    m = result.steps
+    alphas = [float(Q[j] @ AQ[j]) for j in range(m)]
+    betas = [float(Q[j + 1] @ AQ[j]) for j in range(m - 1)]
+    alpha, beta = torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64)
+    values, vectors = torch.linalg.eigh(torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1))
+    for theta, reported in zip(result.top.values + result.bottom.values,
+                               result.top.residuals + result.bottom.residuals):
+        s = vectors[:, int(torch.argmin((values - theta).abs()))]
+        y = Q.T @ s
+        true = float(torch.linalg.vector_norm(noisy @ y - theta * y))
+        assert reported == pytest.approx(true, rel=1e-6)
+        assert true > 1e-7  # E shows: far above the 1e-10 the estimate converged to
+    assert not any(result.top.converged + result.bottom.converged)

@@ -7,7 +7,11 @@ vector is orthogonalized twice against all previous ones ("twice is enough", Gir
 2005), so no spurious copies appear. On breakdown (an invariant subspace found) the run
 restarts from a fresh random vector orthogonal to the basis, which also exposes repeated
 eigenvalues (the coupling β it drops, below √ε·‖A‖, still counts in the residual bounds).
-Memory: the basis, steps·n numbers, grown as steps are taken. Operator in, numbers out:
+The reported residuals are measured, not estimated, at no extra product: keeping the
+reorthogonalization coefficients turns the recurrence into the Arnoldi relation
+AQ_m = Q_{m+1}H_m for the products as computed, so ‖Ay − θy‖ = ‖H_m s − θs‖, which carries
+the operator's rounding and asymmetry that |β_m·s_{m,i}| cannot see (Stewart, *Matrix
+Algorithms II*, §5.1). Memory: the basis, steps·n numbers, grown as steps are taken. Operator in, numbers out:
 ``matvec`` maps a vector (n,) or a block (k, n) of row vectors to
 A·v for each.
 """
@@ -47,14 +51,18 @@ class LanczosResult:
         return all(self.top.converged) and all(self.bottom.converged)
 
 
+def tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
+    """The symmetric tridiagonal T with diagonal α and off-diagonal β (float64, CPU)."""
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if len(alphas) > 1:
+        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    return T
+
+
 def tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal T (float64, CPU)."""
-    m = len(alphas)
-    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if m > 1:
-        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
-        T += torch.diag(off, 1) + torch.diag(off, -1)
-    return torch.linalg.eigh(T)
+    return torch.linalg.eigh(tridiagonal(alphas, betas))
 
 
 def _ritz(values: torch.Tensor, vectors: torch.Tensor, couplings: list[tuple[int, float]],
@@ -75,11 +83,15 @@ def _ritz(values: torch.Tensor, vectors: torch.Tensor, couplings: list[tuple[int
     return pairs(order_top), pairs(order_bottom), scale
 
 
-def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """w minus its projection on the rows of ``basis``, done twice for stability."""
+def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w minus its projection on the rows of ``basis``, done twice for stability, and the
+    coefficients of what was removed."""
+    removed = torch.zeros(len(basis), dtype=w.dtype, device=w.device)
     for _ in range(2):
-        w = w - basis.T @ (basis @ w)
-    return w
+        coefficients = basis @ w
+        w = w - basis.T @ coefficients
+        removed = removed + coefficients
+    return w, removed
 
 
 def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float = 1e-4,
@@ -106,6 +118,7 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
     alphas: list[float] = []
     betas: list[float] = []
     dropped: list[tuple[int, float]] = []  # (step, β) of couplings cut at restarts
+    columns: list[torch.Tensor] = []  # reorthogonalization coefficients of each step
     beta, prev = 0.0, None
     result = None
     block_start, first_block, at_last_breakdown = 0, None, None
@@ -117,7 +130,8 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
         w = matvec(q)
         alpha_t = torch.dot(q, w)
         w = w - alpha_t * q - (beta * prev if prev is not None else 0)
-        w = _orthogonalize(w, basis[: step + 1])
+        w, removed = _orthogonalize(w, basis[: step + 1])
+        columns.append(removed)
         beta_t = torch.linalg.vector_norm(w)
         alpha, beta = read_finite(torch.stack((alpha_t, beta_t)))  # the step's one sync
         alphas.append(alpha)
@@ -139,7 +153,7 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
             if (complete and at_last_breakdown is not None
                     and torch.allclose(wanted_now, at_last_breakdown, rtol=0, atol=tol * scale)):
                 break
-            fresh = _orthogonalize(random_unit(), basis[: step + 1])
+            fresh, _ = _orthogonalize(random_unit(), basis[: step + 1])
             norm = float(torch.linalg.vector_norm(fresh))
             if norm < 1e-8:
                 break
@@ -154,21 +168,31 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
                 and (first_block is None or step + 1 - block_start > first_block)):
             break
         prev, q = q, w / beta_t
-    return _verified(result, matvec, basis[: result.steps], vectors, values, top, bottom, tol)
+    return _measured(result, columns, alphas, betas, dropped, vectors, values, tol)
 
 
-def _verified(result: LanczosResult, matvec: Matvec, basis: torch.Tensor, vectors: torch.Tensor,
-              values: torch.Tensor, top: int, bottom: int, tol: float) -> LanczosResult:
-    """Replace the estimated residuals of the requested pairs by measured ones, ‖Ay − θy‖,
-    which also carry the operator's rounding error (the estimate cannot see it)."""
-    m = len(values)
+def _measured(result: LanczosResult, columns: list[torch.Tensor], alphas: list[float],
+              betas: list[float], dropped: list[tuple[int, float]], vectors: torch.Tensor,
+              values: torch.Tensor, tol: float) -> LanczosResult:
+    """Replace the estimated residuals of the requested pairs by measured ones: column j of
+    H_m holds the coefficients of A·q_j on q_0..q_{j+1} (α_j, β_{j−1}, β_j and what the
+    reorthogonalization removed), so ‖Ay − θy‖ = ‖H_m s − θs‖, plus |β_j·s_j| for each
+    coupling a restart dropped (one read for all columns)."""
+    m = len(alphas)
+    cols, rows = torch.tril_indices(m, m)  # column j's rows 0..j, in the order they were stored
+    H = torch.zeros(m + 1, m, dtype=torch.float64)
+    H[rows, cols] = torch.tensor(read_finite(torch.cat(columns)), dtype=torch.float64)
+    H[:m] += tridiagonal(alphas, betas)
+    H[m, m - 1] = betas[m - 1]
+    top, bottom = len(result.top.values), len(result.bottom.values)
     wanted = [*range(m - 1, m - 1 - top, -1), *range(bottom)]
-    coefficients = vectors[:, wanted].to(basis.dtype).to(basis.device)
-    ritz_vectors = coefficients.T @ basis
-    ritz_vectors = ritz_vectors / torch.linalg.vector_norm(ritz_vectors, dim=1, keepdim=True)
-    thetas = values[wanted].to(basis.dtype).to(basis.device)
-    measured = read_finite(torch.linalg.vector_norm(
-        matvec(ritz_vectors) - thetas[:, None] * ritz_vectors, dim=1))
+    s = vectors[:, wanted]
+    gap = H @ s  # A·y on q_0..q_m, minus θ·y on q_0..q_{m-1}
+    gap[:m] -= s * values[wanted]
+    residuals = torch.linalg.vector_norm(gap, dim=0)
+    for j, beta in dropped:
+        residuals += abs(beta) * s[j].abs()
+    measured = residuals.tolist()
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
 
     def pairs(old: RitzPairs, residuals: list[float]) -> RitzPairs:
