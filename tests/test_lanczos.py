@@ -115,9 +115,9 @@ def test_basis_memory_grows_with_steps_not_with_n():
     assert result.top.values == pytest.approx([5.0, 3.0], rel=1e-8)
 
 
-def test_residuals_are_measured_on_the_products_at_no_extra_product():
+def test_residuals_are_measured_on_the_products_with_one_extra_product():
     """An operator with a small asymmetric error E (as float32 HVPs have): the tridiagonal
-    estimate |β_m·s_m| cannot see E, the reported ‖Ay − θy‖ must, without another product."""
+    estimate |β_m·s_m| cannot see E, the reported ‖Ay − θy‖ must, for one product, not k."""
     matrix = symmetric_with_spectrum(SPECTRA["mixed"], seed=0)
     n = matrix.shape[0]
     noisy = matrix + 1e-6 * torch.randn(n, n, dtype=torch.float64,
@@ -131,9 +131,9 @@ def test_residuals_are_measured_on_the_products_at_no_extra_product():
 
     result = lanczos(matvec, n, top=3, bottom=3, tol=1e-10,
                      generator=torch.Generator().manual_seed(0))
-    assert len(inputs) == result.steps  # no verification products
-    Q, AQ = torch.stack(inputs), torch.stack(outputs)
     m = result.steps
+    assert len(inputs) == m + 1  # one product for all six residuals
+    Q, AQ = torch.stack(inputs[:m]), torch.stack(outputs[:m])
     alphas = [float(Q[j] @ AQ[j]) for j in range(m)]
     betas = [float(Q[j + 1] @ AQ[j]) for j in range(m - 1)]
     alpha, beta = torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64)
@@ -146,3 +146,22 @@ def test_residuals_are_measured_on_the_products_at_no_extra_product():
         assert reported == pytest.approx(true, rel=1e-6)
         assert true > 1e-7  # E shows: far above the 1e-10 the estimate converged to
     assert not any(result.top.converged + result.bottom.converged)
+
+
+def test_residuals_carry_the_rounding_of_a_product():
+    """Products with fresh noise on every call (rounding is not linear in v): the Krylov
+    relation absorbs the noise of the products it used, a fresh product shows it, and every
+    residual must then be at least the noise of one product."""
+    matrix = symmetric_with_spectrum(SPECTRA["mixed"], seed=0)
+    n, noise = matrix.shape[0], torch.Generator().manual_seed(9)
+
+    def matvec(v):
+        return v @ matrix + 1e-7 * torch.linalg.vector_norm(v) * torch.randn(
+            n, dtype=torch.float64, generator=noise)
+
+    result = lanczos(matvec, n, top=3, bottom=3, tol=1e-6, generator=torch.Generator().manual_seed(0))
+    one_product = 1e-7 * n ** 0.5  # ‖noise‖ of a unit vector's product
+    assert all(r > 0.5 * one_product for r in result.top.residuals + result.bottom.residuals)
+    exact = torch.linalg.eigvalsh(matrix)
+    errors = [abs(t - e) for t, e in zip(result.top.values, exact[-3:].flip(0).tolist())]
+    assert all(e <= r for e, r in zip(errors, result.top.residuals))  # still an error bar

@@ -7,13 +7,14 @@ vector is orthogonalized twice against all previous ones ("twice is enough", Gir
 2005), so no spurious copies appear. On breakdown (an invariant subspace found) the run
 restarts from a fresh random vector orthogonal to the basis, which also exposes repeated
 eigenvalues (the coupling β it drops, below √ε·‖A‖, still counts in the residual bounds).
-The reported residuals are measured, not estimated, at no extra product: keeping the
-reorthogonalization coefficients turns the recurrence into the Arnoldi relation
-AQ_m = Q_{m+1}H_m for the products as computed, so ‖Ay − θy‖ = ‖H_m s − θs‖, which carries
-the operator's rounding and asymmetry that |β_m·s_{m,i}| cannot see (Stewart, *Matrix
-Algorithms II*, §5.1). Memory: the basis, steps·n numbers, grown as steps are taken. Operator in, numbers out:
-``matvec`` maps a vector (n,) or a block (k, n) of row vectors to
-A·v for each.
+The reported residuals are measured, not estimated, with one extra product in all: keeping
+the reorthogonalization coefficients turns the recurrence into the Arnoldi relation
+AQ_m = Q_{m+1}H_m for the products as computed, so ‖Ay − θy‖ = ‖H_m s − θs‖ carries the
+operator's asymmetry that |β_m·s_{m,i}| cannot see (Stewart, *Matrix Algorithms II*, §5.1);
+one fresh product A·y of the first wanted Ritz vector adds what H_m cannot see either, the
+rounding of a product itself (float32 HVPs), to every residual. Memory: the basis, steps·n
+numbers, grown as steps are taken. Operator in, numbers out: ``matvec`` maps a vector (n,) or
+a block (k, n) of row vectors to A·v for each.
 """
 
 from __future__ import annotations
@@ -168,31 +169,38 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
                 and (first_block is None or step + 1 - block_start > first_block)):
             break
         prev, q = q, w / beta_t
-    return _measured(result, columns, alphas, betas, dropped, vectors, values, tol)
+    return _measured(result, matvec, basis[: result.steps], columns, alphas, betas, dropped,
+                     vectors, values, tol)
 
 
-def _measured(result: LanczosResult, columns: list[torch.Tensor], alphas: list[float],
-              betas: list[float], dropped: list[tuple[int, float]], vectors: torch.Tensor,
-              values: torch.Tensor, tol: float) -> LanczosResult:
+def _measured(result: LanczosResult, matvec: Matvec, basis: torch.Tensor,
+              columns: list[torch.Tensor], alphas: list[float], betas: list[float],
+              dropped: list[tuple[int, float]], vectors: torch.Tensor, values: torch.Tensor,
+              tol: float) -> LanczosResult:
     """Replace the estimated residuals of the requested pairs by measured ones: column j of
     H_m holds the coefficients of A·q_j on q_0..q_{j+1} (α_j, β_{j−1}, β_j and what the
     reorthogonalization removed), so ‖Ay − θy‖ = ‖H_m s − θs‖, plus |β_j·s_j| for each
-    coupling a restart dropped (one read for all columns)."""
+    coupling a restart dropped. The first wanted pair's residual is also measured with a fresh
+    product; what that adds is the product's own rounding, added to every pair (one read)."""
     m = len(alphas)
     cols, rows = torch.tril_indices(m, m)  # column j's rows 0..j, in the order they were stored
-    H = torch.zeros(m + 1, m, dtype=torch.float64)
-    H[rows, cols] = torch.tensor(read_finite(torch.cat(columns)), dtype=torch.float64)
-    H[:m] += tridiagonal(alphas, betas)
-    H[m, m - 1] = betas[m - 1]
     top, bottom = len(result.top.values), len(result.bottom.values)
     wanted = [*range(m - 1, m - 1 - top, -1), *range(bottom)]
     s = vectors[:, wanted]
+    y = s[:, 0].to(basis.dtype).to(basis.device) @ basis
+    y = y / torch.linalg.vector_norm(y)
+    fresh_t = torch.linalg.vector_norm(matvec(y) - float(values[wanted[0]]) * y)
+    numbers = read_finite(torch.cat((*columns, fresh_t[None])))
+    H = torch.zeros(m + 1, m, dtype=torch.float64)
+    H[rows, cols] = torch.tensor(numbers[:-1], dtype=torch.float64)
+    H[:m] += tridiagonal(alphas, betas)
+    H[m, m - 1] = betas[m - 1]
     gap = H @ s  # A·y on q_0..q_m, minus θ·y on q_0..q_{m-1}
     gap[:m] -= s * values[wanted]
     residuals = torch.linalg.vector_norm(gap, dim=0)
     for j, beta in dropped:
         residuals += abs(beta) * s[j].abs()
-    measured = residuals.tolist()
+    measured = (residuals + max(0.0, numbers[-1] - float(residuals[0]))).tolist()
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
 
     def pairs(old: RitzPairs, residuals: list[float]) -> RitzPairs:
