@@ -132,7 +132,7 @@ def test_residuals_are_measured_on_the_products_with_one_extra_product():
     result = lanczos(matvec, n, top=3, bottom=3, tol=1e-10,
                      generator=torch.Generator().manual_seed(0))
     m = result.steps
-    assert len(inputs) == m + 1  # one product for all six residuals
+    assert len(inputs) == result.products == m + 1  # one product for all six residuals
     Q, AQ = torch.stack(inputs[:m]), torch.stack(outputs[:m])
     alphas = [float(Q[j] @ AQ[j]) for j in range(m)]
     betas = [float(Q[j + 1] @ AQ[j]) for j in range(m - 1)]

@@ -129,7 +129,7 @@ def classify(hvp: Callable[[torch.Tensor], torch.Tensor], grad: torch.Tensor, th
     rule = (f"‖∇L‖ ≤ --grad-tol {grad_tol:g}" if grad_tol is not None else
             f"‖∇L‖ ≤ {grad_rtol:g}·|λ|max·max(‖θ‖, 1) = {grad_threshold:.3g} (‖θ‖ = {theta_norm:.3g})")
     evidence.append(f"first-order test: ‖∇L‖ = {grad_norm:.3g}; critical means {rule}")
-    evidence.append(f"Lanczos ({run.steps} HVPs): λ_max = {theta_max:.6g} (residual {r_max:.2g}), "
+    evidence.append(f"Lanczos ({run.products} HVPs): λ_max = {theta_max:.6g} (residual {r_max:.2g}), "
                     f"λ_min = {theta_min:.6g} (residual {r_min:.2g}); τ = {eig_rtol:g}·|λ|max = "
                     f"{tau:.3g}")
     result_density = None

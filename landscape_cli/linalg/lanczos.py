@@ -51,6 +51,11 @@ class LanczosResult:
     def converged(self) -> bool:
         return all(self.top.converged) and all(self.bottom.converged)
 
+    @property
+    def products(self) -> int:
+        """Matvecs spent: one per step, and one for the measured residuals."""
+        return self.steps + 1
+
 
 def tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
     """The symmetric tridiagonal T with diagonal α and off-diagonal β (float64, CPU)."""
