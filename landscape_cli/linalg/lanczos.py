@@ -53,8 +53,8 @@ class LanczosResult:
 
     @property
     def products(self) -> int:
-        """Matvecs spent: one per step, and one for the measured residuals."""
-        return self.steps + 1
+        """Matvecs spent: one per step, and one for the measured residuals (if any)."""
+        return self.steps + bool(self.top.values or self.bottom.values)
 
 
 def tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
@@ -191,6 +191,8 @@ def _measured(result: LanczosResult, matvec: Matvec, basis: torch.Tensor,
     cols, rows = torch.tril_indices(m, m)  # column j's rows 0..j, in the order they were stored
     top, bottom = len(result.top.values), len(result.bottom.values)
     wanted = [*range(m - 1, m - 1 - top, -1), *range(bottom)]
+    if not wanted:
+        return result
     s = vectors[:, wanted]
     y = s[:, 0].to(basis.dtype).to(basis.device) @ basis
     y = y / torch.linalg.vector_norm(y)
