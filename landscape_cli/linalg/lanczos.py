@@ -71,15 +71,24 @@ def tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Ten
     return torch.linalg.eigh(tridiagonal(alphas, betas))
 
 
+def _ends(m: int, top: int, bottom: int) -> tuple[list[int], list[int]]:
+    """Indices of the ``top`` largest (descending) and ``bottom`` smallest of m ascending values."""
+    return list(range(m - 1, m - 1 - top, -1)), list(range(bottom))
+
+
+def _coupling_bound(vectors: torch.Tensor, couplings: list[tuple[int, float]]) -> torch.Tensor:
+    """Σ |β_j·s_{j,i}| over the couplings (j, β_j) that T leaves out, for each column sᵢ."""
+    return sum((abs(beta) * vectors[j]).abs() for j, beta in couplings)
+
+
 def _ritz(values: torch.Tensor, vectors: torch.Tensor, couplings: list[tuple[int, float]],
           top: int, bottom: int, tol: float) -> tuple[RitzPairs, RitzPairs, float]:
     """Ritz pairs at both ends; a pair's residual is Σ |β_j·s_{j,i}| over the couplings
     (j, β_j) that T leaves out: the last step's, and those dropped at restarts."""
-    residuals = sum((abs(beta) * vectors[j]).abs() for j, beta in couplings)
+    residuals = _coupling_bound(vectors, couplings)
     scale = float(values.abs().max())
     limit = tol * max(scale, torch.finfo(torch.float64).tiny)
-    order_top = list(range(len(values) - 1, len(values) - 1 - top, -1))
-    order_bottom = list(range(bottom))
+    order_top, order_bottom = _ends(len(values), top, bottom)
 
     def pairs(indices: list[int]) -> RitzPairs:
         return RitzPairs(values=[float(values[i]) for i in indices],
@@ -188,9 +197,9 @@ def _measured(result: LanczosResult, matvec: Matvec, basis: torch.Tensor,
     coupling a restart dropped. The first wanted pair's residual is also measured with a fresh
     product; what that adds is the product's own rounding, added to every pair (one read)."""
     m = len(alphas)
-    cols, rows = torch.tril_indices(m, m)  # column j's rows 0..j, in the order they were stored
     top, bottom = len(result.top.values), len(result.bottom.values)
-    wanted = [*range(m - 1, m - 1 - top, -1), *range(bottom)]
+    order_top, order_bottom = _ends(m, top, bottom)
+    wanted = [*order_top, *order_bottom]
     if not wanted:
         return result
     s = vectors[:, wanted]
@@ -198,15 +207,14 @@ def _measured(result: LanczosResult, matvec: Matvec, basis: torch.Tensor,
     y = y / torch.linalg.vector_norm(y)
     fresh_t = torch.linalg.vector_norm(matvec(y) - float(values[wanted[0]]) * y)
     numbers = read_finite(torch.cat((*columns, fresh_t[None])))
+    cols, rows = torch.tril_indices(m, m)  # column j's rows 0..j, in the order they were stored
     H = torch.zeros(m + 1, m, dtype=torch.float64)
     H[rows, cols] = torch.tensor(numbers[:-1], dtype=torch.float64)
     H[:m] += tridiagonal(alphas, betas)
     H[m, m - 1] = betas[m - 1]
     gap = H @ s  # A·y on q_0..q_m, minus θ·y on q_0..q_{m-1}
     gap[:m] -= s * values[wanted]
-    residuals = torch.linalg.vector_norm(gap, dim=0)
-    for j, beta in dropped:
-        residuals += abs(beta) * s[j].abs()
+    residuals = torch.linalg.vector_norm(gap, dim=0) + _coupling_bound(s, dropped)
     measured = (residuals + max(0.0, numbers[-1] - float(residuals[0]))).tolist()
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
 
