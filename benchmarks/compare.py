@@ -12,7 +12,7 @@ Tasks (median time of ``--repeats`` runs, float32; on the CPU with 2 threads):
   error is the largest over the k eigenvalues;
 * ``top1@0.001`` / ``top5@0.001`` (task ``target``): the same at equal accuracy: each
   library's accuracy knob (tolerance, or step count) set to the first value, cheapest first,
-  whose run reaches a relative error of 1e-3 (``to_target``);
+  whose every timed run reaches a relative error of 1e-3 (``to_target``);
 * ``trace``: this tool's Hutch++ until its 95% interval is ±1% (``--trace-interval``) against
   PyHessian's ``trace()`` (its own stopping rule), hessian-eigenthings' ``trace`` (Hutch++,
   100 matvecs) and curvlinops' ``hutchpp_trace`` (given as many HVPs as this tool spent);
@@ -75,21 +75,27 @@ def machine(device: str) -> str:
             f"{torch.get_num_threads()} threads, float32")
 
 
+def time_run(fn, r: int):
+    """Wall time and output of fn(r), run r (seeded with r)."""
+    torch.manual_seed(r)
+    SYNC[0]()
+    start = time.perf_counter()
+    out = fn(r)
+    SYNC[0]()
+    return time.perf_counter() - start, out
+
+
+def median_run(runs):
+    """The (time, output) of the run with the median time."""
+    return sorted(runs, key=lambda t: t[0])[len(runs) // 2]
+
+
 def timed(fn, repeats: int, warm: bool = False):
     """Median wall time of ``repeats`` runs of fn(run_index) -> (hvps, value); returns the
     median time and the (hvps, value) of the run with the median time."""
     if warm:
         fn(0)
-    runs = []
-    for r in range(repeats):
-        torch.manual_seed(r)
-        SYNC[0]()
-        start = time.perf_counter()
-        out = fn(r)
-        SYNC[0]()
-        runs.append((time.perf_counter() - start, out))
-    runs.sort(key=lambda t: t[0])
-    return runs[len(runs) // 2]
+    return median_run([time_run(fn, r) for r in range(repeats)])
 
 
 def rel_err(values, ref) -> float:
@@ -265,17 +271,25 @@ def looped_hvp_rows(case, lib: str, repeats: int, matvec) -> None:
 
 def to_target(case, k: int, lib: str, eig_ref, settings, run, knob: str) -> None:
     """Row ``top{k}@1e-3``: each library's accuracy knob set, cheapest first, to the first value
-    whose seed-0 run is within ``TARGET_ERR`` of the reference, then timed. Every library gets the
-    same oracle, so the row compares time to equal accuracy, not to each one's own defaults."""
+    at which every timed run (seeds 0 … repeats−1) is within ``TARGET_ERR`` of the reference; a
+    setting is dropped at its first run that misses. Every library gets the same oracle, so the
+    row compares time to equal accuracy, not to each one's own defaults."""
     task = f"top{k}@{TARGET_ERR:g}"
-    chosen = next((s for s in settings if rel_err(run(s, 0)[1], eig_ref) <= TARGET_ERR), None)
-    if chosen is None:
-        add(case.name, task, lib, None, None, None, f"no {knob} in {settings} reached {TARGET_ERR:g}")
-        return
-    t, (hvps, vals) = timed(lambda r: run(chosen, r), LONG_REPEATS[0])
     tried = ", ".join(f"{v:g}" for v in settings)
-    add(case.name, task, lib, t, hvps, rel_err(vals, eig_ref),
-        f"{knob} {chosen:g}: the first of {tried} at ≤ {TARGET_ERR:g} (seed 0)")
+    for setting in settings:
+        runs = []
+        for r in range(LONG_REPEATS[0]):
+            runs.append(time_run(lambda r, s=setting: run(s, r), r))
+            if rel_err(runs[-1][1][1], eig_ref) > TARGET_ERR:
+                break
+        else:
+            worst = max(rel_err(vals, eig_ref) for _, (_, vals) in runs)
+            t, (hvps, vals) = median_run(runs)
+            add(case.name, task, lib, t, hvps, rel_err(vals, eig_ref),
+                f"{knob} {setting:g}: the first of {tried} at ≤ {TARGET_ERR:g} on all "
+                f"{len(runs)} seeds (worst {worst:.1e})")
+            return
+    add(case.name, task, lib, None, None, None, f"no {knob} in {settings} reached {TARGET_ERR:g}")
 
 
 def bench_pyhessian(case, loader, eig_ref, tr_ref, repeats, slq_shape, tasks):
@@ -560,7 +574,9 @@ def main() -> None:
     command = " ".join(["python benchmarks/compare.py", *sys.argv[1:]])
     for name in args.models:
         run = dict(machine=desc, repeats=args.repeats, long_repeats=LONG_REPEATS[0], command=command)
-        RUNS.setdefault(name, []).append(run)
+        # the same command on the same machine measures the same rows again: it replaces its entry
+        RUNS[name] = [r for r in RUNS.get(name, []) if {**r, "trace_ref": None} != {**run, "trace_ref": None}]
+        RUNS[name].append(run)
         run["trace_ref"] = bench_model(name, args.device, args.repeats, tuple(args.slq),
                                               args.fast_reference is not None, set(args.libraries),
                                               set(args.tasks))
