@@ -532,7 +532,15 @@ def load_previous() -> None:
     if sidecar.exists():
         old = json.loads(sidecar.read_text())
         ROWS.extend(old["rows"])
-        RUNS.update(old["runs"])
+        RUNS.update({model: latest_runs(runs) for model, runs in old["runs"].items()})
+
+
+def latest_runs(runs: list[dict]) -> list[dict]:
+    """The runs, each command on each machine once, at its latest place: running the same command
+    again measures the same rows again, so the earlier entry no longer describes any row."""
+    key = lambda r: (r["machine"], r["repeats"], r["long_repeats"], r["command"])  # noqa: E731
+    last = {key(r): i for i, r in enumerate(runs)}
+    return [r for i, r in enumerate(runs) if last[key(r)] == i]
 
 
 def main() -> None:
@@ -574,9 +582,7 @@ def main() -> None:
     command = " ".join(["python benchmarks/compare.py", *sys.argv[1:]])
     for name in args.models:
         run = dict(machine=desc, repeats=args.repeats, long_repeats=LONG_REPEATS[0], command=command)
-        # the same command on the same machine measures the same rows again: it replaces its entry
-        RUNS[name] = [r for r in RUNS.get(name, []) if {**r, "trace_ref": None} != {**run, "trace_ref": None}]
-        RUNS[name].append(run)
+        RUNS[name] = latest_runs([*RUNS.get(name, []), run])
         run["trace_ref"] = bench_model(name, args.device, args.repeats, tuple(args.slq),
                                               args.fast_reference is not None, set(args.libraries),
                                               set(args.tasks))

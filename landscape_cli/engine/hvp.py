@@ -29,6 +29,9 @@ Measured (``benchmarks/README.md``), one HVP costs, in gradients: cached 0.6–1
 0.3–1.2× per vector for k = 8 on the samples (2 CPU cores); stream 1.8–2.3× for k = 1 and
 0.4–1.4× per vector for k = 8 there, 2.0× per vector for k = 8 on the GPU ResNet-18.
 
+Engines keep freed host memory in the process (``host_memory.py``): glibc would otherwise give
+the activation buffers back to the OS after every HVP and fault them in again at the next.
+
 Every path falls back automatically: a model that ``vmap`` or ``torch.compile`` cannot handle
 is run eagerly one vector at a time, with a warning in the report. Nothing here reads a value
 back from the device (no host-device synchronisation per HVP); the algorithms check that the
@@ -43,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from landscape_cli.engine.host_memory import keep_freed_memory
 from landscape_cli.engine.problem import Problem
 
 STRATEGIES = ("auto", "cached", "stream")
@@ -113,6 +117,7 @@ class HVPEngine:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
+        keep_freed_memory()
         self._theta: torch.Tensor | None = None
         self._grad_graph: torch.Tensor | None = None
         self._loss: float | None = None
