@@ -13,6 +13,7 @@ reaches anyway.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
@@ -20,15 +21,12 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems; larger values are refused
 NEVER_TRIM = (1 << 31) - 1  # mallopt takes an int
 
-_done: list[bool] = []
 
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds for this process, once; False where there is no
     glibc ``mallopt`` (macOS, musl) or it refused, and nothing changed."""
-    if not _done:
-        mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform.startswith("linux") else None
-        _done.append(mallopt is not None
-                     and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
-                     and mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1)
-    return _done[0]
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform.startswith("linux") else None
+    return (mallopt is not None
+            and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
+            and mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1)

@@ -203,7 +203,7 @@ def _measured(result: LanczosResult, matvec: Matvec, basis: torch.Tensor,
     if not wanted:
         return result
     s = vectors[:, wanted]
-    y = s[:, 0].to(basis.dtype).to(basis.device) @ basis
+    y = s[:, 0].to(device=basis.device, dtype=basis.dtype) @ basis
     y = y / torch.linalg.vector_norm(y)
     fresh_t = torch.linalg.vector_norm(matvec(y) - float(values[wanted[0]]) * y)
     numbers = read_finite(torch.cat((*columns, fresh_t[None])))
