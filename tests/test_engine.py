@@ -187,6 +187,7 @@ def test_train_stats_policy_uses_batch_statistics_and_keeps_buffers():
 
     hessian = torch.autograd.functional.hessian(reference, problem.theta0)
     engine = HVPEngine(problem)
+    assert engine.describe()["cached_batch_groups"] == 3  # batch statistics: never joined
     vectors = torch.randn(2, problem.n, dtype=torch.float64)
     assert torch.allclose(engine.hvp(vectors), vectors @ hessian, rtol=1e-8, atol=1e-10)
     assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)

@@ -10,6 +10,11 @@ Two strategies, picked by measurement (``benchmarks/README.md``), and one option
   row at a time is timed on the second block and kept: batching pays 1.3–3.5× per vector on
   the CPU samples, but costs 1.6× on a ResNet-8 on the CPU. Chosen by ``auto`` when the tensors
   that graph saves (counted with saved-tensor hooks while building it) fit the memory budget.
+  Small batches are then joined into groups of up to ``GROUP_BYTES`` of saved tensors and the
+  graph rebuilt over them, kept only if its loss and gradient are the per-batch ones to
+  rounding (so a loss that depends on how samples are batched keeps its batches): one backward
+  pass per group instead of per batch halves an HVP on the three CPU samples, whose batches
+  leave it bound by per-operator overhead (a ResNet-8's 158 MB batches stay apart).
 * ``stream``: batch by batch, with one batch on the device at a time, so memory does not grow
   with the dataset. Blocks go through forward-over-reverse (``torch.func.jvp`` of
   ``torch.func.grad``) vmapped over the k vectors. For a single vector, which way is faster
@@ -48,11 +53,16 @@ import torch
 
 from landscape_cli.engine.host_memory import keep_freed_memory
 from landscape_cli.engine.problem import Problem
+from landscape_cli.loading.data import concat_batches, to_device
 
 STRATEGIES = ("auto", "cached", "stream")
 #: rows per compiled block: every block goes through ``torch.compile`` in chunks of this many
 #: rows (a single vector alone), so a run compiles once per batch shape, not once per block size
 COMPILED_ROWS = 8
+#: the kept graph joins consecutive batches into groups of up to this many bytes of saved
+#: tensors: small batches leave an HVP bound by per-operator overhead, which joining divides
+#: (measured: ``benchmarks/README.md``)
+GROUP_BYTES = 64 << 20
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "
              "(try dtype: float64)")
@@ -104,6 +114,26 @@ class _SavedBytes:
 
 
 @dataclass
+class _FirstOrderGraph:
+    """∇L(θ₀) with its graph, and the scales its rounding is measured against."""
+
+    theta: torch.Tensor
+    grad: torch.Tensor
+    loss: float
+    loss_scale: float  # Σ_g |w_g L_g|
+    grad_scale: float  # Σ_g ‖w_g ∇L_g‖
+    group_bytes: list[int]
+    bytes: int
+
+    def agrees_with(self, other: _FirstOrderGraph, dtype: torch.dtype) -> bool:
+        """Same loss and gradient as ``other`` up to √ε of the terms' size: the same function
+        summed in another order, not a loss that depends on how samples are batched."""
+        tol = torch.finfo(dtype).eps ** 0.5
+        return (abs(self.loss - other.loss) <= tol * other.loss_scale
+                and float((self.grad.detach() - other.grad.detach()).norm()) <= tol * other.grad_scale)
+
+
+@dataclass
 class HVPEngine:
     """Exact loss, gradient and Hessian-vector products of a ``Problem`` at its θ₀."""
 
@@ -138,6 +168,7 @@ class HVPEngine:
             self._compiled = torch.compile(self._forward_over_reverse, dynamic=False)
         self.mode = "stream"
         self.cached_bytes = 0
+        self.cached_groups = 0
         if self.memory_budget is None:
             self.memory_budget = default_memory_budget(self.problem.device)
         if self.strategy == "cached":
@@ -148,25 +179,72 @@ class HVPEngine:
     # ------------------------------------------------------------------ first order
 
     def _build_cache(self, budget: int | None) -> None:
-        """Build ∇L(θ₀) with its graph over all batches, unless it outgrows ``budget``."""
+        """Keep ∇L(θ₀) with its graph over all batches, unless it outgrows ``budget``. Then, where
+        the batches are small, rebuild it over groups of joined batches (``_joined_groups``),
+        and keep that only if its loss and gradient are the per-batch ones to rounding."""
+        per_batch = [(w, b) for w, b in zip(self.problem.weights, self.problem.batches)]
+        graph = self._first_order_graph(per_batch, budget)
+        joined = None if graph is None else self._joined_groups(graph.group_bytes)
+        if joined is not None:
+            reference, graph = graph, None  # free the per-batch graph before the joined one
+            graph = self._first_order_graph(joined, budget)
+            if graph is None or not graph.agrees_with(reference, self.problem.dtype):
+                graph = self._first_order_graph(per_batch, budget)
+        if graph is None:
+            return
+        self._theta, self._grad_graph = graph.theta, graph.grad
+        self._loss, self._grad = graph.loss, graph.grad.detach()
+        self.mode = "cached"
+        self.cached_bytes = graph.bytes
+        self.cached_groups = len(graph.group_bytes)
+
+    def _first_order_graph(self, groups: list[tuple[float, object]],
+                           budget: int | None) -> _FirstOrderGraph | None:
+        """Σ_g w_g ∇L_g(θ₀) with its graph over ``groups`` of (weight, host batch), or None as
+        soon as the tensors it saves outgrow ``budget``."""
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved = _SavedBytes()
-        grad_graph, loss = None, 0.0
+        grad_graph, loss, loss_scale, grad_scale, group_bytes = None, 0.0, 0.0, 0.0, []
+        self.cost.data_passes += 1  # a partial pass, when over budget, is spent all the same
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-            for i in range(len(self.problem.batches)):
-                batch_loss = self.problem.batch_loss(theta, i)
+            for weight, host_batch in groups:
+                before = saved.bytes
+                batch = to_device(host_batch, self.problem.device, self.problem.dtype)
+                batch_loss = weight * self.problem.mean_batch_loss(theta, batch)
                 g = torch.autograd.grad(batch_loss, theta, create_graph=True)[0]
                 grad_graph = g if grad_graph is None else grad_graph + g
                 loss = loss + batch_loss.detach()
+                loss_scale = loss_scale + batch_loss.detach().abs()
+                grad_scale = grad_scale + g.detach().norm()
+                group_bytes.append(saved.bytes - before)
                 if budget is not None and saved.bytes > budget:
-                    self.cost.data_passes += 1  # a partial pass, spent all the same
-                    return
-        self.cost.data_passes += 1
+                    return None
         self.cost.grads += 1
-        self._theta, self._grad_graph = theta, grad_graph
-        self._loss, self._grad = float(loss), grad_graph.detach()
-        self.mode = "cached"
-        self.cached_bytes = saved.bytes
+        return _FirstOrderGraph(theta, grad_graph, float(loss), float(loss_scale), float(grad_scale),
+                                group_bytes, saved.bytes)
+
+    def _joined_groups(self, batch_bytes: list[int]) -> list[tuple[float, object]] | None:
+        """Consecutive batches joined into groups of up to ``GROUP_BYTES`` of saved tensors (one
+        backward pass per group instead of per batch), or None where nothing would be joined,
+        the batches do not concatenate, or BatchNorm uses batch statistics (``train-stats``:
+        joining would change the loss)."""
+        if self.problem.bn != "eval":
+            return None
+        runs: list[list[int]] = []
+        for i, size in enumerate(batch_bytes):
+            if runs and sum(batch_bytes[j] for j in runs[-1]) + size <= GROUP_BYTES:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        if len(runs) == len(batch_bytes):
+            return None
+        groups = []
+        for run in runs:
+            batch = concat_batches([self.problem.batches[i] for i in run])
+            if batch is None:
+                return None
+            groups.append((sum(self.problem.weights[i] for i in run), batch))
+        return groups
 
     def memory_left(self) -> int:
         """Bytes of the memory budget the cached graph leaves for the algorithms' vectors."""
@@ -380,5 +458,6 @@ class HVPEngine:
                    if self._batched_blocks is not None else {}),
                 **({"stream_block_hvp": self._block_way} if self._block_way else {}),
                 "cached_graph_mb": round(self.cached_bytes / 2**20, 3),
+                **({"cached_batch_groups": self.cached_groups} if self.mode == "cached" else {}),
                 "memory_budget_mb": round(self.memory_budget / 2**20, 3)}
 

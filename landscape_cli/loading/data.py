@@ -69,6 +69,31 @@ def map_tensors(obj: Any, fn) -> Any:
     return obj
 
 
+def concat_batches(batches: list[Any]) -> Any | None:
+    """One batch holding ``batches``' samples in order (tensors joined along dimension 0, in
+    the same tuples, lists and dicts), or None when their structures or trailing shapes
+    differ, or a leaf is not a tensor with a batch dimension."""
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        if not all(isinstance(b, torch.Tensor) and b.dim() > 0 and b.dtype == first.dtype
+                   and b.shape[1:] == first.shape[1:] for b in batches):
+            return None
+        return torch.cat(batches)
+    if isinstance(first, Mapping):
+        if not all(isinstance(b, Mapping) and b.keys() == first.keys() for b in batches):
+            return None
+        parts = {k: concat_batches([b[k] for b in batches]) for k in first}
+        return None if any(v is None for v in parts.values()) else parts
+    if isinstance(first, (list, tuple)):
+        if not all(type(b) is type(first) and len(b) == len(first) for b in batches):
+            return None
+        parts = [concat_batches([b[i] for b in batches]) for i in range(len(first))]
+        if any(v is None for v in parts):
+            return None
+        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)
+    return None
+
+
 def _head(batch: Any, n: int) -> Any:
     return map_tensors(batch, lambda t: t[:n] if t.dim() > 0 else t)
 

@@ -1,0 +1,147 @@
+"""The kept graph joins small batches into groups only where that leaves the loss unchanged:
+exact against dense Hessians of the per-batch definition, and refused where it would not be."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import pytest
+import torch
+from conftest import dense_hessian, digits
+from torch import nn
+
+import landscape_cli.engine.hvp as hvp_module
+from landscape_cli.engine.hvp import HVPEngine
+from landscape_cli.engine.problem import build_problem, criterion_loss
+from landscape_cli.loading.data import Batches, concat_batches
+
+CPU, F64 = torch.device("cpu"), torch.float64
+Pair = namedtuple("Pair", "x y")
+
+
+def assert_exact(engine: HVPEngine, hessian: torch.Tensor) -> None:
+    vectors = torch.randn(3, hessian.shape[0], dtype=F64, generator=torch.Generator().manual_seed(1))
+    scale = float(hessian.abs().max()) * hessian.shape[0] ** 0.5
+    assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale
+    assert float((engine.hvp(vectors[0]) - hessian @ vectors[0]).abs().max()) < 1e-10 * scale
+
+
+def test_concat_batches_joins_nested_batches_and_refuses_what_does_not_stack():
+    a = {"x": torch.zeros(2, 3), "pair": (torch.zeros(2), Pair(torch.ones(2, 1), torch.arange(2)))}
+    b = {"x": torch.ones(4, 3), "pair": (torch.ones(4), Pair(torch.ones(4, 1), torch.arange(4)))}
+    joined = concat_batches([a, b])
+    assert joined["x"].shape == (6, 3) and float(joined["x"].sum()) == 12
+    assert isinstance(joined["pair"], tuple) and isinstance(joined["pair"][1], Pair)
+    assert joined["pair"][1].y.tolist() == [0, 1, 0, 1, 2, 3]
+    assert concat_batches([torch.zeros(2, 5), torch.zeros(2, 7)]) is None  # sequence lengths differ
+    assert concat_batches([torch.zeros(2), torch.zeros(2, dtype=torch.int64)]) is None
+    assert concat_batches([torch.tensor(1.0), torch.tensor(2.0)]) is None  # no batch dimension
+    assert concat_batches([(torch.zeros(2), "a"), (torch.zeros(2), "a")]) is None  # not a tensor
+    assert concat_batches([{"x": torch.zeros(1)}, {"y": torch.zeros(1)}]) is None
+    assert concat_batches([(torch.zeros(1),), [torch.zeros(1)]]) is None
+
+
+def test_small_batches_are_joined_and_the_hvp_stays_exact(mlp_exact):
+    problem, hessian, _ = mlp_exact  # batches of 256, 256, 88
+    engine = HVPEngine(problem, strategy="cached")
+    assert engine.describe()["cached_batch_groups"] == 1
+    assert engine.cost.grads == 2  # the per-batch graph, then the joined one
+    assert_exact(engine, hessian)
+
+
+def test_groups_hold_at_most_group_bytes_of_saved_tensors(mlp_exact, monkeypatch):
+    problem, hessian, _ = mlp_exact
+    per_batch = [(w, b) for w, b in zip(problem.weights, problem.batches)]
+    sizes = HVPEngine(problem, strategy="stream")._first_order_graph(per_batch, None).group_bytes
+    monkeypatch.setattr(hvp_module, "GROUP_BYTES", sizes[0] + sizes[1])
+    engine = HVPEngine(problem, strategy="cached")
+    assert engine.describe()["cached_batch_groups"] == 2  # [256 + 256], [88]
+    assert_exact(engine, hessian)
+    monkeypatch.setattr(hvp_module, "GROUP_BYTES", max(sizes) - 1)
+    assert HVPEngine(problem, strategy="cached").describe()["cached_batch_groups"] == 3
+
+
+def small_problem(loss_fn, batches: list, sizes: list[int]):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 5), nn.Tanh(), nn.Linear(5, 10))
+    return model, build_problem(model, loss_fn, Batches(batches, sizes), device=CPU, dtype=F64)
+
+
+def test_a_loss_that_depends_on_the_batch_is_not_joined():
+    """Logits centred by their batch mean: joining the batches would change L(θ), and the
+    engine must keep the per-batch definition (checked against its dense Hessian)."""
+
+    def centred(model, batch):
+        out = model(batch[0])
+        return nn.functional.cross_entropy(out - out.mean(0), batch[1])
+
+    x, y = digits(90)
+    pieces = [(x[:40], y[:40]), (x[40:80], y[40:80]), (x[80:], y[80:])]
+    model, problem = small_problem(centred, pieces, [40, 40, 10])
+
+    def reference(theta):
+        params = problem.unflatten(theta, prefix="")
+        total = 0
+        for xb, yb in pieces:
+            out = torch.func.functional_call(model, params, (xb,))
+            total = total + nn.functional.cross_entropy(out - out.mean(0), yb) * len(yb) / 90
+        return total
+
+    engine = HVPEngine(problem, strategy="cached")
+    assert engine.describe()["cached_batch_groups"] == 3
+    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
+    assert_exact(engine, dense_hessian(reference, problem.theta0))
+
+
+def test_a_loss_that_counts_its_own_terms_is_joined_exactly():
+    """loss.fn returning (mean over its unmasked targets, their count): the joined mean is the
+    count-weighted mean of the batch means, so the groups join and H·v stays exact."""
+
+    def masked(model, batch):
+        x, y, keep = batch
+        terms = nn.functional.cross_entropy(model(x), y, reduction="none")[keep]
+        return terms.mean(), int(keep.sum())
+
+    x, y = digits(90)
+    keep = torch.arange(90) % 3 != 0
+    keep[40:80] = True  # uneven counts per batch: 27, 40, 6 of 40, 40, 10
+    pieces = [(x[a:b], y[a:b], keep[a:b]) for a, b in ((0, 40), (40, 80), (80, 90))]
+    model, problem = small_problem(masked, pieces, [40, 40, 10])
+
+    def reference(theta):
+        out = torch.func.functional_call(model, problem.unflatten(theta, prefix=""), (x,))
+        return nn.functional.cross_entropy(out[keep], y[keep])
+
+    engine = HVPEngine(problem, strategy="cached")
+    assert engine.describe()["cached_batch_groups"] == 1
+    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
+    assert_exact(engine, dense_hessian(reference, problem.theta0))
+
+
+def test_batches_that_do_not_stack_stay_separate_and_exact():
+    """Sequences padded per batch (lengths 5 and 7) cannot be concatenated."""
+    generator = torch.Generator().manual_seed(0)
+    pieces = [(torch.randn(6, t, 64, generator=generator, dtype=F64),
+               torch.randint(0, 10, (6,), generator=generator)) for t in (5, 7)]
+
+    class MeanOverTime(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(64, 5), nn.Tanh(), nn.Linear(5, 10))
+
+        def forward(self, x):
+            return self.net(x).mean(1)
+
+    torch.manual_seed(0)
+    model = MeanOverTime()
+    problem = build_problem(model, criterion_loss(nn.CrossEntropyLoss()), Batches(pieces, [6, 6]),
+                            device=CPU, dtype=F64)
+
+    def reference(theta):
+        params = problem.unflatten(theta, prefix="")
+        return sum(nn.functional.cross_entropy(torch.func.functional_call(model, params, (xb,)), yb) / 2
+                   for xb, yb in pieces)
+
+    engine = HVPEngine(problem, strategy="cached")
+    assert engine.describe()["cached_batch_groups"] == 2
+    assert_exact(engine, dense_hessian(reference, problem.theta0))
