@@ -145,3 +145,26 @@ def test_batches_that_do_not_stack_stay_separate_and_exact():
     engine = HVPEngine(problem, strategy="cached")
     assert engine.describe()["cached_batch_groups"] == 2
     assert_exact(engine, dense_hessian(reference, problem.theta0))
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_batched_passes_take_at_most_the_rows_batched_bytes_allow(mlp_exact, monkeypatch, rows):
+    problem, hessian, _ = mlp_exact
+    group = HVPEngine(problem, strategy="cached").cached_bytes  # one group: the joined batches
+    monkeypatch.setattr(hvp_module, "BATCHED_BYTES", rows * group + 1)
+    engine = HVPEngine(problem, strategy="cached")
+    real, batched_rows = engine._cached_backward, []
+
+    def recorded(vectors, batched):
+        if batched:
+            batched_rows.append(len(vectors))
+        return real(vectors, batched)
+
+    monkeypatch.setattr(engine, "_cached_backward", recorded)
+    for _ in range(3):
+        assert_exact(engine, hessian)
+    assert engine.describe()["cached_batched_rows"] == rows
+    if rows == 1:  # nothing to batch: blocks loop, untimed
+        assert batched_rows == [] and engine.describe()["cached_block_hvp"] == "looped"
+    else:
+        assert batched_rows and max(batched_rows) == 2

@@ -8,7 +8,9 @@ Two strategies, picked by measurement (``benchmarks/README.md``), and one option
   through it (``is_grads_batched``: vmap over the k rows). No forward pass or first backward
   is repeated, which makes an HVP cost about one gradient. Whether a block goes batched or one
   row at a time is timed on the second block and kept: batching pays 1.3–3.5× per vector on
-  the CPU samples, but costs 1.6× on a ResNet-8 on the CPU. Chosen by ``auto`` when the tensors
+  the CPU samples, but costs 1.6× on a ResNet-8 on the CPU. A batched pass takes at most as
+  many rows as keep rows × a group's saved tensors under ``BATCHED_BYTES`` (a ResNet-8's
+  batches allow one, so its blocks loop untimed). Chosen by ``auto`` when the tensors
   that graph saves (counted with saved-tensor hooks while building it) fit the memory budget.
   Small batches are then joined into groups of up to ``GROUP_BYTES`` of saved tensors and the
   graph rebuilt over them, kept only if its loss and gradient are the per-batch ones to
@@ -63,6 +65,10 @@ COMPILED_ROWS = 8
 #: tensors: small batches leave an HVP bound by per-operator overhead, which joining divides
 #: (measured: ``benchmarks/README.md``)
 GROUP_BYTES = 64 << 20
+#: a batched backward pass through the kept graph holds about rows × a group's saved tensors
+#: at once; past this many bytes it runs out of cache and loses to one row at a time (CPU:
+#: 0.5× per vector at 32 rows × 1 MB, 2× at 32 × 26 MB, 1.6× at 8 × 158 MB)
+BATCHED_BYTES = 256 << 20
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "
              "(try dtype: float64)")
@@ -156,6 +162,7 @@ class HVPEngine:
         self._vectorize = True
         self._single: str | None = None  # how one vector goes in stream mode, timed on first use
         self._batched_blocks: bool | None = None  # cached: batched or looped blocks, timed once
+        self._batched_rows = 1  # cached: rows per batched backward pass (BATCHED_BYTES)
         self._block_way: str | None = None  # stream: how a block goes, timed once
         self._blocks_seen = 0
         self._chunk = 1 << 30  # rows per vmapped forward-over-reverse, lowered on out-of-memory
@@ -197,6 +204,9 @@ class HVPEngine:
         self.mode = "cached"
         self.cached_bytes = graph.bytes
         self.cached_groups = len(graph.group_bytes)
+        self._batched_rows = max(1, BATCHED_BYTES // max(max(graph.group_bytes), 1))
+        if self._batched_rows == 1:
+            self._batched_blocks = False
 
     def _first_order_graph(self, groups: list[tuple[float, object]],
                            budget: int | None) -> _FirstOrderGraph | None:
@@ -299,13 +309,17 @@ class HVPEngine:
         return torch.autograd.grad(self._grad_graph, self._theta, grad_outputs=vectors,
                                    retain_graph=True, is_grads_batched=batched)[0]
 
+    def _batched_backward(self, block: torch.Tensor) -> torch.Tensor:
+        """H·V by batched backward passes of at most ``_batched_rows`` rows each."""
+        return torch.cat([self._cached_backward(part, True) for part in block.split(self._batched_rows)])
+
     def _hvp_cached(self, block: torch.Tensor) -> torch.Tensor:
         if block.shape[0] > 1 and self._vectorize and self._batched_blocks is not False:
             try:
                 if self._batched_blocks is None and self._blocks_seen:
                     return self._pick_cached_block(block)
                 self._blocks_seen += 1  # the first block warms the batched path up
-                return self._cached_backward(block, True)
+                return self._batched_backward(block)
             except RuntimeError as exc:
                 self._fall_back(exc)
         return torch.stack([self._cached_backward(v, False) for v in block])
@@ -313,7 +327,7 @@ class HVPEngine:
     def _pick_cached_block(self, block: torch.Tensor) -> torch.Tensor:
         """Time this block batched against two of its rows one at a time, and keep the faster
         per vector: batching wins on small models, but not on convolutions on the CPU."""
-        batched, out = self._timed(self._cached_backward, block, True)
+        batched, out = self._timed(self._batched_backward, block)
         looped, _ = self._timed(lambda rows: [self._cached_backward(v, False) for v in rows], block[:2])
         self._batched_blocks = batched / block.shape[0] <= looped / 2
         return out
@@ -458,6 +472,7 @@ class HVPEngine:
                    if self._batched_blocks is not None else {}),
                 **({"stream_block_hvp": self._block_way} if self._block_way else {}),
                 "cached_graph_mb": round(self.cached_bytes / 2**20, 3),
-                **({"cached_batch_groups": self.cached_groups} if self.mode == "cached" else {}),
+                **({"cached_batch_groups": self.cached_groups, "cached_batched_rows": self._batched_rows}
+                   if self.mode == "cached" else {}),
                 "memory_budget_mb": round(self.memory_budget / 2**20, 3)}
 
