@@ -8,9 +8,9 @@ Two strategies, picked by measurement (``benchmarks/README.md``), and one option
   through it (``is_grads_batched``: vmap over the k rows). No forward pass or first backward
   is repeated, which makes an HVP cost about one gradient. Whether a block goes batched or one
   row at a time is timed on the second block and kept: batching pays 1.3–3.5× per vector on
-  the CPU samples, but costs 1.6× on a ResNet-8 on the CPU. A batched pass takes at most as
-  many rows as keep rows × a group's saved tensors under ``BATCHED_BYTES`` (a ResNet-8's
-  batches allow one, so its blocks loop untimed). Chosen by ``auto`` when the tensors
+  the CPU samples, but costs 1.6× on a ResNet-8 on the CPU. A batched pass takes at most
+  ``BATCHED_BYTES`` ÷ (a group's saved tensors) rows: a ResNet-8's batches allow one, so its
+  blocks loop untimed. Chosen by ``auto`` when the tensors
   that graph saves (counted with saved-tensor hooks while building it) fit the memory budget.
   Small batches are then joined into groups of up to ``GROUP_BYTES`` of saved tensors and the
   graph rebuilt over them, kept only if its loss and gradient are the per-batch ones to
