@@ -3,6 +3,7 @@ exact against dense Hessians of the per-batch definition, and refused where it w
 
 from __future__ import annotations
 
+import weakref
 from collections import namedtuple
 
 import pytest
@@ -168,3 +169,20 @@ def test_batched_passes_take_at_most_the_rows_batched_bytes_allow(mlp_exact, mon
         assert batched_rows == [] and engine.describe()["cached_block_hvp"] == "looped"
     else:
         assert batched_rows and max(batched_rows) == 2
+
+
+def test_the_per_batch_graph_is_freed_before_the_joined_one_is_built(mlp_exact, monkeypatch):
+    """Both graphs alive at once would double the memory the budget was checked against."""
+    problem, _, _ = mlp_exact
+    built, alive_at_each_build = [], []
+    real = HVPEngine._first_order_graph
+
+    def recorded(self, groups, budget):
+        alive_at_each_build.append([ref() is not None for ref in built])
+        graph = real(self, groups, budget)
+        built.append(weakref.ref(graph.grad))  # the tensor that holds the graph
+        return graph
+
+    monkeypatch.setattr(HVPEngine, "_first_order_graph", recorded)
+    engine = HVPEngine(problem, strategy="cached")
+    assert engine.cached_groups == 1 and alive_at_each_build == [[], [False]]

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -131,12 +131,16 @@ class _FirstOrderGraph:
     group_bytes: list[int]
     bytes: int
 
+    def without_graph(self) -> _FirstOrderGraph:
+        """The same numbers, holding nothing of the graph (whose memory is then freed)."""
+        return replace(self, grad=self.grad.detach())
+
     def agrees_with(self, other: _FirstOrderGraph, dtype: torch.dtype) -> bool:
         """Same loss and gradient as ``other`` up to √ε of the terms' size: the same function
         summed in another order, not a loss that depends on how samples are batched."""
         tol = torch.finfo(dtype).eps ** 0.5
         return (abs(self.loss - other.loss) <= tol * other.loss_scale
-                and float((self.grad.detach() - other.grad.detach()).norm()) <= tol * other.grad_scale)
+                and float((self.grad.detach() - other.grad).norm()) <= tol * other.grad_scale)
 
 
 @dataclass
@@ -193,7 +197,7 @@ class HVPEngine:
         graph = self._first_order_graph(per_batch, budget)
         joined = None if graph is None else self._joined_groups(graph.group_bytes)
         if joined is not None:
-            reference, graph = graph, None  # free the per-batch graph before the joined one
+            reference, graph = graph.without_graph(), None  # free it before the joined one
             graph = self._first_order_graph(joined, budget)
             if graph is None or not graph.agrees_with(reference, self.problem.dtype):
                 graph = self._first_order_graph(per_batch, budget)
