@@ -46,19 +46,21 @@ def test_small_batches_are_joined_and_the_hvp_stays_exact(mlp_exact):
     problem, hessian, _ = mlp_exact  # batches of 256, 256, 88
     engine = HVPEngine(problem, strategy="cached")
     assert engine.describe()["cached_batch_groups"] == 1
-    assert engine.cost.grads == 2  # the per-batch graph, then the joined one
+    # one gradient with its graph, and a pass over the first group that measures and checks it
+    assert engine.cost.grads == 1 and engine.cost.data_passes == 2
     assert_exact(engine, hessian)
 
 
 def test_groups_hold_at_most_group_bytes_of_saved_tensors(mlp_exact, monkeypatch):
+    """Bytes per sample are measured on the first batch (256 samples of 256, 256, 88)."""
     problem, hessian, _ = mlp_exact
-    per_batch = [(w, b) for w, b in zip(problem.weights, problem.batches)]
-    sizes = HVPEngine(problem, strategy="stream")._first_order_graph(per_batch, None).group_bytes
-    monkeypatch.setattr(hvp_module, "GROUP_BYTES", sizes[0] + sizes[1])
+    first = (problem.weights[0], problem.batches[0])
+    size = HVPEngine(problem, strategy="stream")._first_order_graph([first], None).bytes
+    monkeypatch.setattr(hvp_module, "GROUP_BYTES", 2 * size + size // 4)  # 512 samples, not 600
     engine = HVPEngine(problem, strategy="cached")
     assert engine.describe()["cached_batch_groups"] == 2  # [256 + 256], [88]
     assert_exact(engine, hessian)
-    monkeypatch.setattr(hvp_module, "GROUP_BYTES", max(sizes) - 1)
+    monkeypatch.setattr(hvp_module, "GROUP_BYTES", size - 1)
     assert HVPEngine(problem, strategy="cached").describe()["cached_batch_groups"] == 3
 
 
@@ -68,17 +70,22 @@ def small_problem(loss_fn, batches: list, sizes: list[int]):
     return model, build_problem(model, loss_fn, Batches(batches, sizes), device=CPU, dtype=F64)
 
 
-def test_a_loss_that_depends_on_the_batch_is_not_joined():
-    """Logits centred by their batch mean: joining the batches would change L(θ), and the
-    engine must keep the per-batch definition (checked against its dense Hessian)."""
+def centred(model, batch):
+    """Cross-entropy of logits centred by their batch mean: a loss that depends on batching."""
+    out = model(batch[0])
+    return nn.functional.cross_entropy(out - out.mean(0), batch[1])
 
-    def centred(model, batch):
-        out = model(batch[0])
-        return nn.functional.cross_entropy(out - out.mean(0), batch[1])
 
+def centred_problem():
     x, y = digits(90)
     pieces = [(x[:40], y[:40]), (x[40:80], y[40:80]), (x[80:], y[80:])]
-    model, problem = small_problem(centred, pieces, [40, 40, 10])
+    return (*small_problem(centred, pieces, [40, 40, 10]), pieces)
+
+
+def test_a_loss_that_depends_on_the_batch_is_not_joined():
+    """Joining the batches would change L(θ): the engine must keep the per-batch definition
+    (checked against its dense Hessian)."""
+    model, problem, pieces = centred_problem()
 
     def reference(theta):
         params = problem.unflatten(theta, prefix="")
@@ -171,9 +178,9 @@ def test_batched_passes_take_at_most_the_rows_batched_bytes_allow(mlp_exact, mon
         assert batched_rows and max(batched_rows) == 2
 
 
-def test_the_per_batch_graph_is_freed_before_the_joined_one_is_built(mlp_exact, monkeypatch):
+def test_a_refused_joined_graph_is_freed_before_the_per_batch_one_is_built(monkeypatch):
     """Both graphs alive at once would double the memory the budget was checked against."""
-    problem, _, _ = mlp_exact
+    _, problem, _ = centred_problem()
     built, alive_at_each_build = [], []
     real = HVPEngine._first_order_graph
 
@@ -185,4 +192,4 @@ def test_the_per_batch_graph_is_freed_before_the_joined_one_is_built(mlp_exact, 
 
     monkeypatch.setattr(HVPEngine, "_first_order_graph", recorded)
     engine = HVPEngine(problem, strategy="cached")
-    assert engine.cached_groups == 1 and alive_at_each_build == [[], [False]]
+    assert engine.cached_groups == 3 and alive_at_each_build == [[], [False]]

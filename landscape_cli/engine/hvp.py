@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -120,27 +120,40 @@ class _SavedBytes:
 
 
 @dataclass
+class _Terms:
+    """Σ_b w_b L_b(θ₀) and Σ_b w_b ∇L_b(θ₀) over some batches, with Σ_b |w_b L_b| and
+    Σ_b ‖w_b ∇L_b‖, the sizes their rounding is measured against."""
+
+    loss: float = 0.0
+    grad: torch.Tensor | float = 0.0
+    loss_scale: float = 0.0
+    grad_scale: float = 0.0
+
+    def add(self, loss: torch.Tensor, grad: torch.Tensor) -> None:
+        """Add one batch's (or group's) w·L and w·∇L."""
+        loss, grad = loss.detach(), grad.detach()
+        self.loss, self.grad = self.loss + float(loss), self.grad + grad
+        self.loss_scale += float(loss.abs())
+        self.grad_scale += float(grad.norm())
+
+    def agrees_with(self, other: _Terms, dtype: torch.dtype) -> bool:
+        """Same loss and gradient as ``other`` up to √ε of its terms' size: the same function
+        summed in another order, not a loss that depends on how samples are batched."""
+        tol = torch.finfo(dtype).eps ** 0.5
+        return (abs(self.loss - other.loss) <= tol * other.loss_scale
+                and float((self.grad - other.grad).norm()) <= tol * other.grad_scale)
+
+
+@dataclass
 class _FirstOrderGraph:
-    """∇L(θ₀) with its graph, and the scales its rounding is measured against."""
+    """∇L(θ₀) with its graph, the bytes each group saved, and the first group's terms."""
 
     theta: torch.Tensor
     grad: torch.Tensor
     loss: float
-    loss_scale: float  # Σ_g |w_g L_g|
-    grad_scale: float  # Σ_g ‖w_g ∇L_g‖
     group_bytes: list[int]
     bytes: int
-
-    def without_graph(self) -> _FirstOrderGraph:
-        """The same numbers, holding nothing of the graph (whose memory is then freed)."""
-        return replace(self, grad=self.grad.detach())
-
-    def agrees_with(self, other: _FirstOrderGraph, dtype: torch.dtype) -> bool:
-        """Same loss and gradient as ``other`` up to √ε of the terms' size: the same function
-        summed in another order, not a loss that depends on how samples are batched."""
-        tol = torch.finfo(dtype).eps ** 0.5
-        return (abs(self.loss - other.loss) <= tol * other.loss_scale
-                and float((self.grad.detach() - other.grad).norm()) <= tol * other.grad_scale)
+    first: _Terms
 
 
 @dataclass
@@ -190,17 +203,15 @@ class HVPEngine:
     # ------------------------------------------------------------------ first order
 
     def _build_cache(self, budget: int | None) -> None:
-        """Keep ∇L(θ₀) with its graph over all batches, unless it outgrows ``budget``. Then, where
-        the batches are small, rebuild it over groups of joined batches (``_joined_groups``),
-        and keep that only if its loss and gradient are the per-batch ones to rounding."""
-        per_batch = [(w, b) for w, b in zip(self.problem.weights, self.problem.batches)]
-        graph = self._first_order_graph(per_batch, budget)
-        joined = None if graph is None else self._joined_groups(graph.group_bytes)
-        if joined is not None:
-            reference, graph = graph.without_graph(), None  # free it before the joined one
-            graph = self._first_order_graph(joined, budget)
-            if graph is None or not graph.agrees_with(reference, self.problem.dtype):
-                graph = self._first_order_graph(per_batch, budget)
+        """Keep ∇L(θ₀) with its graph over all batches, joined into groups where they are small
+        (``_groups``), unless it outgrows ``budget``. A joined graph whose first group's loss
+        and gradient are not its batches' ones to rounding is rebuilt batch by batch."""
+        groups, reference = self._groups()
+        graph = self._first_order_graph(groups, budget)
+        if reference is not None and (graph is None
+                                      or not graph.first.agrees_with(reference, self.problem.dtype)):
+            graph = None  # free it before the per-batch one
+            graph = self._first_order_graph(self._per_batch(), budget)
         if graph is None:
             return
         self._theta, self._grad_graph = graph.theta, graph.grad
@@ -212,53 +223,65 @@ class HVPEngine:
         if self._batched_rows == 1:
             self._batched_blocks = False
 
+    def _per_batch(self) -> list[tuple[float, object]]:
+        return list(zip(self.problem.weights, self.problem.batches))
+
     def _first_order_graph(self, groups: list[tuple[float, object]],
                            budget: int | None) -> _FirstOrderGraph | None:
         """Σ_g w_g ∇L_g(θ₀) with its graph over ``groups`` of (weight, host batch), or None as
         soon as the tensors it saves outgrow ``budget``."""
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved = _SavedBytes()
-        grad_graph, loss, loss_scale, grad_scale, group_bytes = None, 0.0, 0.0, 0.0, []
+        grad_graph, loss, group_bytes, first = None, 0.0, [], _Terms()
         self.cost.data_passes += 1  # a partial pass, when over budget, is spent all the same
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
             for weight, host_batch in groups:
                 before = saved.bytes
-                batch = to_device(host_batch, self.problem.device, self.problem.dtype)
-                batch_loss = weight * self.problem.mean_batch_loss(theta, batch)
-                g = torch.autograd.grad(batch_loss, theta, create_graph=True)[0]
+                group_loss, g = self._weighted_terms(theta, weight, host_batch, create_graph=True)
                 grad_graph = g if grad_graph is None else grad_graph + g
-                loss = loss + batch_loss.detach()
-                loss_scale = loss_scale + batch_loss.detach().abs()
-                grad_scale = grad_scale + g.detach().norm()
+                loss = loss + group_loss.detach()
+                if not group_bytes:
+                    first.add(group_loss, g)
                 group_bytes.append(saved.bytes - before)
                 if budget is not None and saved.bytes > budget:
                     return None
         self.cost.grads += 1
-        return _FirstOrderGraph(theta, grad_graph, float(loss), float(loss_scale), float(grad_scale),
-                                group_bytes, saved.bytes)
+        return _FirstOrderGraph(theta, grad_graph, float(loss), group_bytes, saved.bytes, first)
 
-    def _joined_groups(self, batch_bytes: list[int]) -> list[tuple[float, object]] | None:
-        """Consecutive batches joined into groups of up to ``GROUP_BYTES`` of saved tensors (one
-        backward pass per group instead of per batch), or None where nothing would be joined,
-        the batches do not concatenate, or BatchNorm uses batch statistics (``train-stats``:
-        joining would change the loss)."""
-        if self.problem.bn != "eval":
-            return None
+    def _weighted_terms(self, theta: torch.Tensor, weight: float, host_batch: object,
+                        create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w·L_b(θ), w·∇L_b(θ)) for one batch in host memory."""
+        batch = to_device(host_batch, self.problem.device, self.problem.dtype)
+        loss = weight * self.problem.mean_batch_loss(theta, batch)
+        return loss, torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
+
+    def _groups(self) -> tuple[list[tuple[float, object]], _Terms | None]:
+        """The batches joined into consecutive groups of up to ``GROUP_BYTES`` of saved tensors
+        (one backward pass per group instead of per batch), estimated from the first batch's
+        graph, and the first group's batches' terms to check the joined graph against. The
+        batches as they are, and None, where nothing would be joined, the batches do not
+        concatenate, or BatchNorm uses batch statistics (``train-stats``: joining changes L)."""
+        per_batch = self._per_batch()
+        if self.problem.bn != "eval" or len(per_batch) < 2:
+            return per_batch, None
+        theta = self.problem.theta0.detach().clone().requires_grad_(True)
+        saved, reference = _SavedBytes(), _Terms()
+        self.cost.data_passes += 1  # over the first group only
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            reference.add(*self._weighted_terms(theta, *per_batch[0], create_graph=True))
+        bytes_per_weight = max(saved.bytes, 1) / per_batch[0][0]
         runs: list[list[int]] = []
-        for i, size in enumerate(batch_bytes):
-            if runs and sum(batch_bytes[j] for j in runs[-1]) + size <= GROUP_BYTES:
+        for i, (weight, _) in enumerate(per_batch):
+            if runs and sum(per_batch[j][0] for j in runs[-1]) + weight <= GROUP_BYTES / bytes_per_weight:
                 runs[-1].append(i)
             else:
                 runs.append([i])
-        if len(runs) == len(batch_bytes):
-            return None
-        groups = []
-        for run in runs:
-            batch = concat_batches([self.problem.batches[i] for i in run])
-            if batch is None:
-                return None
-            groups.append((sum(self.problem.weights[i] for i in run), batch))
-        return groups
+        joined = [concat_batches([per_batch[i][1] for i in run]) for run in runs]
+        if len(runs) == len(per_batch) or any(batch is None for batch in joined):
+            return per_batch, None
+        for i in runs[0][1:]:
+            reference.add(*self._weighted_terms(theta, *per_batch[i], create_graph=False))
+        return [(sum(per_batch[i][0] for i in run), batch) for run, batch in zip(runs, joined)], reference
 
     def memory_left(self) -> int:
         """Bytes of the memory budget the cached graph leaves for the algorithms' vectors."""
