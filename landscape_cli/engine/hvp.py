@@ -12,11 +12,12 @@ Two strategies, picked by measurement (``benchmarks/README.md``), and one option
   ``BATCHED_BYTES`` ÷ (a group's saved tensors) rows: a ResNet-8's batches allow one, so its
   blocks loop untimed. Chosen by ``auto`` when the tensors
   that graph saves (counted with saved-tensor hooks while building it) fit the memory budget.
-  Small batches are then joined into groups of up to ``GROUP_BYTES`` of saved tensors and the
-  graph rebuilt over them, kept only if its loss and gradient are the per-batch ones to
-  rounding (so a loss that depends on how samples are batched keeps its batches): one backward
-  pass per group instead of per batch halves an HVP on the three CPU samples, whose batches
-  leave it bound by per-operator overhead (a ResNet-8's 158 MB batches stay apart).
+  Small batches are joined into groups of up to ``GROUP_BYTES`` of saved tensors (measured on
+  the first batch), and the joined graph kept only if its first group's loss and gradient are
+  its batches' ones to rounding (so a loss that depends on how samples are batched keeps its
+  batches): one backward pass per group instead of per batch halves an HVP on the three CPU
+  samples, whose batches leave it bound by per-operator overhead (a ResNet-8's 158 MB batches
+  stay apart).
 * ``stream``: batch by batch, with one batch on the device at a time, so memory does not grow
   with the dataset. Blocks go through forward-over-reverse (``torch.func.jvp`` of
   ``torch.func.grad``) vmapped over the k vectors. For a single vector, which way is faster
