@@ -263,20 +263,23 @@ class HVPEngine:
         batches as they are, and None, where nothing would be joined, the batches do not
         concatenate, or BatchNorm uses batch statistics (``train-stats``: joining changes L)."""
         per_batch = self._per_batch()
-        if self.problem.bn != "eval" or len(per_batch) < 2:
+        if self.problem.bn != "eval" or len(per_batch) < 2 or per_batch[0][0] <= 0:
             return per_batch, None
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved, reference = _SavedBytes(), _Terms()
         self.cost.data_passes += 1  # over the first group only
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
             reference.add(*self._weighted_terms(theta, *per_batch[0], create_graph=True))
-        bytes_per_weight = max(saved.bytes, 1) / per_batch[0][0]
+        group_weight = GROUP_BYTES * per_batch[0][0] / max(saved.bytes, 1)  # the weight a group holds
         runs: list[list[int]] = []
+        run_weight = 0.0
         for i, (weight, _) in enumerate(per_batch):
-            if runs and sum(per_batch[j][0] for j in runs[-1]) + weight <= GROUP_BYTES / bytes_per_weight:
+            if runs and run_weight + weight <= group_weight:
                 runs[-1].append(i)
+                run_weight += weight
             else:
                 runs.append([i])
+                run_weight = weight
         joined = [concat_batches([per_batch[i][1] for i in run]) for run in runs]
         if len(runs) == len(per_batch) or any(batch is None for batch in joined):
             return per_batch, None
