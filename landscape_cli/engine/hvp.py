@@ -56,7 +56,7 @@ import torch
 
 from landscape_cli.engine.host_memory import keep_freed_memory
 from landscape_cli.engine.problem import Problem
-from landscape_cli.loading.data import concat_batches, to_device
+from landscape_cli.loading.data import concat_batches
 
 STRATEGIES = ("auto", "cached", "stream")
 #: rows per compiled block: every block goes through ``torch.compile`` in chunks of this many
@@ -252,8 +252,7 @@ class HVPEngine:
     def _weighted_terms(self, theta: torch.Tensor, weight: float, host_batch: object,
                         create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(w·L_b(θ), w·∇L_b(θ)) for one batch in host memory."""
-        batch = to_device(host_batch, self.problem.device, self.problem.dtype)
-        loss = weight * self.problem.mean_batch_loss(theta, batch)
+        loss = self.problem.weighted_loss(theta, weight, host_batch)
         return loss, torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
 
     def _groups(self) -> tuple[list[tuple[float, object]], _Terms | None]:
@@ -280,8 +279,10 @@ class HVPEngine:
             else:
                 runs.append([i])
                 run_weight = weight
+        if len(runs) == len(per_batch):
+            return per_batch, None
         joined = [concat_batches([per_batch[i][1] for i in run]) for run in runs]
-        if len(runs) == len(per_batch) or any(batch is None for batch in joined):
+        if any(batch is None for batch in joined):
             return per_batch, None
         for i in runs[0][1:]:
             reference.add(*self._weighted_terms(theta, *per_batch[i], create_graph=False))

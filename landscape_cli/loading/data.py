@@ -62,11 +62,14 @@ def map_tensors(obj: Any, fn) -> Any:
         return fn(obj)
     if isinstance(obj, Mapping):
         return {k: map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(map_tensors(v, fn) for v in obj))
     if isinstance(obj, (list, tuple)):
-        return type(obj)(map_tensors(v, fn) for v in obj)
+        return _same_sequence(obj, [map_tensors(v, fn) for v in obj])
     return obj
+
+
+def _same_sequence(like: list | tuple, items: list) -> list | tuple:
+    """``items`` in a sequence of ``like``'s type (a namedtuple takes them as fields)."""
+    return type(like)(*items) if hasattr(like, "_fields") else type(like)(items)
 
 
 def concat_batches(batches: list[Any]) -> Any | None:
@@ -90,7 +93,7 @@ def concat_batches(batches: list[Any]) -> Any | None:
         parts = [concat_batches([b[i] for b in batches]) for i in range(len(first))]
         if any(v is None for v in parts):
             return None
-        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)
+        return _same_sequence(first, parts)
     return None
 
 
