@@ -3,7 +3,6 @@ exact against dense Hessians of the per-batch definition, and refused where it w
 
 from __future__ import annotations
 
-import weakref
 from collections import namedtuple
 
 import pytest
@@ -42,26 +41,38 @@ def test_concat_batches_joins_nested_batches_and_refuses_what_does_not_stack():
     assert concat_batches([(torch.zeros(1),), [torch.zeros(1)]]) is None
 
 
-def test_small_batches_are_joined_and_the_hvp_stays_exact(mlp_exact):
+STRATEGIES = pytest.mark.parametrize("strategy", ["cached", "stream"])
+
+
+@STRATEGIES
+def test_small_batches_are_joined_and_the_hvp_stays_exact(mlp_exact, strategy):
     problem, hessian, _ = mlp_exact  # batches of 256, 256, 88
-    engine = HVPEngine(problem, strategy="cached")
-    assert engine.describe()["cached_batch_groups"] == 1
-    # one gradient with its graph, and a pass over the first group that measures and checks it
-    assert engine.cost.grads == 1 and engine.cost.data_passes == 2
+    engine = HVPEngine(problem, strategy=strategy)
+    if strategy == "cached":
+        # one gradient with its graph, and a pass over the first group that measures and checks it
+        assert engine.cost.grads == 1 and engine.cost.data_passes == 2
     assert_exact(engine, hessian)
+    assert engine.describe()["batch_groups"] == 1
+    assert float((engine.grad() - problem_gradient(problem)).abs().max()) < 1e-12
 
 
 def test_groups_hold_at_most_group_bytes_of_saved_tensors(mlp_exact, monkeypatch):
     """Bytes per sample are measured on the first batch (256 samples of 256, 256, 88)."""
     problem, hessian, _ = mlp_exact
-    first = (problem.weights[0], problem.batches[0])
-    size = HVPEngine(problem, strategy="stream")._first_order_graph([first], None).bytes
+    size = HVPEngine(problem, strategy="stream")._first_order_graph([(problem.weights[0], [0])], None).bytes
     monkeypatch.setattr(hvp_module, "GROUP_BYTES", 2 * size + size // 4)  # 512 samples, not 600
     engine = HVPEngine(problem, strategy="cached")
-    assert engine.describe()["cached_batch_groups"] == 2  # [256 + 256], [88]
+    assert engine.describe()["batch_groups"] == 2  # [256 + 256], [88]
     assert_exact(engine, hessian)
     monkeypatch.setattr(hvp_module, "GROUP_BYTES", size - 1)
-    assert HVPEngine(problem, strategy="cached").describe()["cached_batch_groups"] == 3
+    assert HVPEngine(problem, strategy="cached").describe()["batch_groups"] == 3
+
+
+def problem_gradient(problem) -> torch.Tensor:
+    """Σ_b w_b ∇L_b(θ₀), batch by batch, as the problem defines it."""
+    theta = problem.theta0.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(sum(problem.batch_loss(theta, i) for i in range(len(problem.batches))),
+                               theta)[0]
 
 
 def small_problem(loss_fn, batches: list, sizes: list[int]):
@@ -82,7 +93,8 @@ def centred_problem():
     return (*small_problem(centred, pieces, [40, 40, 10]), pieces)
 
 
-def test_a_loss_that_depends_on_the_batch_is_not_joined():
+@STRATEGIES
+def test_a_loss_that_depends_on_the_batch_is_not_joined(strategy):
     """Joining the batches would change L(θ): the engine must keep the per-batch definition
     (checked against its dense Hessian)."""
     model, problem, pieces = centred_problem()
@@ -95,13 +107,14 @@ def test_a_loss_that_depends_on_the_batch_is_not_joined():
             total = total + nn.functional.cross_entropy(out - out.mean(0), yb) * len(yb) / 90
         return total
 
-    engine = HVPEngine(problem, strategy="cached")
-    assert engine.describe()["cached_batch_groups"] == 3
-    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
+    engine = HVPEngine(problem, strategy=strategy)
     assert_exact(engine, dense_hessian(reference, problem.theta0))
+    assert engine.describe()["batch_groups"] == 3
+    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
 
 
-def test_a_loss_that_counts_its_own_terms_is_joined_exactly():
+@STRATEGIES
+def test_a_loss_that_counts_its_own_terms_is_joined_exactly(strategy):
     """loss.fn returning (mean over its unmasked targets, their count): the joined mean is the
     count-weighted mean of the batch means, so the groups join and H·v stays exact."""
 
@@ -120,13 +133,14 @@ def test_a_loss_that_counts_its_own_terms_is_joined_exactly():
         out = torch.func.functional_call(model, problem.unflatten(theta, prefix=""), (x,))
         return nn.functional.cross_entropy(out[keep], y[keep])
 
-    engine = HVPEngine(problem, strategy="cached")
-    assert engine.describe()["cached_batch_groups"] == 1
-    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
+    engine = HVPEngine(problem, strategy=strategy)
     assert_exact(engine, dense_hessian(reference, problem.theta0))
+    assert engine.describe()["batch_groups"] == 1
+    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
 
 
-def test_batches_that_do_not_stack_stay_separate_and_exact():
+@STRATEGIES
+def test_batches_that_do_not_stack_stay_separate_and_exact(strategy):
     """Sequences padded per batch (lengths 5 and 7) cannot be concatenated."""
     generator = torch.Generator().manual_seed(0)
     pieces = [(torch.randn(6, t, 64, generator=generator, dtype=F64),
@@ -150,9 +164,9 @@ def test_batches_that_do_not_stack_stay_separate_and_exact():
         return sum(nn.functional.cross_entropy(torch.func.functional_call(model, params, (xb,)), yb) / 2
                    for xb, yb in pieces)
 
-    engine = HVPEngine(problem, strategy="cached")
-    assert engine.describe()["cached_batch_groups"] == 2
+    engine = HVPEngine(problem, strategy=strategy)
     assert_exact(engine, dense_hessian(reference, problem.theta0))
+    assert engine.describe()["batch_groups"] == 2
 
 
 @pytest.mark.parametrize("rows", [1, 2])
@@ -178,18 +192,33 @@ def test_batched_passes_take_at_most_the_rows_batched_bytes_allow(mlp_exact, mon
         assert batched_rows and max(batched_rows) == 2
 
 
-def test_a_refused_joined_graph_is_freed_before_the_per_batch_one_is_built(monkeypatch):
-    """Both graphs alive at once would double the memory the budget was checked against."""
+def test_joining_is_checked_before_any_graph_is_kept(monkeypatch):
+    """A refused joined graph alive beside the per-batch one would double the memory the budget
+    was checked against: the check runs first, and one graph, per batch, is built."""
     _, problem, _ = centred_problem()
-    built, alive_at_each_build = [], []
+    built = []
     real = HVPEngine._first_order_graph
 
     def recorded(self, groups, budget):
-        alive_at_each_build.append([ref() is not None for ref in built])
-        graph = real(self, groups, budget)
-        built.append(weakref.ref(graph.grad))  # the tensor that holds the graph
-        return graph
+        built.append([indices for _, indices in groups])
+        return real(self, groups, budget)
 
     monkeypatch.setattr(HVPEngine, "_first_order_graph", recorded)
     engine = HVPEngine(problem, strategy="cached")
-    assert engine.cached_groups == 3 and alive_at_each_build == [[], [False]]
+    assert built == [[[0], [1], [2]]] and engine.describe()["batch_groups"] == 3
+
+
+def test_streamed_vmap_takes_at_most_the_rows_batched_bytes_allow_per_joined_group(mlp_exact, monkeypatch):
+    """vmap holds a group's activations per row: joined groups cap the rows per vmapped pass."""
+    problem, hessian, _ = mlp_exact
+    group = HVPEngine(problem, strategy="cached").cached_bytes  # one group: the joined batches
+    monkeypatch.setattr(hvp_module, "BATCHED_BYTES", 2 * group + group // 2)
+    engine = HVPEngine(problem, strategy="stream")
+    real, rows = engine._forward_over_reverse, []
+    monkeypatch.setattr(engine, "_forward_over_reverse",
+                        lambda theta, block, batch: rows.append(len(block)) or real(theta, block, batch))
+    engine._block_way = "vmapped forward-over-reverse"
+    vectors = torch.randn(5, problem.n, dtype=F64, generator=torch.Generator().manual_seed(3))
+    scale = float(hessian.abs().max()) * problem.n ** 0.5
+    assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale
+    assert rows == [2, 2, 1] and engine.describe()["hvp_chunk"] == 2

@@ -68,7 +68,9 @@ def test_streamed_blocks_go_the_faster_way_and_stay_exact(mlp_exact, monkeypatch
     three_blocks_are_exact(engine, hessian, rows=3)
     way = engine.describe()["stream_block_hvp"]
     assert way == ("double backward" if slow else "vmapped forward-over-reverse")
-    assert engine.cost.hvps == 9 and engine.cost.data_passes == 3
+    # three blocks over the joined batches, and the pass over the first group that checked them
+    assert engine.describe()["batch_groups"] == 1
+    assert engine.cost.hvps == 9 and engine.cost.data_passes == 4
 
 
 @pytest.mark.parametrize("slow", [True, False])
@@ -187,7 +189,7 @@ def test_train_stats_policy_uses_batch_statistics_and_keeps_buffers():
 
     hessian = torch.autograd.functional.hessian(reference, problem.theta0)
     engine = HVPEngine(problem)
-    assert engine.describe()["cached_batch_groups"] == 3  # batch statistics: never joined
+    assert engine.describe()["batch_groups"] == 3  # batch statistics: never joined
     vectors = torch.randn(2, problem.n, dtype=torch.float64)
     assert torch.allclose(engine.hvp(vectors), vectors @ hessian, rtol=1e-8, atol=1e-10)
     assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)

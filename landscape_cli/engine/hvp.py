@@ -56,7 +56,7 @@ import torch
 
 from landscape_cli.engine.host_memory import keep_freed_memory
 from landscape_cli.engine.problem import Problem
-from landscape_cli.loading.data import concat_batches
+from landscape_cli.loading.data import concat_batches, map_tensors
 
 STRATEGIES = ("auto", "cached", "stream")
 #: rows per compiled block: every block goes through ``torch.compile`` in chunks of this many
@@ -147,14 +147,13 @@ class _Terms:
 
 @dataclass
 class _FirstOrderGraph:
-    """∇L(θ₀) with its graph, the bytes each group saved, and the first group's terms."""
+    """∇L(θ₀) with its graph, and the bytes each group saved."""
 
     theta: torch.Tensor
     grad: torch.Tensor
     loss: float
     group_bytes: list[int]
     bytes: int
-    first: _Terms
 
 
 @dataclass
@@ -183,7 +182,9 @@ class HVPEngine:
         self._batched_rows = 1  # cached: rows per batched backward pass (BATCHED_BYTES)
         self._block_way: str | None = None  # stream: how a block goes, timed once
         self._blocks_seen = 0
-        self._chunk = 1 << 30  # rows per vmapped forward-over-reverse, lowered on out-of-memory
+        # rows per vmapped forward-over-reverse: BATCHED_BYTES' worth of joined groups, lowered
+        # on out-of-memory
+        self._chunk = 1 << 30
         self._compiled = None
         if self.compile:
             # Dynamo keeps its graphs, and its limit of 8 recompilations, per code object: shared
@@ -191,9 +192,9 @@ class HVPEngine:
             # the next engine's "compiled" HVPs would silently run eagerly.
             torch.compiler.reset()
             self._compiled = torch.compile(self._forward_over_reverse, dynamic=False)
+        self._groups: list[tuple[float, list[int]]] | None = None  # _batch_groups, worked out once
         self.mode = "stream"
         self.cached_bytes = 0
-        self.cached_groups = 0
         if self.memory_budget is None:
             self.memory_budget = default_memory_budget(self.problem.device)
         if self.strategy == "cached":
@@ -205,88 +206,101 @@ class HVPEngine:
 
     def _build_cache(self, budget: int | None) -> None:
         """Keep ∇L(θ₀) with its graph over all batches, joined into groups where they are small
-        (``_groups``), unless it outgrows ``budget``. A joined graph whose first group's loss
-        and gradient are not its batches' ones to rounding is rebuilt batch by batch."""
-        groups, reference = self._groups()
-        graph = self._first_order_graph(groups, budget)
-        if reference is not None and (graph is None
-                                      or not graph.first.agrees_with(reference, self.problem.dtype)):
-            graph = None  # free it before the per-batch one
-            graph = self._first_order_graph(self._per_batch(), budget)
+        (``_batch_groups``), unless it outgrows ``budget``."""
+        graph = self._first_order_graph(self._batch_groups(), budget)
         if graph is None:
             return
         self._theta, self._grad_graph = graph.theta, graph.grad
         self._loss, self._grad = graph.loss, graph.grad.detach()
         self.mode = "cached"
         self.cached_bytes = graph.bytes
-        self.cached_groups = len(graph.group_bytes)
         self._batched_rows = max(1, BATCHED_BYTES // max(max(graph.group_bytes), 1))
         if self._batched_rows == 1:
             self._batched_blocks = False
 
-    def _per_batch(self) -> list[tuple[float, object]]:
-        return list(zip(self.problem.weights, self.problem.batches))
-
-    def _first_order_graph(self, groups: list[tuple[float, object]],
+    def _first_order_graph(self, groups: list[tuple[float, list[int]]],
                            budget: int | None) -> _FirstOrderGraph | None:
-        """Σ_g w_g ∇L_g(θ₀) with its graph over ``groups`` of (weight, host batch), or None as
-        soon as the tensors it saves outgrow ``budget``."""
+        """Σ_g w_g ∇L_g(θ₀) with its graph over ``groups`` of (weight, batch indices), or None
+        as soon as the tensors it saves outgrow ``budget``."""
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved = _SavedBytes()
-        grad_graph, loss, group_bytes, first = None, 0.0, [], _Terms()
+        grad_graph, loss, group_bytes = None, 0.0, []
         self.cost.data_passes += 1  # a partial pass, when over budget, is spent all the same
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-            for weight, host_batch in groups:
+            for weight, indices in groups:
                 before = saved.bytes
-                group_loss, g = self._weighted_terms(theta, weight, host_batch, create_graph=True)
+                group_loss, g = self._weighted_terms(theta, weight, self._joined(indices), create_graph=True)
                 grad_graph = g if grad_graph is None else grad_graph + g
                 loss = loss + group_loss.detach()
-                if not group_bytes:
-                    first.add(group_loss, g)
                 group_bytes.append(saved.bytes - before)
                 if budget is not None and saved.bytes > budget:
                     return None
         self.cost.grads += 1
-        return _FirstOrderGraph(theta, grad_graph, float(loss), group_bytes, saved.bytes, first)
+        return _FirstOrderGraph(theta, grad_graph, float(loss), group_bytes, saved.bytes)
 
-    def _weighted_terms(self, theta: torch.Tensor, weight: float, host_batch: object,
+    def _weighted_terms(self, theta: torch.Tensor, weight: float, batch: object,
                         create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w·L_b(θ), w·∇L_b(θ)) for one batch in host memory."""
-        loss = self.problem.weighted_loss(theta, weight, host_batch)
+        """(w·L_b(θ), w·∇L_b(θ)) for one batch (or group) on the device."""
+        loss = weight * self.problem.mean_batch_loss(theta, batch)
         return loss, torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
 
-    def _groups(self) -> tuple[list[tuple[float, object]], _Terms | None]:
-        """The batches joined into consecutive groups of up to ``GROUP_BYTES`` of saved tensors
-        (one backward pass per group instead of per batch), estimated from the first batch's
-        graph, and the first group's batches' terms to check the joined graph against. The
-        batches as they are, and None, where nothing would be joined, the batches do not
-        concatenate, or BatchNorm uses batch statistics (``train-stats``: joining changes L)."""
-        per_batch = self._per_batch()
-        if self.problem.bn != "eval" or len(per_batch) < 2 or per_batch[0][0] <= 0:
-            return per_batch, None
+    def _joined(self, indices: list[int]) -> object:
+        """The batches ``indices`` as one batch on the device (moved one by one, then joined,
+        so host memory holds no second copy of the data)."""
+        if len(indices) == 1:
+            return self.problem.batch(indices[0])
+        return concat_batches([self.problem.batch(i) for i in indices])
+
+    def _batch_groups(self) -> list[tuple[float, list[int]]]:
+        """(weight, batch indices) of the groups every pass over the data goes through: the
+        batches joined by ``_join_batches``, worked out once."""
+        if self._groups is None:
+            self._groups = self._join_batches()
+        return self._groups
+
+    def _join_batches(self) -> list[tuple[float, list[int]]]:
+        """Consecutive batches joined into groups of up to ``GROUP_BYTES`` of saved tensors (one
+        pass per group instead of per batch), estimated from the first batch's graph, if the
+        first group's loss and gradient are its batches' ones to rounding (so a loss that
+        depends on how samples are batched keeps its batches). The batches as they are where
+        nothing would be joined, the batches do not concatenate, or BatchNorm uses batch
+        statistics (``train-stats``: joining changes L)."""
+        weights = self.problem.weights
+        per_batch = [(weight, [i]) for i, weight in enumerate(weights)]
+        if self.problem.bn != "eval" or len(per_batch) < 2 or weights[0] <= 0:
+            return per_batch
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved, reference = _SavedBytes(), _Terms()
         self.cost.data_passes += 1  # over the first group only
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-            reference.add(*self._weighted_terms(theta, *per_batch[0], create_graph=True))
-        group_weight = GROUP_BYTES * per_batch[0][0] / max(saved.bytes, 1)  # the weight a group holds
+            reference.add(*self._weighted_terms(theta, weights[0], self.problem.batch(0), create_graph=True))
+        bytes_per_weight = max(saved.bytes, 1) / weights[0]
         runs: list[list[int]] = []
         run_weight = 0.0
-        for i, (weight, _) in enumerate(per_batch):
-            if runs and run_weight + weight <= group_weight:
+        for i, weight in enumerate(weights):
+            if runs and (run_weight + weight) * bytes_per_weight <= GROUP_BYTES:
                 runs[-1].append(i)
                 run_weight += weight
             else:
                 runs.append([i])
                 run_weight = weight
-        if len(runs) == len(per_batch):
-            return per_batch, None
-        joined = [concat_batches([per_batch[i][1] for i in run]) for run in runs]
-        if any(batch is None for batch in joined):
-            return per_batch, None
+        if len(runs) == len(per_batch) or not all(map(self._concatenate, runs)):
+            return per_batch
         for i in runs[0][1:]:
-            reference.add(*self._weighted_terms(theta, *per_batch[i], create_graph=False))
-        return [(sum(per_batch[i][0] for i in run), batch) for run, batch in zip(runs, joined)], reference
+            reference.add(*self._weighted_terms(theta, weights[i], self.problem.batch(i), create_graph=False))
+        groups = [(sum(weights[i] for i in run), run) for run in runs]
+        joined = _Terms()
+        joined.add(*self._weighted_terms(theta, groups[0][0], self._joined(runs[0]), create_graph=False))
+        if not joined.agrees_with(reference, self.problem.dtype):
+            return per_batch
+        # vmap holds about a group's activations per row
+        self._chunk = max(1, int(BATCHED_BYTES / (max(w for w, _ in groups) * bytes_per_weight)))
+        return groups
+
+    def _concatenate(self, indices: list[int]) -> bool:
+        """Whether the batches ``indices`` concatenate (checked on meta tensors: no copy)."""
+        return concat_batches([map_tensors(self.problem.batches[i], lambda t: t.to("meta"))
+                               for i in indices]) is not None
 
     def memory_left(self) -> int:
         """Bytes of the memory budget the cached graph leaves for the algorithms' vectors."""
@@ -311,10 +325,11 @@ class HVPEngine:
         if self._grad is None:
             theta = self.problem.theta0.detach().clone().requires_grad_(True)
             total, loss = torch.zeros_like(theta), 0.0
-            for i in range(len(self.problem.batches)):
-                batch_loss = self.problem.batch_loss(theta, i)
-                total += torch.autograd.grad(batch_loss, theta)[0]
-                loss = loss + batch_loss.detach()
+            for weight, indices in self._batch_groups():
+                group_loss, group_grad = self._weighted_terms(theta, weight, self._joined(indices),
+                                                              create_graph=False)
+                total += group_grad
+                loss = loss + group_loss.detach()
             self._grad, self._loss = total, float(loss)
             self.cost.grads += 1
             self.cost.data_passes += 1
@@ -390,8 +405,8 @@ class HVPEngine:
     def _hvp_stream(self, block: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(block)
         theta0 = self.problem.theta0
-        for i in range(len(self.problem.batches)):
-            batch, weight = self.problem.batch(i), self.problem.weights[i]
+        for i, (weight, indices) in enumerate(self._batch_groups()):
+            batch = self._joined(indices)
             if self._compiled is not None:
                 try:
                     out += weight * self._compiled_rows(theta0, block, batch)
@@ -498,13 +513,13 @@ class HVPEngine:
         """The strategy used, for the report's settings."""
         return {"hvp_strategy": self.mode, "vectorized": self._vectorize,
                 "compiled": self.mode == "stream" and self._compiled is not None,
-                **({"hvp_chunk": self._chunk} if self._chunk < 1 << 30 else {}),
+                **({"hvp_chunk": self._chunk} if self.mode == "stream" and self._chunk < 1 << 30 else {}),
                 **({"single_vector_hvp": self._single} if self._single else {}),
                 **({"cached_block_hvp": "batched" if self._batched_blocks else "looped"}
                    if self._batched_blocks is not None else {}),
                 **({"stream_block_hvp": self._block_way} if self._block_way else {}),
                 "cached_graph_mb": round(self.cached_bytes / 2**20, 3),
-                **({"cached_batch_groups": self.cached_groups, "cached_batched_rows": self._batched_rows}
-                   if self.mode == "cached" else {}),
+                **({"batch_groups": len(self._groups)} if self._groups is not None else {}),
+                **({"cached_batched_rows": self._batched_rows} if self.mode == "cached" else {}),
                 "memory_budget_mb": round(self.memory_budget / 2**20, 3)}
 
