@@ -13,7 +13,7 @@ from torch import nn
 import landscape_cli.engine.hvp as hvp_module
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.problem import build_problem, criterion_loss
-from landscape_cli.loading.data import Batches, concat_batches
+from landscape_cli.loading.data import Batches, concat_batches, concatenates
 
 CPU, F64 = torch.device("cpu"), torch.float64
 Pair = namedtuple("Pair", "x y")
@@ -33,12 +33,15 @@ def test_concat_batches_joins_nested_batches_and_refuses_what_does_not_stack():
     assert joined["x"].shape == (6, 3) and float(joined["x"].sum()) == 12
     assert isinstance(joined["pair"], tuple) and isinstance(joined["pair"][1], Pair)
     assert joined["pair"][1].y.tolist() == [0, 1, 0, 1, 2, 3]
-    assert concat_batches([torch.zeros(2, 5), torch.zeros(2, 7)]) is None  # sequence lengths differ
-    assert concat_batches([torch.zeros(2), torch.zeros(2, dtype=torch.int64)]) is None
-    assert concat_batches([torch.tensor(1.0), torch.tensor(2.0)]) is None  # no batch dimension
-    assert concat_batches([(torch.zeros(2), "a"), (torch.zeros(2), "a")]) is None  # not a tensor
-    assert concat_batches([{"x": torch.zeros(1)}, {"y": torch.zeros(1)}]) is None
-    assert concat_batches([(torch.zeros(1),), [torch.zeros(1)]]) is None
+    assert concatenates([a, b])
+    refused = [[torch.zeros(2, 5), torch.zeros(2, 7)],  # sequence lengths differ
+               [torch.zeros(2), torch.zeros(2, dtype=torch.int64)],
+               [torch.tensor(1.0), torch.tensor(2.0)],  # no batch dimension
+               [(torch.zeros(2), "a"), (torch.zeros(2), "a")],  # not a tensor
+               [{"x": torch.zeros(1)}, {"y": torch.zeros(1)}],
+               [(torch.zeros(1),), [torch.zeros(1)]]]
+    for batches in refused:
+        assert concat_batches(batches) is None and not concatenates(batches)
 
 
 STRATEGIES = pytest.mark.parametrize("strategy", ["cached", "stream"])
@@ -222,3 +225,16 @@ def test_streamed_vmap_takes_at_most_the_rows_batched_bytes_allow_per_joined_gro
     scale = float(hessian.abs().max()) * problem.n ** 0.5
     assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale
     assert rows == [2, 2, 1] and engine.describe()["hvp_chunk"] == 2
+
+
+def test_groups_take_at_most_a_quarter_of_the_memory_budget(mlp_exact):
+    """A small budget bounds the groups (stream memory stays near one batch's), and a budget of
+    0 (always stream, nothing kept) keeps the batches."""
+    problem, hessian, _ = mlp_exact  # batches of 256, 256, 88
+    size = HVPEngine(problem, strategy="stream")._first_order_graph([(problem.weights[0], [0])], None).bytes
+    engine = HVPEngine(problem, strategy="stream", memory_budget=4 * (2 * size + size // 4))
+    assert_exact(engine, hessian)
+    assert engine.describe()["batch_groups"] == 2  # [256 + 256], [88]
+    engine = HVPEngine(problem, strategy="stream", memory_budget=0)
+    assert_exact(engine, hessian)
+    assert engine.describe()["batch_groups"] == 3 and engine.cost.data_passes == 2  # two HVPs, no check

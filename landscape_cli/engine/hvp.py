@@ -1,31 +1,34 @@
 """The HVP engine: loss, gradient and H·V for a block V (k×n) of the dataset loss (DESIGN §4).
 
 H·v is the directional derivative of the gradient, ∇²L(θ)v = d/dε ∇L(θ+εv) (Pearlmutter 1994).
+Both strategies below pass over the data in *groups*: consecutive batches joined into groups of
+up to ``GROUP_BYTES`` of saved tensors and a quarter of the memory budget (measured on the first
+batch's graph), if the first group's loss and gradient are its batches' ones to rounding,
+checked before any graph is kept (a loss that depends on how samples are batched keeps its
+batches). One pass per group instead of per batch halves an HVP or better on the three CPU
+samples, whose batches leave it bound by per-operator overhead (a ResNet-8's 158 MB batches
+stay apart). A group is joined on the device pass by pass, so the host holds the data once.
 Two strategies, picked by measurement (``benchmarks/README.md``), and one option on the second:
 
 * ``cached``: the first-order graph of the *whole dataset*, ∇L(θ₀) built once with
   ``create_graph=True``, is kept; each block H·V is then a single batched backward pass
   through it (``is_grads_batched``: vmap over the k rows). No forward pass or first backward
-  is repeated, which makes an HVP cost about one gradient. Whether a block goes batched or one
-  row at a time is timed on the second block and kept: batching pays 1.3–3.5× per vector on
-  the CPU samples, but costs 1.6× on a ResNet-8 on the CPU. A batched pass takes at most
-  ``BATCHED_BYTES`` ÷ (a group's saved tensors) rows: a ResNet-8's batches allow one, so its
-  blocks loop untimed. Chosen by ``auto`` when the tensors
-  that graph saves (counted with saved-tensor hooks while building it) fit the memory budget.
-  Small batches are joined into groups of up to ``GROUP_BYTES`` of saved tensors (measured on
-  the first batch), and the joined graph kept only if its first group's loss and gradient are
-  its batches' ones to rounding (so a loss that depends on how samples are batched keeps its
-  batches): one backward pass per group instead of per batch halves an HVP on the three CPU
-  samples, whose batches leave it bound by per-operator overhead (a ResNet-8's 158 MB batches
-  stay apart).
-* ``stream``: batch by batch, with one batch on the device at a time, so memory does not grow
-  with the dataset. Blocks go through forward-over-reverse (``torch.func.jvp`` of
-  ``torch.func.grad``) vmapped over the k vectors. For a single vector, which way is faster
-  depends on model and device: double backward costs 2× a gradient on the CPU samples against
-  5–7× for forward-over-reverse, but on an H100 ResNet-18 (10,000 images) 6× against 3×. So
-  the engine times both on the first batch, once, and keeps the faster. Blocks, too, are timed
-  once (on the first batch of the second block) against double backward, which wins on
-  convolutions on the CPU (a ResNet-8: vmapped 8.5× a gradient per vector, double backward 2.8×).
+  is repeated, which makes an HVP cost under one gradient on the samples. Whether a block
+  goes batched or one row at a time is timed on the second block and kept: batching pays
+  1.3–3.5× per vector on the CPU samples, but costs 1.6× on a ResNet-8 on the CPU. A batched
+  pass takes at most ``BATCHED_BYTES`` ÷ (a group's saved tensors) rows: a ResNet-8's batches
+  allow one, so its blocks loop untimed. Chosen by ``auto`` when the tensors that graph saves
+  (counted with saved-tensor hooks while building it) fit the memory budget.
+* ``stream``: group by group, with one group on the device at a time, so memory stops growing
+  once the data fills a group. Blocks go through forward-over-reverse (``torch.func.jvp`` of
+  ``torch.func.grad``) vmapped over the k vectors, at most ``BATCHED_BYTES`` ÷ (a joined
+  group's saved tensors) rows at once. For a single vector, which way is faster depends on
+  model and device: double backward cost 2× a gradient on the CPU samples (batch by batch)
+  against 5–7× for forward-over-reverse, but on an H100 ResNet-18 (10,000 images) 6× against
+  3×. So the engine times both on the first group, once, and keeps the faster. Blocks, too,
+  are timed once (on the first group of the second block) against double backward, which wins
+  on convolutions on the CPU (a ResNet-8: vmapped 8.5× a gradient per vector, double backward
+  2.8×).
 * ``compile`` (an option of ``stream``): forward-over-reverse through ``torch.compile``, in
   chunks of ``COMPILED_ROWS`` rows, so a run compiles once per batch shape for single vectors
   and once for blocks (a minute or two each on 2 CPU cores). ``auto`` then streams, since a
@@ -33,9 +36,10 @@ Two strategies, picked by measurement (``benchmarks/README.md``), and one option
   the H100 ResNet-18 (3.0× eager), 0.65× per vector for k = 8 on the CPU sample transformer
   (cached 1.2–2.1×), nothing on CPU convolutions.
 
-Measured (``benchmarks/README.md``), one HVP costs, in gradients: cached 0.6–1.8× for k = 1 and
-0.3–1.2× per vector for k = 8 on the samples (2 CPU cores); stream 1.8–2.3× for k = 1 and
-0.4–1.4× per vector for k = 8 there, 2.0× per vector for k = 8 on the GPU ResNet-18.
+Measured (``benchmarks/README.md``), one HVP costs, in gradients: cached 0.29–0.88× for k = 1
+and 0.19–0.86× per vector for k = 8 on the samples (2 CPU cores, batches joined); stream
+0.55–1.20× for k = 1 and 0.30–0.88× per vector for k = 8 there; 2.0× per vector for k = 8
+streamed on the GPU ResNet-18, 2.4–2.9× cached on a CPU ResNet-8 (convolutions' double backward).
 
 Engines keep freed host memory in the process (``host_memory.py``): glibc would otherwise give
 the activation buffers back to the OS after every HVP and fault them in again at the next.
@@ -56,7 +60,7 @@ import torch
 
 from landscape_cli.engine.host_memory import keep_freed_memory
 from landscape_cli.engine.problem import Problem
-from landscape_cli.loading.data import concat_batches, map_tensors
+from landscape_cli.loading.data import concat_batches, concatenates
 
 STRATEGIES = ("auto", "cached", "stream")
 #: rows per compiled block: every block goes through ``torch.compile`` in chunks of this many
@@ -241,7 +245,7 @@ class HVPEngine:
     def _weighted_terms(self, theta: torch.Tensor, weight: float, batch: object,
                         create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(w·L_b(θ), w·∇L_b(θ)) for one batch (or group) on the device."""
-        loss = weight * self.problem.mean_batch_loss(theta, batch)
+        loss = self.problem.weighted_loss(theta, weight, batch)
         return loss, torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
 
     def _joined(self, indices: list[int]) -> object:
@@ -259,15 +263,16 @@ class HVPEngine:
         return self._groups
 
     def _join_batches(self) -> list[tuple[float, list[int]]]:
-        """Consecutive batches joined into groups of up to ``GROUP_BYTES`` of saved tensors (one
-        pass per group instead of per batch), estimated from the first batch's graph, if the
-        first group's loss and gradient are its batches' ones to rounding (so a loss that
-        depends on how samples are batched keeps its batches). The batches as they are where
-        nothing would be joined, the batches do not concatenate, or BatchNorm uses batch
-        statistics (``train-stats``: joining changes L)."""
+        """Consecutive batches joined into groups of up to ``GROUP_BYTES`` of saved tensors and a
+        quarter of the memory budget (one pass per group instead of per batch), estimated from
+        the first batch's graph, if the first group's loss and gradient are its batches' ones to
+        rounding (so a loss that depends on how samples are batched keeps its batches). The
+        batches as they are where nothing would be joined, the batches do not concatenate,
+        BatchNorm uses batch statistics (``train-stats``: joining changes L), or the budget is 0."""
         weights = self.problem.weights
         per_batch = [(weight, [i]) for i, weight in enumerate(weights)]
-        if self.problem.bn != "eval" or len(per_batch) < 2 or weights[0] <= 0:
+        if (self.problem.bn != "eval" or len(per_batch) < 2 or weights[0] <= 0
+                or self.memory_budget <= 0):
             return per_batch
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved, reference = _SavedBytes(), _Terms()
@@ -275,16 +280,18 @@ class HVPEngine:
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
             reference.add(*self._weighted_terms(theta, weights[0], self.problem.batch(0), create_graph=True))
         bytes_per_weight = max(saved.bytes, 1) / weights[0]
+        limit = min(GROUP_BYTES, self.memory_budget // 4)  # an HVP's working set: a few groups
         runs: list[list[int]] = []
         run_weight = 0.0
         for i, weight in enumerate(weights):
-            if runs and (run_weight + weight) * bytes_per_weight <= GROUP_BYTES:
+            if runs and (run_weight + weight) * bytes_per_weight <= limit:
                 runs[-1].append(i)
                 run_weight += weight
             else:
                 runs.append([i])
                 run_weight = weight
-        if len(runs) == len(per_batch) or not all(map(self._concatenate, runs)):
+        if len(runs) == len(per_batch) or not all(concatenates([self.problem.batches[i] for i in run])
+                                                  for run in runs):
             return per_batch
         for i in runs[0][1:]:
             reference.add(*self._weighted_terms(theta, weights[i], self.problem.batch(i), create_graph=False))
@@ -296,11 +303,6 @@ class HVPEngine:
         # vmap holds about a group's activations per row
         self._chunk = max(1, int(BATCHED_BYTES / (max(w for w, _ in groups) * bytes_per_weight)))
         return groups
-
-    def _concatenate(self, indices: list[int]) -> bool:
-        """Whether the batches ``indices`` concatenate (checked on meta tensors: no copy)."""
-        return concat_batches([map_tensors(self.problem.batches[i], lambda t: t.to("meta"))
-                               for i in indices]) is not None
 
     def memory_left(self) -> int:
         """Bytes of the memory budget the cached graph leaves for the algorithms' vectors."""
@@ -325,11 +327,10 @@ class HVPEngine:
         if self._grad is None:
             theta = self.problem.theta0.detach().clone().requires_grad_(True)
             total, loss = torch.zeros_like(theta), 0.0
-            for weight, indices in self._batch_groups():
-                group_loss, group_grad = self._weighted_terms(theta, weight, self._joined(indices),
-                                                              create_graph=False)
-                total += group_grad
-                loss = loss + group_loss.detach()
+            for i in range(len(self.problem.batches)):
+                batch_loss = self.problem.batch_loss(theta, i)
+                total += torch.autograd.grad(batch_loss, theta)[0]
+                loss = loss + batch_loss.detach()
             self._grad, self._loss = total, float(loss)
             self.cost.grads += 1
             self.cost.data_passes += 1

@@ -97,6 +97,11 @@ def concat_batches(batches: list[Any]) -> Any | None:
     return None
 
 
+def concatenates(batches: list[Any]) -> bool:
+    """Whether ``concat_batches`` joins ``batches``, checked on empty views of them (no copy)."""
+    return concat_batches([_head(b, 0) for b in batches]) is not None
+
+
 def _head(batch: Any, n: int) -> Any:
     return map_tensors(batch, lambda t: t[:n] if t.dim() > 0 else t)
 
