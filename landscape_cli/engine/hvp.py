@@ -186,8 +186,8 @@ class HVPEngine:
         self._batched_rows = 1  # cached: rows per batched backward pass (BATCHED_BYTES)
         self._block_way: str | None = None  # stream: how a block goes, timed once
         self._blocks_seen = 0
-        # rows per vmapped forward-over-reverse: BATCHED_BYTES' worth of joined groups, lowered
-        # on out-of-memory
+        # rows per vmapped forward-over-reverse: BATCHED_BYTES' worth of joined groups
+        # (_batch_groups), lowered on out-of-memory
         self._chunk = 1 << 30
         self._compiled = None
         if self.compile:
@@ -259,21 +259,24 @@ class HVPEngine:
         """(weight, batch indices) of the groups every pass over the data goes through: the
         batches joined by ``_join_batches``, worked out once."""
         if self._groups is None:
-            self._groups = self._join_batches()
+            self._groups, group_bytes = self._join_batches()
+            if group_bytes:  # vmap holds about a group's activations per row
+                self._chunk = max(1, BATCHED_BYTES // group_bytes)
         return self._groups
 
-    def _join_batches(self) -> list[tuple[float, list[int]]]:
+    def _join_batches(self) -> tuple[list[tuple[float, list[int]]], int]:
         """Consecutive batches joined into groups of up to ``GROUP_BYTES`` of saved tensors and a
         quarter of the memory budget (one pass per group instead of per batch), estimated from
         the first batch's graph, if the first group's loss and gradient are its batches' ones to
-        rounding (so a loss that depends on how samples are batched keeps its batches). The
-        batches as they are where nothing would be joined, the batches do not concatenate,
-        BatchNorm uses batch statistics (``train-stats``: joining changes L), or the budget is 0."""
+        rounding (so a loss that depends on how samples are batched keeps its batches), with the
+        largest group's estimated bytes. The batches as they are, and 0, where nothing would be
+        joined, the batches do not concatenate, BatchNorm uses batch statistics (``train-stats``:
+        joining changes L), or the budget is 0."""
         weights = self.problem.weights
         per_batch = [(weight, [i]) for i, weight in enumerate(weights)]
         if (self.problem.bn != "eval" or len(per_batch) < 2 or weights[0] <= 0
                 or self.memory_budget <= 0):
-            return per_batch
+            return per_batch, 0
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved, reference = _SavedBytes(), _Terms()
         self.cost.data_passes += 1  # over the first group only
@@ -292,17 +295,15 @@ class HVPEngine:
                 run_weight = weight
         if len(runs) == len(per_batch) or not all(concatenates([self.problem.batches[i] for i in run])
                                                   for run in runs):
-            return per_batch
+            return per_batch, 0
         for i in runs[0][1:]:
             reference.add(*self._weighted_terms(theta, weights[i], self.problem.batch(i), create_graph=False))
         groups = [(sum(weights[i] for i in run), run) for run in runs]
         joined = _Terms()
         joined.add(*self._weighted_terms(theta, groups[0][0], self._joined(runs[0]), create_graph=False))
         if not joined.agrees_with(reference, self.problem.dtype):
-            return per_batch
-        # vmap holds about a group's activations per row
-        self._chunk = max(1, int(BATCHED_BYTES / (max(w for w, _ in groups) * bytes_per_weight)))
-        return groups
+            return per_batch, 0
+        return groups, int(max(weight for weight, _ in groups) * bytes_per_weight)
 
     def memory_left(self) -> int:
         """Bytes of the memory budget the cached graph leaves for the algorithms' vectors."""
