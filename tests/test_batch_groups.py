@@ -26,6 +26,14 @@ def assert_exact(engine: HVPEngine, hessian: torch.Tensor) -> None:
     assert float((engine.hvp(vectors[0]) - hessian @ vectors[0]).abs().max()) < 1e-10 * scale
 
 
+def assert_matches(reference, problem, strategy: str, groups: int) -> None:
+    """The engine's H·v, groups and loss for a problem whose loss ``reference(θ)`` defines."""
+    engine = HVPEngine(problem, strategy=strategy)
+    assert_exact(engine, dense_hessian(reference, problem.theta0))
+    assert engine.describe()["batch_groups"] == groups
+    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
+
+
 def test_concat_batches_joins_nested_batches_and_refuses_what_does_not_stack():
     a = {"x": torch.zeros(2, 3), "pair": (torch.zeros(2), Pair(torch.ones(2, 1), torch.arange(2)))}
     b = {"x": torch.ones(4, 3), "pair": (torch.ones(4), Pair(torch.ones(4, 1), torch.arange(4)))}
@@ -110,10 +118,7 @@ def test_a_loss_that_depends_on_the_batch_is_not_joined(strategy):
             total = total + nn.functional.cross_entropy(out - out.mean(0), yb) * len(yb) / 90
         return total
 
-    engine = HVPEngine(problem, strategy=strategy)
-    assert_exact(engine, dense_hessian(reference, problem.theta0))
-    assert engine.describe()["batch_groups"] == 3
-    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
+    assert_matches(reference, problem, strategy, groups=3)
 
 
 @STRATEGIES
@@ -136,10 +141,7 @@ def test_a_loss_that_counts_its_own_terms_is_joined_exactly(strategy):
         out = torch.func.functional_call(model, problem.unflatten(theta, prefix=""), (x,))
         return nn.functional.cross_entropy(out[keep], y[keep])
 
-    engine = HVPEngine(problem, strategy=strategy)
-    assert_exact(engine, dense_hessian(reference, problem.theta0))
-    assert engine.describe()["batch_groups"] == 1
-    assert engine.loss() == pytest.approx(float(reference(problem.theta0)), rel=1e-12)
+    assert_matches(reference, problem, strategy, groups=1)
 
 
 @STRATEGIES

@@ -151,13 +151,13 @@ class _Terms:
 
 @dataclass
 class _FirstOrderGraph:
-    """∇L(θ₀) with its graph, and the bytes each group saved."""
+    """∇L(θ₀) with its graph, the bytes it saved, and the most any one group saved."""
 
     theta: torch.Tensor
     grad: torch.Tensor
     loss: float
-    group_bytes: list[int]
     bytes: int
+    largest_group: int
 
 
 @dataclass
@@ -218,7 +218,7 @@ class HVPEngine:
         self._loss, self._grad = graph.loss, graph.grad.detach()
         self.mode = "cached"
         self.cached_bytes = graph.bytes
-        self._batched_rows = max(1, BATCHED_BYTES // max(max(graph.group_bytes), 1))
+        self._batched_rows = max(1, BATCHED_BYTES // max(graph.largest_group, 1))
         if self._batched_rows == 1:
             self._batched_blocks = False
 
@@ -228,7 +228,7 @@ class HVPEngine:
         as soon as the tensors it saves outgrow ``budget``."""
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved = _SavedBytes()
-        grad_graph, loss, group_bytes = None, 0.0, []
+        grad_graph, loss, largest_group = None, 0.0, 0
         self.cost.data_passes += 1  # a partial pass, when over budget, is spent all the same
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
             for weight, indices in groups:
@@ -236,16 +236,16 @@ class HVPEngine:
                 group_loss, g = self._weighted_terms(theta, weight, self._joined(indices), create_graph=True)
                 grad_graph = g if grad_graph is None else grad_graph + g
                 loss = loss + group_loss.detach()
-                group_bytes.append(saved.bytes - before)
+                largest_group = max(largest_group, saved.bytes - before)
                 if budget is not None and saved.bytes > budget:
                     return None
         self.cost.grads += 1
-        return _FirstOrderGraph(theta, grad_graph, float(loss), group_bytes, saved.bytes)
+        return _FirstOrderGraph(theta, grad_graph, float(loss), saved.bytes, largest_group)
 
     def _weighted_terms(self, theta: torch.Tensor, weight: float, batch: object,
                         create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(w·L_b(θ), w·∇L_b(θ)) for one batch (or group) on the device."""
-        loss = self.problem.weighted_loss(theta, weight, batch)
+        loss = weight * self.problem.mean_batch_loss(theta, batch)
         return loss, torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
 
     def _joined(self, indices: list[int]) -> object:

@@ -125,11 +125,7 @@ class Problem:
 
     def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
         """w_b · L_b(θ): batch ``index``'s share of the dataset loss."""
-        return self.weighted_loss(theta, self.weights[index], self.batch(index))
-
-    def weighted_loss(self, theta: torch.Tensor, weight: float, batch: Any) -> torch.Tensor:
-        """w · L(θ) on a batch on the device (one of ``batches``, or several joined)."""
-        return weight * self.mean_batch_loss(theta, batch)
+        return self.weights[index] * self.mean_batch_loss(theta, self.batch(index))
 
     def mean_batch_loss(self, theta: torch.Tensor, batch: Any) -> torch.Tensor:
         """L_b(θ), the mean loss over one batch already on the device."""
