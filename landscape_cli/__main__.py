@@ -1,3 +1,3 @@
-from landscape_cli.cli.app import main
+from landscape_cli.cli.entry import main
 
 main()

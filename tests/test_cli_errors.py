@@ -165,7 +165,9 @@ def _cases(w: dict[str, Path], mode: str) -> dict[str, Case]:
     for name, case in bad.items():  # every error run also asks for -o: nothing may be written
         # FAST goes first so that a case's own --set wins over it
         case.args[2:2] = FAST
+        (w["outputs"] / mode / name).mkdir(parents=True, exist_ok=True)  # -o needs its folder
         case.args += ["-o", str(w["outputs"] / mode / name / "out.json")]
+    (w["outputs"] / mode / "ok").mkdir(parents=True, exist_ok=True)
     good = {
         "gate_violated": Case(["spectrum", str(w["lightning"]), *base, *FAST, "--json",
                                "--fail-if", "lambda_max>0", "--fail-if", "loss<1e9"]),

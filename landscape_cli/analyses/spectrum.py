@@ -6,7 +6,7 @@ and with ``--density`` the eigenvalue density by stochastic Lanczos quadrature
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,7 @@ class SpectrumResult:
     lanczos_steps: int
     tol: float
     density: DensityResult | None = None
+    notes: list[str] = field(default_factory=list)
 
     def results(self) -> dict:
         out = {
@@ -55,7 +56,7 @@ class SpectrumResult:
         return out
 
     def warnings(self) -> list[str]:
-        notes = self.density.warnings() if self.density is not None else []
+        notes = [*self.notes, *(self.density.warnings() if self.density is not None else [])]
         missed = self.top_converged.count(False) + (self.bottom_converged or []).count(False)
         if missed:
             notes.append(f"{missed} requested eigenvalue(s) did not reach residual ≤ {self.tol:g}·"
@@ -68,7 +69,11 @@ def spectrum(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, top: int = 
              bottom: int = 0, tol: float = 1e-4, max_hvps: int | None = None, seed: int = 0,
              dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
              callback: Callable[[int, int, int], None] | None = None) -> SpectrumResult:
-    """Lanczos with full reorthogonalization on the HVP operator."""
+    """Lanczos with full reorthogonalization on the HVP operator. An operator of size n has n
+    eigenvalues: asking for more gets all n, with a note."""
+    notes = [f"--{name} {count} is more than the {n} parameters analysed: reporting {n}"
+             for name, count in (("top", top), ("bottom", bottom)) if count > n]
+    top, bottom = min(top, n), min(bottom, n)
     generator = torch.Generator().manual_seed(seed)
     run: LanczosResult = lanczos(hvp, n, top=top, bottom=bottom, tol=tol, max_steps=max_hvps,
                                  generator=generator, dtype=dtype, device=device,
@@ -82,4 +87,5 @@ def spectrum(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, top: int = 
         bottom_converged=run.bottom.converged if bottom else None,
         lanczos_steps=run.steps,
         tol=tol,
+        notes=notes,
     )

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # Typer ≥ 0.22 carries its own copy of click; earlier versions use click itself
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click
 
 from landscape_cli import __version__
 from landscape_cli.cli import critical as critical_cli
@@ -13,8 +20,32 @@ from landscape_cli.cli import schema as schema_cli
 from landscape_cli.cli import spectrum as spectrum_cli
 from landscape_cli.cli import trace as trace_cli
 from landscape_cli.cli.common import analysis_command
+from landscape_cli.errors import EXIT_BAD_INPUT
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a bad option, a missing argument) as one ``error:`` line with a ``--help``
+    hint and exit 2, as for any other bad input (DESIGN §7), instead of Typer's framed box."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+            code = 0
+        except click.exceptions.ClickException as exc:
+            message = " ".join(exc.format_message().split())
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "landscape"
+            click.echo(f"error: {message} (see '{where} --help')", err=True)
+            code = EXIT_BAD_INPUT
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="landscape",
     help="Loss-landscape geometry of saved PyTorch checkpoints: Hessian spectrum, trace, "
          "sharpness, mode connectivity and critical points.",
@@ -49,6 +80,3 @@ analysis_command(app, "classify-critical-point", help=critical_cli.HELP,
 inspect_cli.register_inspect(app)
 schema_cli.register_schema(app)
 
-
-def main() -> None:
-    app(prog_name="landscape")

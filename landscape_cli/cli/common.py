@@ -4,6 +4,7 @@ checkpoint to report, streams and exit codes (DESIGN §7)."""
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 import time
 import traceback
@@ -20,13 +21,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from landscape_cli import STARTED
-from landscape_cli.config import find_config, load_config
+from landscape_cli.config import Config, find_config, load_config
 from landscape_cli.engine.hvp import NONFINITE, STRATEGIES, HVPEngine
 from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, LandscapeError, NumericalError
 from landscape_cli.loading.assemble import Loaded, LoadOptions, describe_checkpoint, load
 from landscape_cli.report.document import build_report
 from landscape_cli.report.gates import Gate, parse_gate
-from landscape_cli.report.output import emit
+from landscape_cli.report.output import Destination, destination, emit
 from landscape_cli.report.render import FORMATS, render
 
 stderr = Console(stderr=True, highlight=False)
@@ -47,6 +48,14 @@ class OutputOptions:
     output: Path | None = None
     quiet: bool = False
     debug: bool = False
+
+    def __post_init__(self) -> None:
+        if self.output is not None and str(self.output) == "-":
+            self.output = None  # `-o -` is stdout
+
+    def destination(self, inputs: list[Path]) -> Destination | None:
+        """Where the report goes, checked against the run's ``inputs`` before any work."""
+        return None if self.output is None else destination(self.output, "-o", inputs)
 
     def output_format(self) -> str:
         if self.json:
@@ -162,12 +171,14 @@ COMMON_OPTIONS = [*INPUT_OPTIONS, *OUTPUT_OPTIONS]
 
 @dataclass
 class Run:
-    """What an analysis function gets: the loaded problem, its engine and a progress hook."""
+    """What an analysis function gets: the loaded problem, its engine, a progress hook, and the
+    files the run reads (which no output of it may overwrite)."""
 
     loaded: Loaded
     engine: HVPEngine
     seed: int
     show_progress: bool
+    inputs: list[Path]
 
     @contextmanager
     def progress(self, label: str, total: int) -> Iterator[Callable[[int, int, int], None]]:
@@ -210,14 +221,15 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(EXIT_INTERNAL)
 
 
-def finish(doc: dict[str, Any], options: OutputOptions) -> None:
-    """Render the document in the chosen format and write it; warnings also go to stderr."""
+def finish(doc: dict[str, Any], options: OutputOptions, dest: Destination | None) -> None:
+    """Render the document in the chosen format and write it to ``dest`` (stdout if None);
+    warnings also go to stderr."""
     fmt = options.output_format()
     text = render(doc, fmt, color=fmt == "table" and options.output is None and sys.stdout.isatty())
     if not options.quiet and not (fmt == "table" and options.output is None):
         for warning in doc.get("warnings", []):
             stderr.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-    emit(text, options.output)
+    emit(text, dest)
 
 
 def guarded(options: OutputOptions, body: Callable[[], Any]) -> Any:
@@ -230,10 +242,19 @@ def guarded(options: OutputOptions, body: Callable[[], Any]) -> Any:
         _fail(exc, options.debug)
 
 
-def _report(command: str, common: Common, analyse: Callable[[Run], Analysis]) -> dict[str, Any]:
+def _inputs(common: Common, config_path: Path, config: Config) -> list[Path]:
+    """The files a run reads: the checkpoint, the config and a data file."""
+    return [Path(common.checkpoint), config_path,
+            *([Path(config.data.path)] if config.data.path else [])]
+
+
+def _report(command: str, common: Common, analyse: Callable[[Run], Analysis]
+            ) -> tuple[dict[str, Any], Destination | None]:
     gates: list[Gate] = [parse_gate(expr) for expr in common.fail_if]
     config_path = find_config(str(common.config) if common.config else None, common.checkpoint)
     config = load_config(config_path, common.overrides())
+    inputs = _inputs(common, config_path, config)
+    dest = common.destination(inputs)
     loaded = load(config, common.checkpoint, LoadOptions(
         params=common.params, max_batches=common.batches,
         allow_globals=common.allow_global, trust_checkpoint=common.trust_checkpoint))
@@ -241,7 +262,7 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis]) ->
     engine = HVPEngine(loaded.problem, strategy=config.engine.strategy,
                        memory_budget=config.engine.memory_budget, compile=config.engine.compile)
     run = Run(loaded=loaded, engine=engine, seed=config.seed,
-              show_progress=not common.quiet and stderr.is_terminal)
+              show_progress=not common.quiet and stderr.is_terminal, inputs=inputs)
     try:
         result = analyse(run)
     except FloatingPointError:
@@ -263,15 +284,23 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis]) ->
               "total_s": round(time.perf_counter() - STARTED, 4)},
         gates=[gate.check({**headline, **result.scalars()}) for gate in gates],
         warnings=[*loaded.warnings, *engine.warnings, *result.warnings()],
-    )
+    ), dest
 
 
 def execute(command: str, common: Common, analyse: Callable[[Run], Analysis]) -> None:
     """Checkpoint → problem → analysis → report → output; exit code per DESIGN §7."""
-    doc = guarded(common, lambda: _report(command, common, analyse))
-    guarded(common, lambda: finish(doc, common))
+    doc, dest = guarded(common, lambda: _report(command, common, analyse))
+    guarded(common, lambda: finish(doc, common, dest))
     if any(row["violated"] for row in doc["gates"]):
         raise typer.Exit(EXIT_GATE)
+
+
+def refuse_non_finite(options: dict[str, Any]) -> None:
+    """``inf`` and ``nan`` parse as floats; no option of this tool means either."""
+    for name, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise typer.BadParameter(f"{value}: must be a finite number",
+                                     param_hint=f"'--{name.replace('_', '-')}'")
 
 
 def register(app: typer.Typer, name: str, *, help: str, epilog: str,
@@ -287,6 +316,7 @@ def register(app: typer.Typer, name: str, *, help: str, epilog: str,
         names = {p.name for p in shared}
 
         def command(**kwargs: Any) -> None:
+            refuse_non_finite(kwargs)
             values = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
             run(values, lambda first: fn(first, **kwargs))
 

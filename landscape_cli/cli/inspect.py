@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +19,7 @@ from landscape_cli.cli.common import (
     register,
 )
 from landscape_cli.report.document import build_report
+from landscape_cli.report.output import Destination
 
 HELP = "Show a checkpoint's format, tensors, shapes, dtypes, prefix and unsafe globals."
 EPILOG = """Examples:
@@ -31,7 +33,8 @@ EPILOG = """Examples:
 def _run(values: dict, call) -> None:
     options = OutputOptions(**values)
 
-    def body() -> dict:
+    def body() -> tuple[dict, Destination | None]:
+        dest = options.destination([Path(options.checkpoint)])
         result = call(options.checkpoint)
         return build_report(
             "inspect",
@@ -39,10 +42,10 @@ def _run(values: dict, call) -> None:
                         "n_params": result.n_params},
             settings={}, results=result.results(),
             cost={"total_s": round(time.perf_counter() - STARTED, 4)},
-            gates=[], warnings=result.warnings())
+            gates=[], warnings=result.warnings()), dest
 
-    doc = guarded(options, body)
-    guarded(options, lambda: finish(doc, options))
+    doc, dest = guarded(options, body)
+    guarded(options, lambda: finish(doc, options, dest))
 
 
 def inspect_command(

@@ -64,9 +64,8 @@ def spectrum_command(
         raise LandscapeError(f"--runs {runs}: SLQ needs at least 1 run")
     if sigma is not None and not sigma > 0:
         raise LandscapeError(f"--sigma {sigma}: the broadening width must be greater than 0")
-    if plot is not None:
-        density_plot.check_destination(plot)
-        density = True
+    plot_to = None if plot is None else density_plot.check_destination(plot, run.inputs)
+    density = density or plot_to is not None
     problem = run.loaded.problem
     budget = min(problem.n, max_hvps or problem.n)
     with run.progress("Lanczos", total=budget) as callback:
@@ -81,9 +80,9 @@ def spectrum_command(
                                     device=problem.device, callback=callback,
                                     memory_budget=run.engine.memory_left())
     result = dataclasses.replace(result, density=estimate)
-    if plot is not None:
+    if plot_to is not None:
         # The plot draws what the report holds: the same results, NaN already made null.
         document = {"command": "spectrum", "checkpoint": {"path": str(run.loaded.checkpoint.path)},
                     "results": sanitize(result.results(), "results", [])}
-        density_plot.write_density_plot(document, plot)
+        density_plot.write_density_plot(document, plot_to)
     return result

@@ -4,19 +4,19 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from landscape_cli.errors import LandscapeError
+from landscape_cli.report.output import Destination, destination, write_file
 
 SUFFIXES = ("png", "svg", "pdf")
 
 
-def check_destination(path: Path) -> None:
+def check_destination(path: Path, inputs: Iterable[Path | str] = ()) -> Destination:
     """Refuse, before any work is done, a path whose suffix matplotlib will not be asked to
-    write, or a plot when matplotlib is missing."""
+    write, a plot when matplotlib is missing, or a destination ``output.destination`` refuses."""
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in SUFFIXES:
         raise LandscapeError(f"--plot {path}: the file name must end in .png, .svg or .pdf "
@@ -26,14 +26,12 @@ def check_destination(path: Path) -> None:
     except ImportError:
         raise LandscapeError("--plot needs matplotlib, which is not installed: "
                              "pip install 'landscape-cli[plot]'") from None
-    if path.exists() and path.is_dir():
-        raise LandscapeError(f"--plot {path}: is a folder")
+    return destination(path, "--plot", inputs)
 
 
-def write_density_plot(document: dict[str, Any], path: Path) -> None:
+def write_density_plot(document: dict[str, Any], dest: Destination) -> None:
     """A semilog-y plot of the density with the quadrature nodes as a rug, written atomically
-    (a temporary file beside ``path``, then renamed over it)."""
-    check_destination(path)
+    (``output.write_file``)."""
     from matplotlib.figure import Figure
 
     density = document["results"]["density"]
@@ -66,16 +64,5 @@ def write_density_plot(document: dict[str, Any], path: Path) -> None:
               transform=axes.transAxes, ha="right", va="top", fontsize=8)
     axes.legend(loc="upper center", fontsize=8, frameon=False)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower().lstrip(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format=suffix)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a plot is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    suffix = dest.path.suffix.lower().lstrip(".")
+    write_file(dest, lambda path: figure.savefig(path, format=suffix))
