@@ -165,3 +165,53 @@ def test_residuals_carry_the_rounding_of_a_product():
     exact = torch.linalg.eigvalsh(matrix)
     errors = [abs(t - e) for t, e in zip(result.top.values, exact[-3:].flip(0).tolist())]
     assert all(e <= r for e, r in zip(errors, result.top.residuals))  # still an error bar
+
+
+class HouseholderDiagonal:
+    """A = H D H in float32 with H = I − 2uuᵀ: a dense operator of n entries per product whose
+    eigenvalues are exactly D's (in float64)."""
+
+    def __init__(self, n: int, top: list[float], seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        d = torch.rand(n, generator=generator, dtype=torch.float64)
+        d[: len(top)] = torch.tensor(top, dtype=torch.float64)
+        self.exact = torch.sort(d, descending=True).values
+        self.d = d.float()
+        u = torch.randn(n, generator=generator)
+        self.u = u / u.norm()
+        self.products = 0
+
+    def reflect(self, x: torch.Tensor) -> torch.Tensor:
+        return x - 2 * torch.outer(x @ self.u, self.u) if x.dim() == 2 else x - 2 * self.u * (x @ self.u)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        assert v.dtype == torch.float32  # the products stay in the operator's dtype
+        self.products += 1
+        return self.reflect(self.d * self.reflect(v))
+
+
+def test_float32_products_on_millions_of_parameters_reach_1e6():
+    """Issue 17: a float32 basis lost orthogonality and stopped at 3e-4 relative with every
+    value `converged: false`; float64 Krylov arithmetic on float32 products reaches 1e-6."""
+    operator = HouseholderDiagonal(2_000_000, [10.0, 9.0, 8.5, 8.0, 7.9])
+    result = lanczos(operator, 2_000_000, top=5, tol=1e-5, dtype=torch.float32,
+                     generator=torch.Generator().manual_seed(1))
+    assert relative_error(result.top.values, operator.exact[:5]) < 1e-6
+    assert all(result.top.converged)
+    assert max(result.top.residuals) <= 1e-5 * result.scale  # what `converged` claims holds
+    assert result.steps < 40
+
+
+def test_a_residual_floor_from_rounding_is_named_not_blamed_on_steps():
+    """A tolerance below float32 products' rounding cannot be met by more steps: the warning
+    says so and points to float64, and the floor is reported."""
+    from landscape_cli.analyses.spectrum import spectrum
+
+    operator = HouseholderDiagonal(200_000, [10.0, 9.0])
+    result = spectrum(operator, 200_000, top=2, tol=1e-10, max_hvps=60, dtype=torch.float32)
+    assert not all(result.top_converged) and result.lanczos_steps < 60
+    assert result.residual_floor > 1e-10 * 10
+    (note,) = result.warnings()
+    assert "not for want of steps" in note and "--dtype float64" in note
+    exhausted = spectrum(operator, 200_000, top=2, tol=1e-10, max_hvps=3, dtype=torch.float32)
+    assert "raise --max-hvps" in exhausted.warnings()[0]

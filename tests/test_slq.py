@@ -334,6 +334,7 @@ def test_cli_plot_writes_a_png(cli, small_files, tmp_path):
     pytest.importorskip("matplotlib")
     ckpt, config = small_files
     out = tmp_path / "plots" / "density.png"
+    out.parent.mkdir()  # --plot, like -o, creates no folders
     code, doc, _ = cli("spectrum", ckpt, "-c", config, "--top", "1", "--runs", "3", "--steps", "8",
                        "--plot", out, "--json")
     assert code == 0 and "density" in doc["results"]  # --plot implies --density

@@ -26,6 +26,10 @@ class SpectrumResult:
     bottom_converged: list[bool] | None
     lanczos_steps: int
     tol: float
+    #: what the products' own rounding adds to every residual (Lanczos._measured)
+    residual_floor: float
+    #: True when the step budget ran out; else the products' precision stopped convergence
+    budget_spent: bool
     density: DensityResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -39,7 +43,8 @@ class SpectrumResult:
             out.update(bottom_eigenvalues=self.bottom_eigenvalues,
                        bottom_residuals=self.bottom_residuals,
                        bottom_converged=self.bottom_converged)
-        out.update(lanczos_steps=self.lanczos_steps, tol=self.tol)
+        out.update(lanczos_steps=self.lanczos_steps, tol=self.tol,
+                   residual_floor=self.residual_floor)
         if self.density is not None:
             out["density"] = self.density.results()
         return out
@@ -59,9 +64,12 @@ class SpectrumResult:
         notes = [*self.notes, *(self.density.warnings() if self.density is not None else [])]
         missed = self.top_converged.count(False) + (self.bottom_converged or []).count(False)
         if missed:
+            why = ("raise --max-hvps or loosen --tol" if self.budget_spent else
+                   f"not for want of steps: the products' own rounding puts a floor of "
+                   f"{self.residual_floor:.2g} under every residual; use --dtype float64 or "
+                   "loosen --tol")
             notes.append(f"{missed} requested eigenvalue(s) did not reach residual ≤ {self.tol:g}·"
-                         f"|λ|max in {self.lanczos_steps} Lanczos steps; raise --max-hvps or "
-                         "loosen --tol")
+                         f"|λ|max in {self.lanczos_steps} Lanczos steps; {why}")
         return notes
 
 
@@ -87,5 +95,7 @@ def spectrum(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, top: int = 
         bottom_converged=run.bottom.converged if bottom else None,
         lanczos_steps=run.steps,
         tol=tol,
+        residual_floor=run.rounding,
+        budget_spent=run.steps >= min(n, max_hvps or n),
         notes=notes,
     )

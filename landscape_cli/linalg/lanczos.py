@@ -12,8 +12,11 @@ the reorthogonalization coefficients turns the recurrence into the Arnoldi relat
 AQ_m = Q_{m+1}H_m for the products as computed, so ‖Ay − θy‖ = ‖H_m s − θs‖ carries the
 operator's asymmetry that |β_m·s_{m,i}| cannot see (Stewart, *Matrix Algorithms II*, §5.1);
 one fresh product A·y of the first wanted Ritz vector adds what H_m cannot see either, the
-rounding of a product itself (float32 HVPs), to every residual. Memory: the basis, steps·n
-numbers, grown as steps are taken. Operator in, numbers out: ``matvec`` maps a vector (n,) or
+rounding of a product itself (float32 HVPs), to every residual. The Krylov arithmetic (basis,
+dot products, norms, reorthogonalization, T) is float64 whatever the operator's dtype: a
+float32 basis loses orthogonality at ~1e-7 per step, which bounds the Ritz values at ~1e-4
+on a model of millions of parameters, while the products' own rounding allows ~1e-6.
+Memory: the basis, steps·n float64 numbers, grown as steps are taken. Operator in, numbers out: ``matvec`` maps a vector (n,) or
 a block (k, n) of row vectors to A·v for each.
 """
 
@@ -46,6 +49,8 @@ class LanczosResult:
     bottom: RitzPairs
     steps: int
     scale: float
+    #: what the rounding of a product alone adds to every residual (measured, see _measured)
+    rounding: float = 0.0
 
     @property
     def converged(self) -> bool:
@@ -111,9 +116,10 @@ def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, 
 
 def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float = 1e-4,
             max_steps: int | None = None, generator: torch.Generator | None = None,
-            dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
             callback: Callable[[int, int, int], None] | None = None) -> LanczosResult:
-    """The ``top`` largest and ``bottom`` smallest eigenvalues of a symmetric operator.
+    """The ``top`` largest and ``bottom`` smallest eigenvalues of a symmetric operator whose
+    products are computed in ``dtype`` (the Krylov arithmetic is float64).
 
     Stops once every requested Ritz value has residual ≤ ``tol``·‖A‖ (‖A‖ estimated by the
     largest |Ritz value|), or after ``max_steps`` matvecs (at most n, where T_n is exact).
@@ -122,11 +128,15 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
     top, bottom = min(top, n), min(bottom, n)
     wanted = top + bottom
     max_steps = n if max_steps is None else max(1, min(max_steps, n))
-    basis = torch.empty(min(max_steps, 32), n, dtype=dtype, device=device)  # grows by doubling
-    eps = torch.finfo(dtype).eps
+    krylov = torch.float64
+    basis = torch.empty(min(max_steps, 32), n, dtype=krylov, device=device)  # grows by doubling
+    eps = torch.finfo(dtype).eps  # breakdown is judged at the products' own precision
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        return matvec(v.to(dtype)).to(krylov)
 
     def random_unit() -> torch.Tensor:
-        v = torch.randn(n, generator=generator, dtype=dtype, device="cpu").to(device)
+        v = torch.randn(n, generator=generator, dtype=dtype, device="cpu").to(device, krylov)
         return v / torch.linalg.vector_norm(v)
 
     q = random_unit()
@@ -139,10 +149,11 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
     block_start, first_block, at_last_breakdown = 0, None, None
     for step in range(max_steps):
         if step == len(basis):
-            extra = torch.empty(min(len(basis), max_steps - len(basis)), n, dtype=dtype, device=device)
+            extra = torch.empty(min(len(basis), max_steps - len(basis)), n, dtype=krylov,
+                                device=device)
             basis = torch.cat((basis, extra))
         basis[step] = q
-        w = matvec(q)
+        w = product(q)
         alpha_t = torch.dot(q, w)
         w = w - alpha_t * q - (beta * prev if prev is not None else 0)
         w, removed = _orthogonalize(w, basis[: step + 1])
@@ -183,11 +194,11 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
                 and (first_block is None or step + 1 - block_start > first_block)):
             break
         prev, q = q, w / beta_t
-    return _measured(result, matvec, basis[: result.steps], columns, alphas, betas, dropped,
+    return _measured(result, product, basis[: result.steps], columns, alphas, betas, dropped,
                      vectors, values, tol)
 
 
-def _measured(result: LanczosResult, matvec: Matvec, basis: torch.Tensor,
+def _measured(result: LanczosResult, product: Matvec, basis: torch.Tensor,
               columns: list[torch.Tensor], alphas: list[float], betas: list[float],
               dropped: list[tuple[int, float]], vectors: torch.Tensor, values: torch.Tensor,
               tol: float) -> LanczosResult:
@@ -203,9 +214,9 @@ def _measured(result: LanczosResult, matvec: Matvec, basis: torch.Tensor,
     if not wanted:
         return result
     s = vectors[:, wanted]
-    y = s[:, 0].to(device=basis.device, dtype=basis.dtype) @ basis
+    y = s[:, 0].to(device=basis.device) @ basis
     y = y / torch.linalg.vector_norm(y)
-    fresh_t = torch.linalg.vector_norm(matvec(y) - float(values[wanted[0]]) * y)
+    fresh_t = torch.linalg.vector_norm(product(y) - float(values[wanted[0]]) * y)
     numbers = read_finite(torch.cat((*columns, fresh_t[None])))
     cols, rows = torch.tril_indices(m, m)  # column j's rows 0..j, in the order they were stored
     H = torch.zeros(m + 1, m, dtype=torch.float64)
@@ -215,7 +226,8 @@ def _measured(result: LanczosResult, matvec: Matvec, basis: torch.Tensor,
     gap = H @ s  # A·y on q_0..q_m, minus θ·y on q_0..q_{m-1}
     gap[:m] -= s * values[wanted]
     residuals = torch.linalg.vector_norm(gap, dim=0) + _coupling_bound(s, dropped)
-    measured = (residuals + max(0.0, numbers[-1] - float(residuals[0]))).tolist()
+    rounding = max(0.0, numbers[-1] - float(residuals[0]))
+    measured = (residuals + rounding).tolist()
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
 
     def pairs(old: RitzPairs, residuals: list[float]) -> RitzPairs:
@@ -223,4 +235,4 @@ def _measured(result: LanczosResult, matvec: Matvec, basis: torch.Tensor,
                          converged=[r <= limit for r in residuals])
 
     return LanczosResult(pairs(result.top, measured[:top]), pairs(result.bottom, measured[top:]),
-                         result.steps, result.scale)
+                         result.steps, result.scale, rounding)
