@@ -16,8 +16,8 @@ rounding of a product itself (float32 HVPs), to every residual. The Krylov arith
 dot products, norms, reorthogonalization, T) is float64 whatever the operator's dtype: a
 float32 basis loses orthogonality at ~1e-7 per step, which bounds the Ritz values at ~1e-4
 on a model of millions of parameters, while the products' own rounding allows ~1e-6.
-Memory: the basis, steps·n float64 numbers, grown as steps are taken. Operator in, numbers out: ``matvec`` maps a vector (n,) or
-a block (k, n) of row vectors to A·v for each.
+Memory: the basis, steps·n float64 numbers, grown as steps are taken. Operator in, numbers
+out: ``matvec`` maps a vector (n,) or a block (k, n) of row vectors to A·v for each.
 """
 
 from __future__ import annotations
