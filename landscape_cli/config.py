@@ -16,19 +16,81 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
+from yaml.composer import ComposerError
+from yaml.nodes import MappingNode, Node, SequenceNode
 
-from landscape_cli.errors import ConfigError
+from landscape_cli.errors import CheckpointError, ConfigError
 
 CONFIG_FILENAME = "landscape.yaml"
 CONFIG_ENV = "LANDSCAPE_CONFIG"
 DEFAULT_CRITERION = "torch.nn:CrossEntropyLoss"
+#: A config is a short hand-written file; anything larger is a wrong file or an attack.
+MAX_CONFIG_BYTES = 1 << 20
+#: The values a document may hold once its aliases are expanded: as many as an alias-free
+#: file of MAX_CONFIG_BYTES can spell out (each value takes at least two bytes, "0,").
+MAX_VALUES = MAX_CONFIG_BYTES // 2
+#: How deeply a document may nest, aliases expanded (the composer, deepcopy and the JSON of
+#: the digest all recurse once per level).
+MAX_DEPTH = 64
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 class _SafeLoader(yaml.SafeLoader):
-    """``yaml.safe_load``, except that ``1e-3`` is a float (as in YAML 1.2 and JSON), not the
-    string PyYAML's YAML 1.1 rules make of an exponent without a dot."""
+    """``yaml.safe_load``, with two changes:
+
+    - ``1e-3`` is a float (as in YAML 1.2 and JSON), not the string PyYAML's YAML 1.1 rules
+      make of an exponent without a dot;
+    - a document holds at most MAX_VALUES values, nested at most MAX_DEPTH deep, counted as
+      if every alias (``*a``, ``<<: *a``) were a copy of what it names. Loading shares one
+      object per anchor, so a "billion laughs" document loads at once; whatever walks it
+      afterwards (the digest's JSON, pydantic) expands it and never ends.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open = 0  # collections being composed around the current node
+        self._extent: dict[int, tuple[int, int]] = {}  # id(node): (values, depth), expanded
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if id(node) not in self._extent:  # its anchor's collection is still open
+                raise ComposerError(None, None, f"alias *{event.anchor} refers to a collection "
+                                    "that contains it", event.start_mark)
+            return node
+        if self._open == MAX_DEPTH:  # before composing on: the composer recurses per level
+            raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                event.start_mark)
+        self._open += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._open -= 1
+        self._extent[id(node)] = self._measure(node)
+        return node
+
+    def _measure(self, node: Node) -> tuple[int, int]:
+        """(values, depth) of a composed node, from its children's, which are all known."""
+        if isinstance(node, SequenceNode):
+            children = node.value
+        elif isinstance(node, MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        extents = [self._extent[id(child)] for child in children]
+        values = 1 + sum(n for n, _ in extents)
+        depth = 1 + max((d for _, d in extents), default=0)
+        if values > MAX_VALUES:
+            raise ComposerError(None, None, f"aliases expand this to more than {MAX_VALUES} "
+                                "values", node.start_mark)
+        if depth > MAX_DEPTH:
+            raise ComposerError(None, None, f"aliases nest this more than {MAX_DEPTH} levels "
+                                "deep", node.start_mark)
+        return values, depth
 
 
 _SafeLoader.add_implicit_resolver(
@@ -39,11 +101,23 @@ _SafeLoader.add_implicit_resolver(
 
 
 def safe_load(text: str) -> Any:
+    """Parse YAML text (see ``_SafeLoader``); raises ``yaml.YAMLError``."""
     return yaml.load(text, Loader=_SafeLoader)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error. PyYAML's own text spans lines: the problem, then a
+    snippet of the source with a caret under the place."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    problem = ", ".join(p for p in parts if p) or str(exc).splitlines()[0]
+    return f"invalid YAML{where}: {problem}"
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never a meaningful setting (YAML spells them .inf, .nan, 1e999)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _FactorySection(_Section):
@@ -119,7 +193,7 @@ class Config(_Section):
     loss: LossSection = Field(default_factory=lambda: LossSection(factory=DEFAULT_CRITERION))
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**64, description="0 to 2**64-1, as torch.manual_seed")
     bn: Literal["eval", "train-stats"] = "eval"
     engine: EngineSection = EngineSection()
     python_path: list[str] = Field(default_factory=list)
@@ -128,11 +202,15 @@ class Config(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda", "mps") or (
-            value.startswith("cuda:") and value[5:].isdigit()
-        ):
-            return value
-        raise ValueError("must be auto, cpu, cuda or cuda:N")
+        """auto, cpu, cuda or cuda:N, and a CUDA device must exist here: the model and the
+        data would otherwise fail halfway through, on their way to it."""
+        if not DEVICE.fullmatch(value):
+            raise ValueError(f"'{value}' is not a device; use auto, cpu, cuda or cuda:N")
+        count = torch.cuda.device_count()  # 0 where CUDA is not available
+        if value.startswith("cuda") and int(value[5:] or 0) >= count:
+            have = f"only {count} CUDA device(s)" if count else "no CUDA device"
+            raise ValueError(f"'{value}' asked for, but this machine has {have}")
+        return value
 
     def sha256(self) -> str:
         """Digest of the resolved config, for reports and the batch cache."""
@@ -149,17 +227,19 @@ def find_config(explicit: str | None, checkpoint: str | None, cwd: Path | None =
     cwd = cwd or Path.cwd()
     if explicit:
         path = Path(explicit)
-        if not path.is_file():
+        if not path.exists():  # other troubles (a folder, no permission) show on reading it
             raise ConfigError(str(path), None, "config file not found (given with --config)")
         return path
     env = os.environ.get(CONFIG_ENV)
     if env:
         path = Path(env)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(str(path), None, f"config file not found (given by ${CONFIG_ENV})")
         return path
     looked: list[Path] = []
     if checkpoint:
+        if not Path(checkpoint).exists():  # the search starts there: "no config" would mislead
+            raise CheckpointError(f"{checkpoint}: checkpoint not found")
         start = Path(checkpoint).resolve()
         folder = start if start.is_dir() else start.parent
         for parent in (folder, *folder.parents):
@@ -184,16 +264,17 @@ def find_config(explicit: str | None, checkpoint: str | None, cwd: Path | None =
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], value), the value read as a YAML scalar/flow."""
+    """``a.b.c=value`` -> (["a", "b", "c"], value), the value read as a YAML scalar/flow.
+    Each part of the key is a non-empty name of printable characters."""
     key, sep, raw = text.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not all(p.strip() for p in parts):
+    parts = [p.strip() for p in key.split(".")]
+    if not sep or not all(p and p.isprintable() for p in parts):
         raise ConfigError("--set", text, "expected KEY.PATH=VALUE, e.g. data.batch_size=64")
     try:
         value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError("--set", key, f"value is not valid YAML: {exc}") from None
-    return [p.strip() for p in parts], value
+        raise ConfigError("--set", key.strip(), _yaml_problem(exc)) from None
+    return parts, value
 
 
 def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
@@ -262,22 +343,32 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+def _read_text(path: Path) -> str:
+    """A config file's text: UTF-8, at most MAX_CONFIG_BYTES."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)  # not its size: /dev/zero has none
+    except OSError as exc:
+        raise ConfigError(str(path), None, f"cannot read config: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), None, f"larger than {MAX_CONFIG_BYTES >> 20} MiB; "
+                          "a config is a short YAML file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), None, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                          f"offset {exc.start}); save it as UTF-8") from None
+
+
 def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read one config file, following ``extends`` (paths resolved per file)."""
     path = path.resolve()
     if path in _chain:
         raise ConfigError(str(path), "extends", "circular 'extends' chain")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), None, f"cannot read config: {exc.strerror}") from None
-    try:
-        raw = safe_load(text)
+        raw = safe_load(_read_text(path))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(str(path), None, f"invalid YAML{where}: {problem}") from None
+        raise ConfigError(str(path), None, _yaml_problem(exc)) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -291,7 +382,7 @@ def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(parent, str):
         raise ConfigError(str(path), "extends", "must be a path to another config file")
     base_path = Path(_absolute(parent, path.parent))
-    if not base_path.is_file():
+    if not base_path.exists():
         raise ConfigError(str(path), "extends", f"file not found: {base_path}")
     return deep_merge(read_yaml(base_path, (*_chain, path)), raw)
 

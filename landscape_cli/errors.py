@@ -8,10 +8,21 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
 
 
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character escaped (a newline shows as ``\\n``): keys,
+    global names and file names come from checkpoints, configs and the file system, and a
+    newline or a terminal escape in one of them must not break an error's single line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class LandscapeError(Exception):
-    """Bad input: usage, config, checkpoint, data, or a loss that is not finite (exit 2)."""
+    """Bad input: usage, config, checkpoint, data, or a loss that is not finite (exit 2). Its
+    message is always one printable line (``one_line``)."""
 
     exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: object = ""):
+        super().__init__(one_line(str(message)))
 
 
 class ConfigError(LandscapeError):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from landscape_cli.errors import CheckpointError
-from landscape_cli.loading.checkpoint import read_checkpoint, unsafe_globals
+from landscape_cli.loading.checkpoint import UnsafeCheckpoint, read_checkpoint
 from landscape_cli.loading.matching import common_prefix
 
 
@@ -41,21 +39,15 @@ class InspectResult:
                 "--allow-global NAME for each, or --trust-checkpoint"]
 
 
-def _is_pickle(path: Path) -> bool:
-    return path.is_file() and path.suffix != ".safetensors"
-
-
 def inspect_checkpoint(path: str | Path, key: str = "auto") -> InspectResult:
-    """Describe a checkpoint; an unsafe pickle is described by its globals, not loaded."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    refused = unsafe_globals(path) if _is_pickle(path) and path.stat().st_size else []
-    if refused:
-        fmt = "pickle" if not zipfile.is_zipfile(path) else "torch_zip"
-        return InspectResult(format=fmt, key=None, tensors=[], n_params=0, n_tensors=0,
-                             detected_prefix=None, unsafe_globals=refused)
-    ckpt = read_checkpoint(path, key)
+    """Describe a checkpoint. It is read as the analyses read it (``weights_only=True``, which
+    runs nothing); one that this refuses, a file or a folder's shard, is described by the
+    globals it names instead of failing."""
+    try:
+        ckpt = read_checkpoint(path, key)
+    except UnsafeCheckpoint as refused:
+        return InspectResult(format=refused.format, key=None, tensors=[], n_params=0,
+                             n_tensors=0, detected_prefix=None, unsafe_globals=refused.names)
     tensors = [{"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
                 "numel": t.numel()} for name, t in ckpt.tensors.items()]
     prefix = common_prefix(list(ckpt.tensors), attribute=ckpt.format == "lightning")

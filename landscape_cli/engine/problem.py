@@ -10,6 +10,8 @@ batch, never the dataset.
 from __future__ import annotations
 
 import fnmatch
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape_cli.errors import ConfigError, DataError, LandscapeError, NumericalError
+from landscape_cli.errors import ConfigError, LandscapeError, NumericalError
 from landscape_cli.loading.data import Batches, to_device
+from landscape_cli.loading.factory import USER_CODE_ERRORS, describe_exception
 
 LossFn = Callable[[nn.Module, Any], Any]
+#: What a loss may return, by the config key that names it.
+LOSS_FORMS = {
+    "loss.fn": "fn(model, batch) must return the mean loss over the batch as a real scalar "
+               "tensor computed from the model's outputs, or a pair (mean loss, sample count)",
+    "loss.factory": "a criterion must return the mean loss over the batch as a real scalar "
+                    "tensor (check its reduction)",
+}
 
 
 def call_model(model: nn.Module, inputs: Any, params: dict[str, torch.Tensor] | None = None) -> Any:
@@ -37,16 +47,22 @@ def call_model(model: nn.Module, inputs: Any, params: dict[str, torch.Tensor] | 
     return torch.func.functional_call(model, params, args, kwargs)
 
 
+@dataclass(frozen=True)
+class CriterionLoss:
+    """``criterion(outputs, targets)`` (``loss.factory``) as ``fn(model, (inputs, targets))``."""
+
+    criterion: Callable[[Any, Any], torch.Tensor]
+
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError("a criterion loss needs batches of (inputs, targets); use loss.fn "
+                             "for other batch shapes")
+        return self.criterion(call_model(model, batch[0]), batch[1])
+
+
 def criterion_loss(criterion: Callable[[Any, Any], torch.Tensor]) -> LossFn:
     """Turn ``criterion(outputs, targets)`` into ``fn(model, (inputs, targets))``."""
-
-    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise DataError("data: a criterion loss needs batches of (inputs, targets); "
-                            "use loss.fn for other batch shapes")
-        return criterion(call_model(model, batch[0]), batch[1])
-
-    return loss
+    return CriterionLoss(criterion)
 
 
 def is_classification(batch: Any) -> bool:
@@ -64,18 +80,27 @@ def top1_correct(outputs: Any, targets: torch.Tensor) -> int | None:
 
 
 class Objective(nn.Module):
-    """The model with its loss attached, so one functional call gives (mean loss, weight)."""
+    """The model with its loss attached, so that one functional call runs both."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, batch: Any) -> tuple[torch.Tensor, int | None]:
-        out = self.loss_fn(self.model, batch)
-        if isinstance(out, (tuple, list)):  # fn may return (mean loss, number it averages)
-            return out[0], int(out[1])
-        return out, None
+    @property
+    def key(self) -> str:
+        """The config key that names the loss."""
+        return "loss.factory" if isinstance(self.loss_fn, CriterionLoss) else "loss.fn"
+
+    def forward(self, batch: Any) -> Any:
+        """What the loss returns: the mean loss, or (mean loss, sample count); ``build_problem``
+        checks every batch's once."""
+        return self.loss_fn(self.model, batch)
+
+
+def mean_loss(out: Any) -> torch.Tensor:
+    """The mean loss in what the objective returned."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def select_parameters(model: nn.Module, patterns: Sequence[str] = ()) -> list[str]:
@@ -129,7 +154,7 @@ class Problem:
 
     def mean_batch_loss(self, theta: torch.Tensor, batch: Any) -> torch.Tensor:
         """L_b(θ), the mean loss over one batch already on the device."""
-        return torch.func.functional_call(self.objective, self.unflatten(theta), (batch,))[0]
+        return mean_loss(torch.func.functional_call(self.objective, self.unflatten(theta), (batch,)))
 
     def evaluate(self, theta: torch.Tensor | None = None) -> tuple[float, float | None]:
         """Dataset loss (and accuracy, for classification) at θ, without gradients."""
@@ -180,33 +205,86 @@ def build_problem(model: nn.Module, loss_fn: LossFn, data: Batches, *, bn: str =
         dtype=dtype,
         classification=accuracy and all(is_classification(b) for b in batches),
     )
-    problem.weights = _batch_weights(problem, data.sizes)
+    problem.weights = _batch_weights(problem, data)
     offsets = torch.tensor([0] + [s.numel() for s in problem.shapes]).cumsum(0).tolist()
     problem.groups = {n: slice(a, b) for n, a, b in zip(names, offsets[:-1], offsets[1:])}
     return problem
 
 
-def _batch_weights(problem: Problem, sizes: list[int]) -> list[float]:
+def _batch_weights(problem: Problem, data: Batches) -> list[float]:
     """n_b / N, where n_b is the batch size or the count ``loss.fn`` returns with its mean."""
-    counts: list[float] = []
-    with torch.no_grad():
-        for i, size in enumerate(sizes):
-            try:
-                loss, count = torch.func.functional_call(
-                    problem.objective, problem.unflatten(problem.theta0), (problem.batch(i),))
-            except LandscapeError:
-                raise
-            except Exception as exc:
-                raise ConfigError("model/loss", None, f"the forward pass failed: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ConfigError("loss", None, "the loss must be a scalar tensor (a mean over "
-                                  "the batch); check the criterion's reduction")
-            if not torch.isfinite(loss):
-                raise NumericalError(f"the loss is not finite ({loss.item()}) at the checkpoint's "
-                                     "weights on a data batch; check the weights and the data")
-            counts.append(float(count if count is not None else size))
+    counts = []
+    for index, size in enumerate(data.sizes):
+        count = _checked_loss(problem, index, data.source)
+        counts.append(float(size) if count is None else count)
     total = sum(counts)
-    if total <= 0:
-        raise DataError("data: the batches carry no samples")
     return [c / total for c in counts]
+
+
+def _checked_loss(problem: Problem, index: int, source: str) -> float | None:
+    """Run the loss on batch ``index`` at the checkpoint's weights and check what it returns
+    (``LOSS_FORMS``): a finite real scalar, with a positive count if any, and, on the first
+    batch, one with a graph back to the weights: a detached loss has no Hessian, and the
+    analysis would fail on it far from its cause. Returns the count (None: not given)."""
+    key = problem.objective.key
+    first = index == 0
+    theta = problem.theta0.detach().requires_grad_(first)
+    with torch.set_grad_enabled(first):
+        try:
+            out = torch.func.functional_call(problem.objective, problem.unflatten(theta),
+                                             (problem.batch(index),))
+        except USER_CODE_ERRORS as exc:
+            raise ConfigError(source, None, f"the forward pass (the model, then {key}) failed on "
+                              f"batch {index}: {describe_exception(exc)}") from exc
+    pair = isinstance(out, (tuple, list))
+    if (pair and len(out) != 2) or not _is_scalar(mean_loss(out)):
+        raise ConfigError(source, key, f"returned {_describe(out)} for batch {index}; "
+                          f"{LOSS_FORMS[key]}")
+    loss = mean_loss(out)
+    if first and not loss.requires_grad:
+        raise ConfigError(source, key, f"returned a loss that does not depend on the parameters "
+                          f"(no grad_fn: detached, made under torch.no_grad or from a number) for "
+                          f"batch {index}; {LOSS_FORMS[key]}")
+    if not torch.isfinite(loss):
+        raise NumericalError(f"the loss is not finite ({loss.item()}) at the checkpoint's "
+                             "weights on a data batch; check the weights and the data")
+    return _positive_count(out[1], key, index, source) if pair else None
+
+
+def _is_scalar(loss: Any) -> bool:
+    """A real floating-point tensor of one element: something to take a Hessian of."""
+    return isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()
+
+
+def _positive_count(count: Any, key: str, index: int, source: str) -> float:
+    """The sample count a loss returned with its mean, as a number > 0 (the batch's weight
+    in the dataset mean is its share of all counts)."""
+    value = _number(count)
+    if value is None or not math.isfinite(value) or value <= 0:
+        shown = _describe(count) if value is None else f"{value:g}"
+        raise ConfigError(source, key, f"returned a sample count of {shown} for batch {index}; "
+                          "counts must be positive numbers")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """A real number, or a tensor holding one, as a float; None for anything else."""
+    if isinstance(value, torch.Tensor):
+        return float(value) if value.numel() == 1 and not value.is_complex() else None
+    return float(value) if isinstance(value, numbers.Real) else None
+
+
+def _describe(value: Any) -> str:
+    """What a loss returned, in a few words: its type, and a tensor's dtype and shape."""
+    if value is None:
+        return "None"
+    if isinstance(value, torch.Tensor):
+        return _a(f"{str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}")
+    if isinstance(value, (tuple, list)):
+        items = ", ".join(_describe(v) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+        return f"a {type(value).__name__} of {len(value)} ({items})"
+    return _a(type(value).__name__)
+
+
+def _a(words: str) -> str:
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"

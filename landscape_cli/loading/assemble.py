@@ -12,7 +12,7 @@ from torch import nn
 
 from landscape_cli.config import Config
 from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss
-from landscape_cli.errors import ConfigError, LandscapeError
+from landscape_cli.errors import CheckpointError, ConfigError, LandscapeError
 from landscape_cli.loading.checkpoint import Checkpoint, read_checkpoint
 from landscape_cli.loading.data import load_batches
 from landscape_cli.loading.factory import add_python_path, call, resolve
@@ -82,12 +82,38 @@ def build_loss(config: Config) -> LossFn:
 
 
 def load_weights(model: nn.Module, checkpoint: Checkpoint, config: Config) -> Match:
-    """Match the checkpoint's keys to the model's (prefixes, strictness) and load them."""
+    """Match the checkpoint's keys to the model's (prefixes, strictness, shapes, dtypes) and
+    load them into the model held in the analysis dtype, so that a float64 checkpoint analysed
+    in float64 keeps every digit; non-finite weights are refused."""
     spec = config.checkpoint
     match = match_state_dict(checkpoint.tensors, model.state_dict(), spec.strip_prefix,
                              spec.strict, source=str(checkpoint.path))
+    model.to(DTYPES[config.dtype])
     model.load_state_dict(match.tensors, strict=False)
+    _refuse_non_finite(model, match, checkpoint.path)
     return match
+
+
+def _non_finite(tensor: torch.Tensor) -> list[str]:
+    """Which non-finite values (``nan``, ``inf``) a tensor holds; none for integers."""
+    if not (tensor.is_floating_point() or tensor.is_complex()) or torch.isfinite(tensor).all():
+        return []
+    return [word for word, test in (("nan", torch.isnan), ("inf", torch.isinf))
+            if test(tensor).any()]
+
+
+def _refuse_non_finite(model: nn.Module, match: Match, path: Path) -> None:
+    """A NaN or Inf in any floating tensor the model takes from the checkpoint (parameter or
+    buffer) makes every loss meaningless: the first one is named before any analysis runs.
+    The values checked are those loaded, so a float64 value that overflows float32 counts."""
+    state = model.state_dict()
+    for name, original in match.tensors.items():
+        found = _non_finite(state[name])
+        if found:
+            overflow = "" if _non_finite(original) else (
+                f" once converted from {original.dtype} to {state[name].dtype}")
+            raise CheckpointError(f"{path}: weight '{name}' holds non-finite values ({', '.join(found)})"
+                                  f"{overflow}, so the loss is not finite")
 
 
 def load(config: Config, checkpoint_path: str | Path, options: LoadOptions = LoadOptions()) -> Loaded:
@@ -99,7 +125,7 @@ def load(config: Config, checkpoint_path: str | Path, options: LoadOptions = Loa
                                  options.trust_checkpoint)
     model = build_model(config)
     match = load_weights(model, checkpoint, config)
-    warnings = _match_warnings(match)
+    warnings = [*_match_warnings(match), *_conversion_warnings(match, dtype)]
     loss_fn = build_loss(config)
     data = load_batches(config, options.max_batches)
     problem = build_problem(model, loss_fn, data, bn=config.bn, params=options.params,
@@ -108,15 +134,37 @@ def load(config: Config, checkpoint_path: str | Path, options: LoadOptions = Loa
                   n_model_params=sum(p.numel() for p in model.parameters()), warnings=warnings)
 
 
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+
+
 def _match_warnings(match: Match) -> list[str]:
     out: list[str] = []
     for label, names in (("missing from the checkpoint (left at the factory's values)", match.missing),
                          ("in the checkpoint but not in the model (ignored)", match.unexpected),
                          (f"outside the stripped prefix '{match.prefix}' (ignored)", match.ignored)):
         if names:
-            shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
-            out.append(f"{len(names)} key(s) {label}: {shown}")
+            out.append(f"{len(names)} key(s) {label}: {_shown(names)}")
     return out
+
+
+def _conversion_warnings(match: Match, dtype: torch.dtype) -> list[str]:
+    """One warning listing the dtype conversions loading made, by pair of dtypes: a float16
+    checkpoint analysed in float32 works, but the file's numbers are not analysed as they are.
+
+    Floating weights are loaded in the analysis dtype: a checkpoint already in it is loaded
+    exactly, and one in the model's own dtype is analysed in the dtype the user chose (both
+    unreported: ``match.converted`` only holds tensors whose dtype is not the model's)."""
+    groups: dict[tuple[torch.dtype, torch.dtype], list[str]] = {}
+    for name, got, want in match.converted:
+        target = dtype if want.is_floating_point else want
+        if got != target:
+            groups.setdefault((got, target), []).append(name)
+    if not groups:
+        return []
+    pairs = [f"{str(got).removeprefix('torch.')} to {str(target).removeprefix('torch.')} for "
+             f"{len(names)} tensor(s): {_shown(names)}" for (got, target), names in groups.items()]
+    return [f"checkpoint tensors converted to the model's dtype: {'; '.join(pairs)}"]
 
 
 def describe_checkpoint(loaded: Loaded) -> dict[str, Any]:

@@ -4,20 +4,27 @@ Pickles are always loaded with ``torch.load(weights_only=True)``; a file that ne
 globals is refused, naming them (found without executing anything), unless the user
 allows those globals by name or passes ``--trust-checkpoint``. Safetensors files and
 Hugging Face style folders (single file, sharded index, ``pytorch_model.bin``) are read too.
+
+A checkpoint is untrusted data: whatever its bytes, reading it either succeeds or raises a
+``CheckpointError`` whose message is one line starting with the file's path.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
+import copyreg
 import hashlib
 import importlib
+import io
 import json
-import pickle
+import math
 import pickletools
+import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -60,72 +67,146 @@ class Checkpoint:
         return digest.hexdigest()
 
 
+# ----------------------------------------------------------------------------- errors
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """``weights_only=True`` refused a pickle that names globals outside its allowlist."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.path, self.names = path, names
+        self.format = "torch_zip" if zipfile.is_zipfile(path) else "pickle"
+        super().__init__(
+            f"{path}: refused to unpickle {', '.join(names)} (weights_only=True). Allow them by "
+            "name with --allow-global NAME, or pass --trust-checkpoint if you trust this file "
+            "(it can run arbitrary code)")
+
+
+#: Lines torch wraps around a weights_only failure: advice, not the cause.
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of a reader's exception in a few words: the first sentence of the first line
+    of its message that is not torch's boilerplate advice, cut short."""
+    lines = (line.strip() for line in str(exc).splitlines())
+    cause = next((line for line in lines if line and not line.startswith(_TORCH_ADVICE)), "")
+    cause = cause.split(". ")[0][:200]
+    return f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
+
+
 # ----------------------------------------------------------------------------- unsafe globals
 
 
-def _allowed_global_names() -> set[str]:
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    names = set(_get_allowed_globals())
-    for entry in torch.serialization.get_safe_globals():
-        obj = entry[0] if isinstance(entry, tuple) else entry
-        names.add(f"{obj.__module__}.{obj.__qualname__}")
-    return names
+_MARK = object()  # a MARK on the symbolic stack
+_STRING_RESULTS = ([pickletools.pyunicode], [pickletools.pybytes_or_str])
+#: A legacy (non-zip) torch file is five pickles (magic number, protocol, system info, the
+#: object, storage keys) followed by raw storage bytes, which are not to be parsed.
+_LEGACY_PICKLES = 5
 
 
-_MEMO_PUT = ("PUT", "BINPUT", "LONG_BINPUT")
-_MEMO_GET = ("GET", "BINGET", "LONG_BINGET")
+def _python3_name(module: str, name: str) -> str:
+    """``module.name`` as unpickling imports it: Python 2 names (``__builtin__.set``, which
+    ``torch.save``'s protocol 2 writes) are mapped to their Python 3 homes, as pickle does."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
 
 
-def _pickle_globals(path: Path) -> list[str]:
-    """Globals named by a legacy (non-zip) pickle, read opcode by opcode, never executed.
+def _named_global(op: pickletools.OpcodeInfo, arg: Any, stack: list[Any]) -> str | None:
+    """The global an opcode loads, if it loads one: GLOBAL and INST carry ``module name``,
+    STACK_GLOBAL takes both from the stack, EXT1/2/4 look a code up in copyreg's registry.
+    (OBJ, NEWOBJ, REDUCE and BUILD only call what one of these pushed.)"""
+    if op.name in ("GLOBAL", "INST"):
+        return _python3_name(*str(arg).split(" ", 1))
+    if op.name == "STACK_GLOBAL":
+        module, name = stack[-2:] if len(stack) >= 2 else (None, None)
+        both = isinstance(module, str) and isinstance(name, str)
+        return _python3_name(module, name) if both else "<unnamed STACK_GLOBAL>"
+    if op.name in ("EXT1", "EXT2", "EXT4"):
+        module_name = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
+        return _python3_name(*module_name) if module_name else f"<extension code {arg}>"
+    return None
 
-    ``STACK_GLOBAL`` takes its module and name from the stack, and protocol 4 pickles push a
-    repeated module name from the memo (``BINGET``): the memo is followed to name it right."""
+
+def _pop(op: pickletools.OpcodeInfo, stack: list[Any]) -> None:
+    """Remove what ``op`` consumes: down to the last MARK if it takes a mark, and then (or
+    otherwise) one entry per object it takes. A stack that runs short is a malformed pickle."""
+    count = len(op.stack_before)
+    if pickletools.markobject in op.stack_before:
+        count = op.stack_before.index(pickletools.markobject)
+        marks = [i for i, item in enumerate(stack) if item is _MARK]
+        del stack[marks[-1]:]  # IndexError without a MARK
+    if count > len(stack):
+        raise IndexError(f"{op.name} on a stack of {len(stack)}")
+    del stack[len(stack) - count:]
+
+
+def _step(op: pickletools.OpcodeInfo, arg: Any, stack: list[Any], memo: dict[Any, Any]) -> None:
+    """Apply one opcode's effect to a stack that keeps strings (what STACK_GLOBAL can name) and
+    stands ``None`` for every other object; the memo keeps what was put there."""
+    if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+        memo[len(memo) if op.name == "MEMOIZE" else arg] = stack[-1]
+    elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+        stack.append(memo.get(arg))
+    elif op.name == "DUP":
+        stack.append(stack[-1])
+    else:
+        _pop(op, stack)
+        value = arg if op.stack_after in _STRING_RESULTS and isinstance(arg, str) else None
+        stack.extend(_MARK if item is pickletools.markobject else value for item in op.stack_after)
+
+
+def _pickle_globals(stream: IO[bytes], count: int) -> list[str]:
+    """Globals named by up to ``count`` consecutive pickles, read opcode by opcode on a
+    symbolic stack, never executed. The end of the stream or a malformed pickle ends the scan,
+    keeping what came before."""
     found: list[str] = []
-    with open(path, "rb") as handle:
-        while True:
-            pushed: list[Any] = []  # what each opcode left on the stack, strings kept
-            memo: dict[int, Any] = {}
-            try:
-                for op, arg, _ in pickletools.genops(handle):
-                    if op.name in ("PROTO", "FRAME", "STOP"):
-                        continue
-                    last = pushed[-1] if pushed else None
-                    if op.name == "MEMOIZE":
-                        memo[len(memo)] = last
-                    elif op.name in _MEMO_PUT:
-                        memo[int(arg)] = last
-                    elif op.name in _MEMO_GET:
-                        pushed.append(memo.get(int(arg)))
-                    elif op.name == "GLOBAL":
-                        found.append(str(arg).replace(" ", "."))
-                        pushed.append(None)
-                    elif op.name == "STACK_GLOBAL":
-                        module, name = (pushed[-2:] if len(pushed) >= 2 else (None, None))
-                        if isinstance(module, str) and isinstance(name, str):
-                            found.append(f"{module}.{name}")
-                        else:
-                            found.append("<unnamed STACK_GLOBAL>")
-                        pushed.append(None)
-                    else:
-                        pushed.append(arg if isinstance(arg, str) else None)
-            except Exception:
-                break
-            if not pushed:
-                break
+    for _ in range(count):
+        stack: list[Any] = []
+        memo: dict[Any, Any] = {}
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                name = _named_global(op, arg, stack)
+                if name is not None:
+                    found.append(name)
+                _step(op, arg, stack, memo)
+        except Exception:  # the end of the file, or bytes that are no (further) pickle
+            break
     return found
+
+
+def _zip_pickles(path: Path) -> Iterator[IO[bytes]]:
+    """The ``data.pkl`` members of a torch zip (the pickle ``torch.load`` runs); none if
+    the zip cannot be read, or is a TorchScript archive (``constants.pkl``), whose pickles
+    ``weights_only=True`` refuses to run at all."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            by_name = [(n.rpartition("/")[2], n) for n in archive.namelist()]
+            torchscript = any(base == "constants.pkl" for base, _ in by_name)
+            members = [] if torchscript else [archive.read(n) for base, n in by_name
+                                              if base == "data.pkl"]
+    except Exception:  # a zip this module cannot read: nothing to list
+        return
+    yield from map(io.BytesIO, members)
+
+
+def _allowed_global_names() -> set[str]:
+    """What the weights_only unpickler accepts right now: its defaults and the user's."""
+    from torch._weights_only_unpickler import _get_allowed_globals, _get_user_allowed_globals
+
+    return set(_get_allowed_globals()) | set(_get_user_allowed_globals())
 
 
 def unsafe_globals(path: Path) -> list[str]:
     """The globals in a pickle checkpoint that ``weights_only=True`` refuses, sorted."""
     if zipfile.is_zipfile(path):
-        try:
-            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-        except Exception:
-            return []
+        found = [name for stream in _zip_pickles(path) for name in _pickle_globals(stream, 1)]
+    else:
+        with open(path, "rb") as handle:
+            found = _pickle_globals(handle, _LEGACY_PICKLES)
     allowed = _allowed_global_names()
-    return sorted({name for name in _pickle_globals(path) if name not in allowed})
+    return sorted({name for name in found if name not in allowed})
 
 
 def _import_global(name: str) -> Any:
@@ -141,31 +222,25 @@ def _import_global(name: str) -> Any:
 
 
 def _torch_load(path: Path, allow_globals: Iterable[str], trust: bool) -> Any:
-    if trust:
+    """``torch.load`` of an untrusted file: a failure is the file's fault, whatever torch
+    raises (an empty pickle stack, a short read, a bad zip member, an allowed global called
+    with garbage). It is a refusal naming the globals the pickle needs, when it names any
+    that are not allowed, else a corrupt file."""
+    extra = [] if trust else [_import_global(name) for name in allow_globals]
+    with torch.serialization.safe_globals(extra):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            with warnings.catch_warnings():
+                # torch warns about pickle protocols and formats on stderr: the outcome
+                # (loaded or refused) says all, and stderr keeps to one line.
+                warnings.simplefilter("ignore")
+                return torch.load(path, map_location="cpu", weights_only=not trust)
         except Exception as exc:
-            raise CheckpointError(f"{path}: cannot be read: {type(exc).__name__}: {exc}") from None
-    extra = [_import_global(name) for name in allow_globals]
-    try:
-        with torch.serialization.safe_globals(extra):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        names = unsafe_globals(path)
-        if names or "Weights only load failed" in str(exc):
-            listed = ", ".join(names) if names else "objects other than tensors"
-            raise CheckpointError(
-                f"{path}: refused to unpickle {listed} (weights_only=True). Allow them by name "
-                "with --allow-global NAME, or pass --trust-checkpoint if you trust this file "
-                "(it can run arbitrary code)"
-            ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({exc})") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        detail = str(exc).split(". ")[0] or type(exc).__name__
-        raise CheckpointError(
-            f"{path}: cannot be read; the file is truncated, corrupt or not a PyTorch "
-            f"checkpoint ({detail})"
-        ) from None
+            names = [] if trust else unsafe_globals(path)
+            if names:
+                raise UnsafeCheckpoint(path, names) from None
+            how = "torch.load" if trust else "torch.load with weights_only=True"
+            raise CheckpointError(f"{path}: corrupt or truncated checkpoint, or a format {how} cannot "
+                                  f"read ({_reason(exc)})") from None
 
 
 def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -175,8 +250,9 @@ def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             meta = handle.metadata() or {}
             return {name: handle.get_tensor(name) for name in handle.keys()}, meta  # noqa: SIM118
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot be read as safetensors ({exc})") from None
+    except Exception as exc:  # the library's own errors, for any header or data it rejects
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint; cannot be read as safetensors "
+                              f"({_reason(exc)})") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -228,9 +304,13 @@ def _select(obj: Any, key: str, path: Path) -> tuple[dict[str, torch.Tensor], st
 
 
 def _metadata(obj: Any) -> dict[str, Any]:
+    """The known metadata keys (``METADATA_KEYS``) that hold a string or a finite number:
+    nothing else a file carries may reach the report."""
     if not isinstance(obj, Mapping):
         return {}
-    return {k: obj[k] for k in METADATA_KEYS if isinstance(obj.get(k), (int, float, str))}
+    return {k: obj[k] for k in METADATA_KEYS
+            if isinstance(obj.get(k), (int, str)) or (isinstance(obj.get(k), float)
+                                                       and math.isfinite(obj[k]))}
 
 
 def _format_of(obj: Any, key: str | None) -> str:
@@ -242,41 +322,97 @@ def _format_of(obj: Any, key: str | None) -> str:
     return "state_dict" if key is None else f"wrapped:{key}"
 
 
-def _read_sharded_index(index: Path) -> list[Path]:
+# ----------------------------------------------------------------------------- folders
+
+
+def _containment_root(folder: Path) -> Path:
+    """The folder a folder checkpoint's files must resolve into: the folder itself, or for a
+    Hugging Face cache snapshot (``<repo>/snapshots/<revision>``, whose files are symlinks
+    into ``<repo>/blobs``) the cached repository."""
+    real = folder.resolve()
+    if real.parent.name == "snapshots" and (real.parent.parent / "blobs").is_dir():
+        return real.parent.parent
+    return real
+
+
+def _folder_file(folder: Path, name: str, source: Path) -> Path:
+    """``folder / name``, refused unless it resolves (symlinks followed) inside the folder:
+    an index entry such as ``../x`` or ``/abs/x``, or a symlink planted in the folder, must
+    not make the tool read files elsewhere. ``source`` is the file that named it."""
+    file = folder / name
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index}: not a valid shard index ({exc})") from None
-    shards = [index.parent / name for name in sorted(set(weight_map.values()))]
-    missing = [str(s.name) for s in shards if not s.is_file()]
+        inside = file.resolve().is_relative_to(_containment_root(folder))
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+        raise CheckpointError(f"{source}: entry '{name}' cannot be resolved ({_reason(exc)})") from None
+    if not inside:
+        raise CheckpointError(f"{source}: entry '{name}' lies outside the checkpoint folder {folder}; "
+                              "refused")
+    return file
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The shard files a ``*.index.json`` names. Its ``weight_map`` must be a non-empty
+    object mapping tensor names to file names; anything else is a malformed index."""
+    try:
+        doc = json.loads(index.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{index}: not a valid shard index ({_reason(exc)})") from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: not a valid shard index: 'weight_map' must be a non-empty "
+                              "object mapping tensor names to shard files")
+    bad = next((k for k, v in weight_map.items() if not isinstance(v, str) or not v), None)
+    if bad is not None:
+        raise CheckpointError(f"{index}: weight_map entry '{bad}' is not a file name: "
+                              f"{json.dumps(weight_map[bad])[:80]}")
+    return sorted(set(weight_map.values()))
+
+
+def _shard_files(index: Path) -> list[Path]:
+    names = _shard_names(index)
+    files = [_folder_file(index.parent, name, index) for name in names]
+    missing = [name for name, file in zip(names, files) if not file.is_file()]
     if missing:
         raise CheckpointError(f"{index}: shard files missing: {', '.join(missing)}")
-    return shards
+    return files
+
+
+def _merge(parts: list[tuple[Path, dict[str, torch.Tensor]]], folder: Path) -> dict[str, torch.Tensor]:
+    """One state dict from a folder's files; a tensor in two files is ambiguous."""
+    tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+    for file, part in parts:
+        for name, tensor in part.items():
+            if name in tensors:
+                raise CheckpointError(f"{folder}: tensor '{name}' is in both {origin[name].name} and "
+                                      f"{file.name}")
+            tensors[name], origin[name] = tensor, file
+    return tensors
 
 
 def _read_folder(path: Path, key: str, allow_globals: Iterable[str], trust: bool) -> Checkpoint:
     present = [name for name in HF_FILES if (path / name).is_file()]
     if not present:
         raise CheckpointError(f"{path}: a folder checkpoint needs one of {', '.join(HF_FILES)}")
-    name = present[0]
-    files = _read_sharded_index(path / name) if name.endswith(".index.json") else [path / name]
-    tensors: dict[str, torch.Tensor] = {}
+    entry = _folder_file(path, present[0], path)
+    files = _shard_files(entry) if entry.name.endswith(".index.json") else [entry]
+    parts = []
     for file in files:
         if file.suffix == ".safetensors":
             part, _ = _safetensors_load(file)
         else:
             part, _ = _select(_torch_load(file, allow_globals, trust), key, file)
-        tensors.update(part)
+        parts.append((file, part))
     fmt = "hf_safetensors" if files[0].suffix == ".safetensors" else "hf_bin"
     if len(files) > 1:
         fmt += "_sharded"
-    return Checkpoint(path=path, format=fmt, tensors=tensors, files=files)
+    return Checkpoint(path=path, format=fmt, tensors=_merge(parts, path), files=files)
 
 
-def read_checkpoint(path: str | Path, key: str = "auto", allow_globals: Iterable[str] = (),
-                    trust: bool = False) -> Checkpoint:
-    """Read the tensors of a checkpoint file or folder; never runs code it carries."""
-    path = Path(path)
+# ----------------------------------------------------------------------------- entry point
+
+
+def _read(path: Path, key: str, allow_globals: Iterable[str], trust: bool) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
@@ -286,8 +422,18 @@ def read_checkpoint(path: str | Path, key: str = "auto", allow_globals: Iterable
     if path.suffix == ".safetensors":
         tensors, meta = _safetensors_load(path)
         return Checkpoint(path=path, format="safetensors", tensors=tensors,
-                          metadata=dict(meta), files=[path])
+                          metadata=_metadata(meta), files=[path])
     obj = _torch_load(path, allow_globals, trust)
     tensors, used = _select(obj, key, path)
     return Checkpoint(path=path, format=_format_of(obj, used), tensors=tensors, key=used,
                       metadata=_metadata(obj), files=[path])
+
+
+def read_checkpoint(path: str | Path, key: str = "auto", allow_globals: Iterable[str] = (),
+                    trust: bool = False) -> Checkpoint:
+    """Read the tensors of a checkpoint file or folder; never runs code it carries."""
+    path = Path(path)
+    try:
+        return _read(path, key, allow_globals, trust)
+    except OSError as exc:  # unreadable (permissions, a vanished file): still the input's fault
+        raise CheckpointError(f"{path}: cannot be read ({_reason(exc)})") from None

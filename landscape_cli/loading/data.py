@@ -8,6 +8,7 @@ deterministic function of the weights, whatever shuffling the user's loader does
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from landscape_cli.config import Config
 from landscape_cli.errors import DataError
-from landscape_cli.loading.factory import call
+from landscape_cli.loading.factory import USER_CODE_ERRORS, call, describe_exception
 
 
 @dataclass
 class Batches:
-    """A fixed list of batches and the number of samples in each."""
+    """A fixed list of batches, the number of samples in each, and the config file that
+    named them (what the checks of the loss on them name)."""
 
     batches: list[Any]
     sizes: list[int]
+    source: str = "<config>"
 
     @property
     def n_samples(self) -> int:
@@ -48,11 +51,11 @@ def first_tensor(obj: Any) -> torch.Tensor | None:
     return None
 
 
-def batch_size(batch: Any) -> int:
+def batch_size(batch: Any, where: str = "data") -> int:
     """Samples in a batch: the leading dimension of its first tensor."""
     tensor = first_tensor(batch)
     if tensor is None or tensor.dim() == 0:
-        raise DataError("data: a batch holds no tensor with a batch dimension")
+        raise DataError(f"{where}: a batch holds no tensor with a batch dimension")
     return int(tensor.shape[0])
 
 
@@ -107,27 +110,45 @@ def _head(batch: Any, n: int) -> Any:
 
 
 def _read_arrays(path: Path, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Arrays ``x`` and ``y`` of a .npz, or of a .pt that holds a dict (only these two are
+    read: another array, of objects say, does not matter)."""
+    where = f"{source}: data.path: {path}"
     if not path.is_file():
-        raise DataError(f"{source}: data.path: file not found: {path}")
+        raise DataError(f"{where}: {'not a regular file' if path.exists() else 'file not found'}")
+    if path.suffix not in (".npz", ".pt", ".pth"):
+        raise DataError(f"{where}: expected a .npz or .pt file")
     try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:
-                found = dict(arrays)
-        elif path.suffix in (".pt", ".pth"):
-            found = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise DataError(f"{source}: data.path: {path.name}: expected a .npz or .pt file")
-    except DataError:
-        raise
+        found = (np.load(path, allow_pickle=False) if path.suffix == ".npz"
+                 else torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:
-        raise DataError(f"{source}: data.path: cannot read {path}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(found, Mapping) or "x" not in found or "y" not in found:
-        keys = ", ".join(map(str, found)) if isinstance(found, Mapping) else type(found).__name__
-        raise DataError(f"{source}: data.path: {path.name} must hold arrays 'x' and 'y' (found {keys})")
-    x, y = (torch.as_tensor(np.asarray(found[k])) if not isinstance(found[k], torch.Tensor)
-            else found[k] for k in ("x", "y"))
-    if x.shape[:1] != y.shape[:1]:
-        raise DataError(f"{source}: data.path: x has {x.shape[0]} samples but y has {y.shape[0]}")
+        raise DataError(f"{where}: cannot be read: {describe_exception(exc)}") from None
+    with found if isinstance(found, np.lib.npyio.NpzFile) else nullcontext():
+        if not isinstance(found, Mapping):
+            raise DataError(f"{where}: holds a {type(found).__name__}, not a dict of arrays "
+                            "'x' and 'y'")
+        x, y = (_array(found, name, where) for name in ("x", "y"))
+    return _checked_pair(x, y, where)
+
+
+def _array(found: Mapping, name: str, where: str) -> torch.Tensor:
+    """``found[name]`` as a tensor (an .npz reads it only now)."""
+    if name not in found:
+        held = ", ".join(repr(k) for k in list(found)[:8]) or "nothing"
+        raise DataError(f"{where}: has no array '{name}' (it holds {held})")
+    try:
+        value = found[name]
+        return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    except Exception as exc:
+        raise DataError(f"{where}: array '{name}' cannot be read: {describe_exception(exc)}") from None
+
+
+def _checked_pair(x: torch.Tensor, y: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` if each has a row per sample, as many rows as the other."""
+    for name, tensor in (("x", x), ("y", y)):
+        if tensor.dim() == 0:
+            raise DataError(f"{where}: {name} is a scalar; it needs one row per sample")
+    if len(x) != len(y):
+        raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
     return x, y
 
 
@@ -138,9 +159,7 @@ def _slices(x: torch.Tensor, y: torch.Tensor, size: int) -> Iterable[tuple[torch
 def _iterate(obj: Any, size: int, source: str) -> Iterable[Any]:
     """Batches from whatever a data factory returned."""
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
-        if obj[0].shape[:1] != obj[1].shape[:1]:
-            raise DataError(f"{source}: data.factory: x and y differ in length")
-        return _slices(obj[0], obj[1], size)
+        return _slices(*_checked_pair(obj[0], obj[1], f"{source}: data.factory"), size)
     if isinstance(obj, DataLoader):
         return obj
     if isinstance(obj, Dataset) and hasattr(obj, "__len__"):
@@ -165,7 +184,7 @@ def load_batches(config: Config, max_batches: int | None = None) -> Batches:
         for batch in stream:
             if max_batches is not None and len(batches) >= max_batches:
                 break
-            n = batch_size(batch)
+            n = batch_size(batch, f"{source}: data")
             if budget is not None and n > budget:
                 batch, n = _head(batch, budget), budget
             if n == 0:
@@ -178,11 +197,11 @@ def load_batches(config: Config, max_batches: int | None = None) -> Batches:
                     break
     except DataError:
         raise
-    except Exception as exc:
-        raise DataError(f"{source}: reading the data failed: {type(exc).__name__}: {exc}") from exc
+    except USER_CODE_ERRORS as exc:
+        raise DataError(f"{source}: reading the data failed: {describe_exception(exc)}") from exc
     if not batches:
         raise DataError(f"{source}: data: the dataset is empty")
-    return Batches(batches=batches, sizes=sizes)
+    return Batches(batches=batches, sizes=sizes, source=source)
 
 
 def to_device(batch: Any, device: torch.device, dtype: torch.dtype, pin: bool = False) -> Any:

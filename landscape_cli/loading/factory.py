@@ -12,6 +12,16 @@ from typing import Any
 
 from landscape_cli.errors import ConfigError
 
+#: What user code may raise that still means "this config's code failed": ``SystemExit``
+#: too, from a script's ``sys.exit()`` or argparse run at import, which would otherwise end
+#: the process with its own exit code.
+USER_CODE_ERRORS = (Exception, SystemExit)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on one line (torch and pydantic messages span several)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
 
 def add_python_path(entries: Iterable[str]) -> None:
     """Prepend config ``python_path`` entries to ``sys.path`` (once each, in order)."""
@@ -31,9 +41,9 @@ def _import_file(path: Path, source: str, key: str):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except USER_CODE_ERRORS as exc:
         del sys.modules[name]
-        raise ConfigError(source, key, f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(source, key, f"importing {path} failed: {describe_exception(exc)}") from exc
     return module
 
 
@@ -50,9 +60,9 @@ def resolve(spec: str, source: str, key: str) -> Any:
         except ModuleNotFoundError as exc:
             raise ConfigError(source, key, f"cannot import module '{exc.name}' (from '{spec}'); "
                               "check the name and python_path") from None
-        except Exception as exc:
+        except USER_CODE_ERRORS as exc:
             raise ConfigError(source, key, f"importing '{target}' failed: "
-                              f"{type(exc).__name__}: {exc}") from exc
+                              f"{describe_exception(exc)}") from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -69,5 +79,5 @@ def call(spec: str, kwargs: dict[str, Any], source: str, key: str) -> Any:
         raise ConfigError(source, key, f"'{spec}' is not callable")
     try:
         return fn(**kwargs)
-    except Exception as exc:
-        raise ConfigError(source, key, f"calling '{spec}' failed: {type(exc).__name__}: {exc}") from exc
+    except USER_CODE_ERRORS as exc:
+        raise ConfigError(source, key, f"calling '{spec}' failed: {describe_exception(exc)}") from exc

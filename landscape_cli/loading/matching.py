@@ -41,7 +41,8 @@ def _strip(keys: Collection[str], prefix: str) -> dict[str, str]:
     return {k[len(prefix):]: k for k in keys if k.startswith(prefix)}
 
 
-def detect_prefix(ckpt_keys: Collection[str], model_keys: Collection[str]) -> str:
+def detect_prefix(ckpt_keys: Collection[str], model_keys: Collection[str],
+                  source: str = "checkpoint") -> str:
     """The leading prefix whose removal makes the most checkpoint keys match the model.
 
     No prefix wins ties with it; a tie between two real prefixes is ambiguous (an error).
@@ -53,8 +54,8 @@ def detect_prefix(ckpt_keys: Collection[str], model_keys: Collection[str]) -> st
     if best == 0 or "" in winners or len(winners) == 1:
         return "" if best == 0 or "" in winners else winners[0]
     raise CheckpointError(
-        f"cannot tell which prefix to strip: {', '.join(repr(w) for w in winners)} each match "
-        f"{best} model keys; set checkpoint.strip_prefix"
+        f"{source}: cannot tell which prefix to strip: {', '.join(repr(w) for w in winners)} "
+        f"each match {best} model keys; set checkpoint.strip_prefix"
     )
 
 
@@ -67,6 +68,7 @@ class Match:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    converted: list[tuple[str, torch.dtype, torch.dtype]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     wrappers: list[str] = field(default_factory=list)
 
@@ -93,7 +95,7 @@ def match_state_dict(tensors: Mapping[str, torch.Tensor], model_state: Mapping[s
                                   "once wrapper prefixes are removed")
         cleaned[new] = key
     if strip_prefix == "auto":
-        prefix = detect_prefix(cleaned, model_state)
+        prefix = detect_prefix(cleaned, model_state, source)
     else:
         prefix = "" if strip_prefix in ("", "none") else strip_prefix.rstrip(".") + "."
     renamed = {new: cleaned[mid] for new, mid in _strip(cleaned, prefix).items()}
@@ -108,16 +110,7 @@ def match_state_dict(tensors: Mapping[str, torch.Tensor], model_state: Mapping[s
         wrappers=list(dict.fromkeys(p for k in tensors for p in k.split(".")[:-1]
                                     if p in WRAPPER_PARTS and p not in own_parts)),
     )
-    for name, value in list(out.items()):
-        want = tuple(model_state[name].shape)
-        if tuple(value.shape) != want:
-            match.mismatched.append((name, tuple(value.shape), want))
-            del out[name]
-    if match.mismatched:
-        name, got, want = match.mismatched[0]
-        more = f" (and {len(match.mismatched) - 1} more)" if len(match.mismatched) > 1 else ""
-        raise CheckpointError(f"{source}: shape mismatch for '{name}': {list(got)} in the "
-                              f"checkpoint, {list(want)} in the model{more}")
+    _check_fit(match, model_state, source)
     if strict and match.missing:
         raise CheckpointError(f"{source}: keys the model needs are missing from the checkpoint: "
                               f"{_listed(match.missing)}{_hint(prefix)}")
@@ -126,6 +119,54 @@ def match_state_dict(tensors: Mapping[str, torch.Tensor], model_state: Mapping[s
                               f"{_listed(match.unexpected)} (set checkpoint.strict: false to "
                               "ignore them)")
     return match
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    """What sort of number a tensor holds."""
+    if tensor.is_quantized:
+        return "quantized"
+    if tensor.dtype == torch.bool:
+        return "bool"
+    if tensor.is_complex():
+        return "complex"
+    return "floating" if tensor.is_floating_point() else "integer"
+
+
+def _unfit(value: torch.Tensor, want: torch.Tensor) -> str | None:
+    """Why a checkpoint tensor of the right shape cannot take the place of the model's
+    ``want``, or None. It must hold data (a meta tensor has none), be dense (a sparse tensor
+    is no weight a module holds) and be of the model's kind: a floating slot takes any floating
+    dtype, an integer slot (BatchNorm's ``num_batches_tracked``) any integer dtype, converted
+    on loading; integers, booleans or complex numbers in a floating slot are not weights."""
+    if value.is_meta:
+        return (f"checkpoint has a meta tensor (no data) of {value.dtype}, the model expects "
+                f"{want.dtype}")
+    if value.layout != torch.strided:
+        return (f"checkpoint has a {value.layout} tensor of {value.dtype}, the model expects a "
+                f"dense {want.dtype}")
+    if _kind(value) != _kind(want):
+        return f"checkpoint has {value.dtype}, the model expects {want.dtype}"
+    return None
+
+
+def _check_fit(match: Match, model_state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Every matched tensor must fit its place in the model: the same shape (all mismatches
+    are counted), then ``_unfit``. Dtype conversions within a kind are recorded."""
+    match.mismatched = [(name, tuple(value.shape), tuple(model_state[name].shape))
+                        for name, value in match.tensors.items()
+                        if value.shape != model_state[name].shape]
+    if match.mismatched:
+        name, got, want = match.mismatched[0]
+        more = f" (and {len(match.mismatched) - 1} more)" if len(match.mismatched) > 1 else ""
+        raise CheckpointError(f"{source}: shape mismatch for '{name}': {list(got)} in the "
+                              f"checkpoint, {list(want)} in the model{more}")
+    for name, value in match.tensors.items():
+        want = model_state[name]
+        why = _unfit(value, want)
+        if why is not None:
+            raise CheckpointError(f"{source}: '{name}': {why}")
+        if value.dtype != want.dtype:
+            match.converted.append((name, value.dtype, want.dtype))
 
 
 def _hint(prefix: str) -> str:
