@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -28,6 +29,10 @@ VERDICTS = ("minimum", "saddle", "maximum", "degenerate", "not_critical")
 @dataclass
 class CriticalPointResult:
     """The verdict, the numbers behind it and the sentences that explain it."""
+
+    #: The names ``scalars`` can hold, checked before the run (``report.gates.check_names``).
+    GATES: ClassVar[tuple[str, ...]] = ("grad_norm", "lambda_min", "lambda_max",
+                                        "negative_fraction")
 
     verdict: str
     grad_norm: float

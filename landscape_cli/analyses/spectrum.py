@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -17,6 +18,10 @@ from landscape_cli.linalg.lanczos import LanczosResult, lanczos
 @dataclass
 class SpectrumResult:
     """Top-k (descending) and bottom-k (ascending) Hessian eigenvalues with residual bounds."""
+
+    #: The names ``scalars`` can hold (``top_N``: top_1, top_2, ...), checked before the run.
+    GATES: ClassVar[tuple[str, ...]] = ("lambda_max", "lambda_min", "top_N", "bottom_N",
+                                        "negative_mass", "negative_weight_ratio")
 
     top_eigenvalues: list[float]
     top_residuals: list[float]

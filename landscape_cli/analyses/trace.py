@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -31,6 +32,9 @@ class LayerTrace:
 class TraceResult:
     """tr(H) with standard error and 95% interval; per-layer rows when asked for."""
 
+    #: The names ``scalars`` can hold, checked before the run (``report.gates.check_names``).
+    GATES: ClassVar[tuple[str, ...]] = ("trace", "trace_per_param", "stderr", "relative_stderr")
+
     estimate: TraceEstimate
     n: int
     rtol: float
@@ -40,8 +44,9 @@ class TraceResult:
     def results(self) -> dict:
         e = self.estimate
         out = {"trace": e.trace, "stderr": e.stderr, "ci95": list(e.ci95),
-               "trace_per_param": e.trace / self.n, "method": e.method, "probes": e.probes,
-               "sketch": e.sketch, "hvps": e.matvecs, "converged": e.converged, "rtol": self.rtol}
+               "trace_per_param": e.trace / self.n, "n_params": self.n, "method": e.method,
+               "probes": e.probes, "sketch": e.sketch, "hvps": e.matvecs, "converged": e.converged,
+               "rtol": self.rtol}
         if self.per_layer is not None:
             out["per_layer"] = [{**asdict(row), "ci95": list(row.ci95)} for row in self.per_layer]
         return out

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import typer
 from rich.console import Console
@@ -26,7 +26,7 @@ from landscape_cli.engine.hvp import NONFINITE, STRATEGIES, HVPEngine
 from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, LandscapeError, NumericalError
 from landscape_cli.loading.assemble import Loaded, LoadOptions, describe_checkpoint, load
 from landscape_cli.report.document import build_report
-from landscape_cli.report.gates import Gate, parse_gate
+from landscape_cli.report.gates import Gate, check_names, parse_gate
 from landscape_cli.report.output import Destination, destination, emit
 from landscape_cli.report.render import FORMATS, render
 
@@ -200,6 +200,9 @@ class Run:
 class Analysis(Protocol):
     """The typed result an analysis returns."""
 
+    #: every name ``scalars`` can hold (``top_N`` for a numbered family), for early gate checks
+    GATES: ClassVar[tuple[str, ...]]
+
     def results(self) -> dict[str, Any]:
         """The command-specific ``results`` of the JSON report."""
 
@@ -248,9 +251,14 @@ def _inputs(common: Common, config_path: Path, config: Config) -> list[Path]:
             *([Path(config.data.path)] if config.data.path else [])]
 
 
-def _report(command: str, common: Common, analyse: Callable[[Run], Analysis]
-            ) -> tuple[dict[str, Any], Destination | None]:
+#: Numbers every analysis report has, whatever the command.
+HEADLINE = ("loss", "accuracy")
+
+
+def _report(command: str, common: Common, analyse: Callable[[Run], Analysis],
+            gate_names: tuple[str, ...]) -> tuple[dict[str, Any], Destination | None]:
     gates: list[Gate] = [parse_gate(expr) for expr in common.fail_if]
+    check_names(gates, (*HEADLINE, *gate_names))
     config_path = find_config(str(common.config) if common.config else None, common.checkpoint)
     config = load_config(config_path, common.overrides())
     inputs = _inputs(common, config_path, config)
@@ -287,9 +295,10 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis]
     ), dest
 
 
-def execute(command: str, common: Common, analyse: Callable[[Run], Analysis]) -> None:
+def execute(command: str, common: Common, analyse: Callable[[Run], Analysis],
+            gate_names: tuple[str, ...]) -> None:
     """Checkpoint → problem → analysis → report → output; exit code per DESIGN §7."""
-    doc, dest = guarded(common, lambda: _report(command, common, analyse))
+    doc, dest = guarded(common, lambda: _report(command, common, analyse, gate_names))
     guarded(common, lambda: finish(doc, common, dest))
     if any(row["violated"] for row in doc["gates"]):
         raise typer.Exit(EXIT_GATE)
@@ -304,21 +313,22 @@ def refuse_non_finite(options: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer, name: str, *, help: str, epilog: str,
-             shared: list[inspect.Parameter], run: Callable[[dict[str, Any], Callable], None]
+             shared: list[inspect.Parameter], run: Callable[[dict[str, Any], Callable, Any], None]
              ) -> Callable:
-    """Register ``fn(first, **own_options)`` as ``landscape NAME``, with the ``shared``
-    parameters added to its signature; ``run(shared_values, call)`` runs it."""
+    """Register ``fn(first, **own_options) -> Result`` as ``landscape NAME``, with the ``shared``
+    parameters added to its signature; ``run(shared_values, call, Result)`` runs it."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn, eval_str=True)
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-               for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]]
+               for p in list(signature.parameters.values())[1:]]
         params = [shared[0], *own, *shared[1:]]
         names = {p.name for p in shared}
 
         def command(**kwargs: Any) -> None:
             refuse_non_finite(kwargs)
             values = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-            run(values, lambda first: fn(first, **kwargs))
+            run(values, lambda first: fn(first, **kwargs), signature.return_annotation)
 
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
@@ -333,4 +343,5 @@ def analysis_command(app: typer.Typer, name: str, *, help: str, epilog: str) -> 
     """Register ``fn(run, **own_options) -> Analysis`` as ``landscape NAME CHECKPOINT`` with
     every shared option; it runs through ``execute``."""
     return register(app, name, help=help, epilog=epilog, shared=[CHECKPOINT, *COMMON_OPTIONS],
-                    run=lambda values, call: execute(name, Common(**values), call))
+                    run=lambda values, call, result: execute(name, Common(**values), call,
+                                                             result.GATES))

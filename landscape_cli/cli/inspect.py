@@ -30,7 +30,7 @@ EPILOG = """Examples:
 """
 
 
-def _run(values: dict, call) -> None:
+def _run(values: dict, call, result_type) -> None:
     options = OutputOptions(**values)
 
     def body() -> tuple[dict, Destination | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from landscape_cli.errors import LandscapeError
@@ -41,3 +42,19 @@ def parse_gate(expr: str) -> Gate:
     except ValueError:
         raise LandscapeError(f"--fail-if '{expr}': '{number}' is not a number") from None
     return Gate(expr=expr.strip(), name=name, op=op, threshold=threshold)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """``top_N`` stands for top_1, top_2, ...; any other pattern is the name itself."""
+    if pattern.endswith("_N"):
+        return re.fullmatch(re.escape(pattern[:-1]) + r"[1-9]\d*", name) is not None
+    return name == pattern
+
+
+def check_names(gates: Iterable[Gate], known: Iterable[str]) -> None:
+    """Refuse, before any work, a gate on a number the command never reports."""
+    known = list(known)
+    for gate in gates:
+        if not any(_matches(gate.name, pattern) for pattern in known):
+            raise LandscapeError(f"--fail-if '{gate.expr}': no number named '{gate.name}' "
+                                 f"(this command reports: {', '.join(sorted(known))})")

@@ -39,8 +39,7 @@ def _trace_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ci95_low": r["ci95"][0], "ci95_high": r["ci95"][1],
                 "trace_per_param": r["trace_per_param"], "hvps": r["hvps"]}
 
-    n_total = sum(r["n_params"] for r in results.get("per_layer") or []) or None
-    rows = [row(f"total ({results['method']})", n_total, results)]
+    rows = [row(f"total ({results['method']})", results["n_params"], results)]
     rows += [row(r["name"], r["n_params"], r) for r in results.get("per_layer") or []]
     return rows
 
@@ -85,7 +84,7 @@ def rows_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _cell(value: Any) -> str:
     if value is None:
-        return "null"
+        return "–"  # a number the run does not have (JSON says null)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -141,13 +140,17 @@ def _summary_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: The cost line of the table view: the keys a report has, in this order.
+COST_UNITS = {"hvps": " HVPs", "grads": " gradients", "data_passes": " data passes",
+              "wall_s": " s analysis", "total_s": " s in all"}
+
+
 def _footer_lines(doc: dict[str, Any]) -> list[str]:
     lines = []
-    cost = doc.get("cost")
-    if cost:
-        lines.append(f"[dim]{cost.get('hvps')} HVPs · {cost.get('grads')} gradients · "
-                     f"{cost.get('data_passes')} data passes · analysis {cost.get('wall_s')} s · "
-                     f"total {cost.get('total_s')} s[/]")
+    cost = doc.get("cost") or {}
+    spent = [f"{cost[key]}{unit}" for key, unit in COST_UNITS.items() if cost.get(key) is not None]
+    if spent:
+        lines.append(f"[dim]{' · '.join(spent)}[/]")
     for gate in doc.get("gates", []):
         mark = "[red]FAILED[/]" if gate["violated"] else "[green]ok[/]"
         lines.append(f"gate {gate['expr']}: {_cell(gate['value'])} {mark}")
