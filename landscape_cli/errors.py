@@ -44,3 +44,15 @@ class DataError(LandscapeError):
 
 class NumericalError(LandscapeError):
     """The loss, gradient or a Hessian-vector product is not finite."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM asked the run to stop (``cli/entry.py`` raises it from the signal
+    handler). A ``BaseException``, like KeyboardInterrupt, so that no handler of errors turns
+    it into an error report; ``finally`` blocks still run. An analysis that has an estimate
+    so far attaches it as ``partial`` on the way out, and the report is written with it."""
+
+    def __init__(self, signum: int, name: str):
+        self.exit_code = 128 + signum
+        self.partial: object | None = None
+        super().__init__(name)

@@ -172,6 +172,16 @@ def test_a_closed_stdout_pipe_is_the_quiet_141(world):
 # ----------------------------------------------------------------------------- signals
 
 
+def _wait_for_cpu(pid: int, seconds: float) -> None:
+    """Until the process has used ``seconds`` of CPU time (Linux /proc), or 120 s passed."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        if (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") >= seconds:
+            return
+        time.sleep(0.1)
+
+
 def _interrupt(world, signum: int, when: str) -> None:
     """Send ``signum`` at startup (importing torch) or during a long trace; with ``-o``."""
     out = world["out"] / "r.json"
@@ -179,15 +189,25 @@ def _interrupt(world, signum: int, when: str) -> None:
             "--set", "data.max_samples=1500", "--rtol", "1e-9", "--max-hvps", "1000000", "-o", out]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=clean_env(), text=True)
-    time.sleep(0.8 if when == "startup" else 6.0)  # startup: importing torch
+    if when == "startup":
+        time.sleep(0.8)  # importing torch
+    else:
+        _wait_for_cpu(proc.pid, 8.0)  # well past loading, whatever the machine's load
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
     lines = stderr.strip().splitlines()
     assert proc.returncode == 128 + signum, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: interrupted by {signum.name}"), stderr
     assert "Traceback" not in stderr and stdout == ""
-    assert listing(world["out"]) == []
+    if when == "startup":
+        assert listing(world["out"]) == []
+    else:  # never half a file: none, or the whole report of the estimate so far (issue 17)
+        assert listing(world["out"]) == ["r.json"], listing(world["out"])
+        doc = json.loads(out.read_text())
+        assert doc["status"] == "interrupted" and doc["results"]["converged"] is False
+        assert doc["results"]["probes"] > 0 and doc["results"]["trace"] > 0  # the estimate so far
+        assert any(w.startswith("interrupted: the estimate after") for w in doc["warnings"])
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from landscape_cli.linalg.trace import TraceEstimate, hutchinson, hutchpp
+from landscape_cli.linalg.trace import Callback, TraceEstimate, hutchinson, hutchpp
 
 ESTIMATORS = {"hutchpp": hutchpp, "hutchinson": hutchinson}
 
@@ -88,7 +88,7 @@ def trace(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, method: str = 
           rtol: float = 0.01, max_hvps: int = 1000, sketch: int | None = None, seed: int = 0,
           dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
           groups: dict[str, list[slice]] | None = None,
-          callback: Callable[[int, float], None] | None = None) -> TraceResult:
+          callback: Callback | None = None) -> TraceResult:
     """Estimate tr(H) (and, with ``groups``, tr(H_gg) per group) to relative error ``rtol``."""
     estimator = ESTIMATORS[method]
     options = {"rtol": rtol, "max_matvecs": max_hvps, "dtype": dtype, "device": device}

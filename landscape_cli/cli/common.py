@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from landscape_cli import STARTED
 from landscape_cli.config import Config, find_config, load_config
 from landscape_cli.engine.hvp import NONFINITE, STRATEGIES, HVPEngine
-from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, LandscapeError, NumericalError
+from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, Interrupted, LandscapeError, NumericalError
 from landscape_cli.loading.assemble import Loaded, LoadOptions, describe_checkpoint, load
 from landscape_cli.report.document import build_report
 from landscape_cli.report.gates import Gate, check_names, parse_gate
@@ -181,20 +181,36 @@ class Run:
     inputs: list[Path]
 
     @contextmanager
-    def progress(self, label: str, total: int) -> Iterator[Callable[[int, int, int], None]]:
-        """A callback ``(step, converged, wanted)`` that drives a progress bar on stderr."""
+    def progress(self, label: str, total: int | None) -> Iterator[Callable[[int, str], None]]:
+        """A callback ``(completed, note)`` that drives a progress bar on stderr. ``total`` is
+        a real budget (HVPs, steps per run), or None where the need is not known in advance
+        (Lanczos stops at convergence): the bar then counts without pretending to a total."""
         if not self.show_progress:
-            yield lambda step, done, wanted: None
+            yield lambda completed, note="": None
             return
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        count = MofNCompleteColumn() if total is not None else TextColumn("{task.completed}")
+        columns = (TextColumn("{task.description}"), BarColumn(), count,
                    TextColumn("{task.fields[note]}"), TimeElapsedColumn())
         with Progress(*columns, console=stderr, transient=True) as bar:
             task = bar.add_task(label, total=total, note="")
+            yield lambda completed, note="": bar.update(task, completed=completed, note=note)
 
-            def update(step: int, done: int, wanted: int) -> None:
-                bar.update(task, completed=step, note=f"{done}/{wanted} converged")
+    @contextmanager
+    def converging(self, label: str, total: int | None) -> Iterator[Callable[[int, int, int], None]]:
+        """``progress`` for the Krylov algorithms' callback ``(step, converged, wanted)``."""
+        with self.progress(label, total) as update:
+            yield lambda step, done, wanted: update(step, f"{done}/{wanted} converged")
 
-            yield update
+    @contextmanager
+    def partial_on_interrupt(self, partial: Callable[[], Analysis | None]) -> Iterator[None]:
+        """On SIGINT/SIGTERM inside the block, attach ``partial()`` (the result so far, marked
+        not converged; None if there is none yet) to the interruption, so that the report
+        is still written."""
+        try:
+            yield
+        except Interrupted as stop:
+            stop.partial = partial()
+            raise
 
 
 class Analysis(Protocol):
@@ -224,12 +240,13 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(EXIT_INTERNAL)
 
 
-def finish(doc: dict[str, Any], options: OutputOptions, dest: Destination | None) -> None:
+def finish(doc: dict[str, Any], options: OutputOptions, dest: Destination | None,
+           echo_warnings: bool = True) -> None:
     """Render the document in the chosen format and write it to ``dest`` (stdout if None);
-    warnings also go to stderr."""
+    warnings also go to stderr unless the table shows them or ``echo_warnings`` is off."""
     fmt = options.output_format()
     text = render(doc, fmt, color=fmt == "table" and options.output is None and sys.stdout.isatty())
-    if not options.quiet and not (fmt == "table" and options.output is None):
+    if echo_warnings and not options.quiet and not (fmt == "table" and options.output is None):
         for warning in doc.get("warnings", []):
             stderr.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     emit(text, dest)
@@ -256,7 +273,10 @@ HEADLINE = ("loss", "accuracy")
 
 
 def _report(command: str, common: Common, analyse: Callable[[Run], Analysis],
-            gate_names: tuple[str, ...]) -> tuple[dict[str, Any], Destination | None]:
+            gate_names: tuple[str, ...]
+            ) -> tuple[dict[str, Any], Destination | None, Interrupted | None]:
+    """The report, where it goes, and the interruption if the run was stopped with a result
+    so far (the report then has ``status: interrupted``)."""
     gates: list[Gate] = [parse_gate(expr) for expr in common.fail_if]
     check_names(gates, (*HEADLINE, *gate_names))
     config_path = find_config(str(common.config) if common.config else None, common.checkpoint)
@@ -271,10 +291,15 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis],
                        memory_budget=config.engine.memory_budget, compile=config.engine.compile)
     run = Run(loaded=loaded, engine=engine, seed=config.seed,
               show_progress=not common.quiet and stderr.is_terminal, inputs=inputs)
+    interrupted = None
     try:
         result = analyse(run)
     except FloatingPointError:
         raise NumericalError(NONFINITE) from None
+    except Interrupted as stop:
+        if stop.partial is None:
+            raise
+        result, interrupted = stop.partial, stop
     loss, accuracy = engine.evaluate()
     wall = time.perf_counter() - started
     headline = {"loss": loss, **({"accuracy": accuracy} if accuracy is not None else {})}
@@ -292,14 +317,20 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis],
               "total_s": round(time.perf_counter() - STARTED, 4)},
         gates=[gate.check({**headline, **result.scalars()}) for gate in gates],
         warnings=[*loaded.warnings, *engine.warnings, *result.warnings()],
-    ), dest
+        status="ok" if interrupted is None else "interrupted",
+    ), dest, interrupted
 
 
 def execute(command: str, common: Common, analyse: Callable[[Run], Analysis],
             gate_names: tuple[str, ...]) -> None:
     """Checkpoint → problem → analysis → report → output; exit code per DESIGN §7."""
-    doc, dest = guarded(common, lambda: _report(command, common, analyse, gate_names))
-    guarded(common, lambda: finish(doc, common, dest))
+    doc, dest, interrupted = guarded(common, lambda: _report(command, common, analyse, gate_names))
+    # An interrupted run ends with its one line; its warnings are in the report.
+    guarded(common, lambda: finish(doc, common, dest, echo_warnings=interrupted is None))
+    if interrupted is not None:
+        stderr.print(f"[bold red]error:[/] interrupted by {interrupted}; the report holds the "
+                     "result so far (converged: false)", soft_wrap=True)
+        raise typer.Exit(interrupted.exit_code)
     if any(row["violated"] for row in doc["gates"]):
         raise typer.Exit(EXIT_GATE)
 

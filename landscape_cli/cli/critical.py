@@ -48,7 +48,7 @@ def classify_command(
         raise LandscapeError(f"--steps {steps}: SLQ needs at least 2 Lanczos steps")
     problem = run.loaded.problem
     budget = min(problem.n, max_hvps or problem.n)
-    with run.progress("Lanczos", total=budget) as callback:
+    with run.converging("Lanczos", total=None) as callback:
         return classify(run.engine.hvp, run.engine.grad(), problem.theta0, grad_rtol=grad_rtol,
                         grad_tol=grad_tol, eig_rtol=eig_rtol, tol=tol, max_hvps=budget,
                         density=density, runs=runs, steps=steps, seed=run.seed,

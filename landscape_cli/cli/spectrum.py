@@ -68,13 +68,13 @@ def spectrum_command(
     density = density or plot_to is not None
     problem = run.loaded.problem
     budget = min(problem.n, max_hvps or problem.n)
-    with run.progress("Lanczos", total=budget) as callback:
+    with run.converging("Lanczos", total=None) as callback:
         result = spectrum(run.engine.hvp, problem.n, top=top, bottom=bottom, tol=tol,
                           max_hvps=budget, seed=run.seed, dtype=problem.dtype,
                           device=problem.device, callback=callback)
     if not density:
         return result
-    with run.progress(f"SLQ ×{runs}", total=min(steps, problem.n)) as callback:
+    with run.converging(f"SLQ ×{runs}", total=min(steps, problem.n)) as callback:
         estimate = spectral_density(run.engine.hvp, problem.n, runs=runs, steps=steps,
                                     seed=run.seed, sigma=sigma, dtype=problem.dtype,
                                     device=problem.device, callback=callback,

@@ -10,7 +10,7 @@ import typer
 from landscape_cli.analyses.trace import TraceResult, module_groups, trace
 from landscape_cli.cli.common import Run
 from landscape_cli.errors import LandscapeError
-from landscape_cli.linalg.trace import METHODS
+from landscape_cli.linalg.trace import METHODS, TraceEstimate
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
 
@@ -43,7 +43,18 @@ def trace_command(
         raise LandscapeError(f"--rtol {rtol}: must be greater than 0")
     problem = run.loaded.problem
     groups = module_groups(problem.names, problem.groups) if per_layer else None
-    with run.progress("trace", total=max_hvps) as update:
+    so_far: list[TraceEstimate] = []
+
+    def partial() -> TraceResult | None:
+        return TraceResult(so_far[-1], problem.n, rtol, notes=["interrupted: the estimate "
+                           f"after {so_far[-1].matvecs} HVPs"]) if so_far else None
+
+    with run.progress("trace HVPs", total=max_hvps) as update, run.partial_on_interrupt(partial):
+
+        def step(spent: int, estimate: TraceEstimate) -> None:
+            so_far[:] = [estimate]
+            update(spent, f"tr ≈ {estimate.trace:.5g} ± {estimate.stderr:.2g}")
+
         return trace(run.engine.hvp, problem.n, method=method.value, rtol=rtol, max_hvps=max_hvps,
                      sketch=sketch, seed=run.seed, dtype=problem.dtype, device=problem.device,
-                     groups=groups, callback=lambda spent, rel: update(spent, 0, 1))
+                     groups=groups, callback=step)

@@ -6,6 +6,8 @@ Rademacher sketch S, tr(A) = tr(QᵀAQ) + tr((I−QQᵀ)A(I−QQᵀ)); the first
 second, estimated à la Hutchinson, has the variance of A with its top directions removed, so a
 decaying spectrum needs far fewer probes. Probes go through ``matvec`` in blocks (k, n); both
 estimators stop once the standard error is within ``rtol``·|estimate| or the budget is spent.
+After each block, ``callback(matvecs, estimate)`` receives the estimate so far (not converged):
+a progress display shows it, and an interrupted run can report it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.probes import rademacher
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
+Callback = Callable[[int, "TraceEstimate"], None]
 
 #: Student's t quantile t_{0.975, df} for df = 1..30; beyond, t ≈ 1.96 + 2.4/df (within 0.1%).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -50,7 +53,8 @@ class TraceEstimate:
 
 def _probe_loop(matvec: Matvec, n: int, offset: float, project, *, rtol: float, budget: int,
                 block: int, min_probes: int, generator: torch.Generator, dtype: torch.dtype,
-                device: torch.device | str, callback) -> tuple[list[float], int, bool]:
+                device: torch.device | str, callback: Callback | None, method: str, sketch: int,
+                spent_before: int = 0) -> tuple[list[float], int, bool]:
     """Hutchinson samples gᵀP A P g (P = ``project``) until the stopping rule holds."""
     samples: list[float] = []
     spent = 0
@@ -59,12 +63,12 @@ def _probe_loop(matvec: Matvec, n: int, offset: float, project, *, rtol: float, 
         probes = project(rademacher(min(block, budget - spent), n, generator, dtype, device))
         samples += read_finite((probes * matvec(probes)).sum(dim=1))
         spent += probes.shape[0]
+        if callback is not None:
+            callback(spent_before + spent,
+                     _estimate(offset, samples, spent_before + spent, method, sketch, False))
         if len(samples) >= max(2, min_probes):
             mean = sum(samples) / len(samples)
-            stderr = _stderr(samples)
-            if callback is not None:
-                callback(spent, stderr / max(abs(offset + mean), 1e-300))
-            if stderr <= rtol * abs(offset + mean):
+            if _stderr(samples) <= rtol * abs(offset + mean):
                 converged = True
                 break
     return samples, spent, converged
@@ -100,11 +104,12 @@ def independent_columns(r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def hutchinson(matvec: Matvec, n: int, *, rtol: float = 0.01, max_matvecs: int = 1000,
                block: int = 8, min_probes: int = 10, generator: torch.Generator,
                dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
-               callback: Callable[[int, float], None] | None = None) -> TraceEstimate:
+               callback: Callback | None = None) -> TraceEstimate:
     """Hutchinson's estimator: the mean of zᵀAz over Rademacher probes z."""
     samples, spent, converged = _probe_loop(
         matvec, n, 0.0, lambda g: g, rtol=rtol, budget=max_matvecs, block=block,
-        min_probes=min_probes, generator=generator, dtype=dtype, device=device, callback=callback)
+        min_probes=min_probes, generator=generator, dtype=dtype, device=device, callback=callback,
+        method="hutchinson", sketch=0)
     return _estimate(0.0, samples, spent, "hutchinson", 0, converged)
 
 
@@ -112,7 +117,7 @@ def hutchpp(matvec: Matvec, n: int, *, rtol: float = 0.01, max_matvecs: int = 10
             sketch: int | None = None, block: int = 8, min_probes: int = 10,
             generator: torch.Generator, dtype: torch.dtype = torch.float64,
             device: torch.device | str = "cpu",
-            callback: Callable[[int, float], None] | None = None) -> TraceEstimate:
+            callback: Callback | None = None) -> TraceEstimate:
     """Hutch++: exact trace on the sketched top subspace, Hutchinson on the rest.
 
     ``sketch`` vectors (default: a third of the budget when ``rtol`` is 0, as in the paper's
@@ -138,5 +143,6 @@ def hutchpp(matvec: Matvec, n: int, *, rtol: float = 0.01, max_matvecs: int = 10
 
     samples, used, converged = _probe_loop(
         matvec, n, offset, project, rtol=rtol, budget=max_matvecs - spent, block=block,
-        min_probes=min_probes, generator=generator, dtype=dtype, device=device, callback=callback)
+        min_probes=min_probes, generator=generator, dtype=dtype, device=device, callback=callback,
+        method="hutchpp", sketch=len(basis), spent_before=spent)
     return _estimate(offset, samples, spent + used, "hutchpp", len(basis), converged)

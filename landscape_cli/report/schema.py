@@ -100,7 +100,7 @@ class InspectResults(_Open):
 
 class _Report(_Open):
     schema_version: Literal["1"]
-    status: Literal["ok"]
+    status: Literal["ok", "interrupted"]
     tool: Tool
     checkpoint: Checkpoint
     gates: list[Gate]
