@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -387,8 +388,16 @@ def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(read_yaml(base_path, (*_chain, path)), raw)
 
 
-def validate(raw: dict[str, Any], source: str) -> Config:
-    """Validate a merged raw config; every error names the file and the key."""
+def _origin(key: str | None, origins: Mapping[str, str]) -> str | None:
+    """Where a key's value came from on the command line (it or a parent key), if it did."""
+    parts = (key or "").split(".")
+    return next((origins[k] for k in (".".join(parts[:i]) for i in range(len(parts), 0, -1))
+                 if k in origins), None)
+
+
+def validate(raw: dict[str, Any], source: str, origins: Mapping[str, str] = {}) -> Config:
+    """Validate a merged raw config; every error names the file and the key, or the
+    command-line flag that set the key (``origins``: key → flag)."""
     try:
         return Config.model_validate({**raw, "source": source})
     except ValidationError as exc:
@@ -402,13 +411,24 @@ def validate(raw: dict[str, Any], source: str) -> Config:
             message = "required key is missing"
         extra = len(errors) - 1
         more = f" (and {extra} more problem{'s' if extra > 1 else ''})" if extra else ""
+        flag = _origin(key, origins)
+        if flag is not None:
+            raise ConfigError(flag, None, f"{key}: {message}{more}") from None
         raise ConfigError(source, key, message + more) from None
 
 
-def load_config(path: Path, overrides: list[str] = ()) -> Config:
-    """Read, merge ``extends``, apply ``--set`` overrides, validate."""
+def load_config(path: Path, overrides: Sequence[str] = (),
+                flags: Mapping[str, tuple[str, Any]] = {}) -> Config:
+    """Read, merge ``extends``, apply ``--set KEY=VALUE`` overrides, then the dedicated flags
+    (``flags``: key → (the flag as typed, its value)), which win; validate. An invalid value
+    is reported against the flag or ``--set`` that gave it, not the file."""
     raw = read_yaml(path)
+    origins: dict[str, str] = {}
     for text in overrides:
         keys, value = parse_override(text)
         raw = apply_override(raw, keys, value)
-    return validate(raw, str(path))
+        origins[".".join(keys)] = f"--set {text}"
+    for key, (flag, value) in flags.items():
+        raw = apply_override(raw, key.split("."), value)
+        origins[key] = flag
+    return validate(raw, str(path), origins)

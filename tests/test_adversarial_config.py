@@ -370,7 +370,7 @@ def test_bad_input_is_one_line_exit_2(world, tmp_path, name):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_on_a_machine_without_it(world, tmp_path):
     ran = invoke(Case(args=("--device", "cuda")).argv(world, tmp_path / "out"))
-    assert_one_error(ran, ("base.yaml", "device", "'cuda'", "no CUDA device"),
+    assert_one_error(ran, ("--device cuda", "device", "'cuda'", "no CUDA device"),
                      folder=tmp_path / "out", before=[])
 
 

@@ -6,8 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from landscape_cli.loading.checkpoint import UnsafeCheckpoint, read_checkpoint
 from landscape_cli.loading.matching import common_prefix
+
+#: State-dict entries that are buffers, not parameters, whatever the model (normalisation
+#: statistics): the analyses never differentiate them.
+BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass
@@ -18,6 +24,7 @@ class InspectResult:
     key: str | None
     tensors: list[dict[str, Any]]
     n_params: int
+    n_buffers: int
     n_tensors: int
     detected_prefix: str | None
     unsafe_globals: list[str]
@@ -25,7 +32,8 @@ class InspectResult:
 
     def results(self) -> dict[str, Any]:
         return {"format": self.format, "key": self.key, "n_tensors": self.n_tensors,
-                "n_params": self.n_params, "detected_prefix": self.detected_prefix,
+                "n_params": self.n_params, "n_buffers": self.n_buffers,
+                "detected_prefix": self.detected_prefix,
                 "unsafe_globals": self.unsafe_globals, "loadable": not self.unsafe_globals,
                 "metadata": self.metadata, "tensors": self.tensors}
 
@@ -47,10 +55,34 @@ def inspect_checkpoint(path: str | Path, key: str = "auto") -> InspectResult:
         ckpt = read_checkpoint(path, key)
     except UnsafeCheckpoint as refused:
         return InspectResult(format=refused.format, key=None, tensors=[], n_params=0,
-                             n_tensors=0, detected_prefix=None, unsafe_globals=refused.names)
+                             n_buffers=0, n_tensors=0, detected_prefix=None, unsafe_globals=refused.names)
+    roles = tensor_roles(ckpt.tensors)
     tensors = [{"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-                "numel": t.numel()} for name, t in ckpt.tensors.items()]
+                "numel": t.numel(), "role": roles[name]} for name, t in ckpt.tensors.items()]
     prefix = common_prefix(list(ckpt.tensors), attribute=ckpt.format == "lightning")
-    return InspectResult(format=ckpt.format, key=ckpt.key, tensors=tensors, n_params=ckpt.n_params,
+    count = {role: sum(t["numel"] for t in tensors if t["role"] == role)
+             for role in ("parameter", "buffer")}
+    return InspectResult(format=ckpt.format, key=ckpt.key, tensors=tensors,
+                         n_params=count["parameter"], n_buffers=count["buffer"],
                          n_tensors=len(tensors), detected_prefix=prefix or None,
                          unsafe_globals=[], metadata=dict(ckpt.metadata))
+
+
+def tensor_roles(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each entry's role as the analyses count it: ``parameter`` (floating, differentiated),
+    ``buffer`` (normalisation statistics, integer counters), or ``tied to NAME`` for a tensor
+    that shares its storage with an earlier one (``torch.save`` keeps tied weights, e.g. an
+    LM head and its embedding, as one storage under two names)."""
+    roles: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, tensor in tensors.items():
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                tensor.stride()) if tensor.layout == torch.strided and not tensor.is_meta else None
+        if view is not None and view in seen and tensor.numel():
+            roles[name] = f"tied to {seen[view]}"
+            continue
+        if view is not None:
+            seen[view] = name
+        buffer = name.rpartition(".")[2] in BUFFER_NAMES or not tensor.is_floating_point()
+        roles[name] = "buffer" if buffer else "parameter"
+    return roles

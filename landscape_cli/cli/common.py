@@ -75,6 +75,7 @@ class Common(OutputOptions):
     dtype: str | None = None
     seed: int | None = None
     bn: str | None = None
+    key: str | None = None
     params: list[str] = field(default_factory=list)
     batches: int | None = None
     hvp_strategy: str | None = None
@@ -84,13 +85,16 @@ class Common(OutputOptions):
     trust_checkpoint: bool = False
     fail_if: list[str] = field(default_factory=list)
 
-    def overrides(self) -> list[str]:
-        """``--set`` values, then the dedicated flags (which win)."""
-        flags = {"device": self.device, "dtype": self.dtype, "seed": self.seed, "bn": self.bn,
-                 "engine.strategy": self.hvp_strategy, "engine.memory_budget": self.memory_budget,
-                 "engine.compile": None if self.compile is None else str(self.compile).lower()}
-        return [*self.set, *(f"{k}={getattr(v, 'value', v)}" for k, v in flags.items()
-                              if v is not None)]
+    def flags(self) -> dict[str, tuple[str, Any]]:
+        """The dedicated flags given, as config key → (the flag as typed, its value)."""
+        given = {"device": ("--device", self.device), "dtype": ("--dtype", self.dtype),
+                 "seed": ("--seed", self.seed), "bn": ("--bn", self.bn),
+                 "checkpoint.key": ("--key", self.key),
+                 "engine.strategy": ("--hvp-strategy", getattr(self.hvp_strategy, "value", None)),
+                 "engine.memory_budget": ("--memory-budget", self.memory_budget),
+                 "engine.compile": ("--compile" if self.compile else "--no-compile", self.compile)}
+        return {key: (f"{flag} {value}" if not isinstance(value, bool) else flag, value)
+                for key, (flag, value) in given.items() if value is not None}
 
 
 def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
@@ -119,6 +123,9 @@ INPUT_OPTIONS = [
     _param("bn", Annotated[str | None, typer.Option(
         help="BatchNorm policy: eval (running stats) | train-stats (batch stats, buffers kept).",
         rich_help_panel=_ENGINE)], None),
+    _param("key", Annotated[str | None, typer.Option(
+        help="Where the weights are in the checkpoint file: a key such as model, ema or "
+        "state_dict (overrides checkpoint.key; default auto).", rich_help_panel=_INPUT)], None),
     _param("params", Annotated[list[str], typer.Option(
         "--params", metavar="GLOB", help="Analyse only parameters whose name matches this glob, "
         "e.g. 'layer3.*' (repeatable).", rich_help_panel=_INPUT)], []),
@@ -280,7 +287,7 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis],
     gates: list[Gate] = [parse_gate(expr) for expr in common.fail_if]
     check_names(gates, (*HEADLINE, *gate_names))
     config_path = find_config(str(common.config) if common.config else None, common.checkpoint)
-    config = load_config(config_path, common.overrides())
+    config = load_config(config_path, common.set, common.flags())
     inputs = _inputs(common, config_path, config)
     dest = common.destination(inputs)
     loaded = load(config, common.checkpoint, LoadOptions(

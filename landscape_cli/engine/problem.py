@@ -133,6 +133,8 @@ class Problem:
     dtype: torch.dtype
     classification: bool = False
     groups: dict[str, slice] = field(default_factory=dict)
+    #: the dtype the loss comes out in (a model or loss may cast, whatever ``dtype`` is)
+    loss_dtype: torch.dtype | None = None
 
     @property
     def n(self) -> int:
@@ -241,6 +243,8 @@ def _checked_loss(problem: Problem, index: int, source: str) -> float | None:
         raise ConfigError(source, key, f"returned {_describe(out)} for batch {index}; "
                           f"{LOSS_FORMS[key]}")
     loss = mean_loss(out)
+    if first:
+        problem.loss_dtype = loss.dtype
     if first and not loss.requires_grad:
         raise ConfigError(source, key, f"returned a loss that does not depend on the parameters "
                           f"(no grad_fn: detached, made under torch.no_grad or from a number) for "

@@ -130,8 +130,30 @@ def load(config: Config, checkpoint_path: str | Path, options: LoadOptions = Loa
     data = load_batches(config, options.max_batches)
     problem = build_problem(model, loss_fn, data, bn=config.bn, params=options.params,
                             device=device, dtype=dtype)
+    warnings += [*_key_warnings(checkpoint), *_loss_dtype_warnings(problem)]
     return Loaded(problem=problem, checkpoint=checkpoint, match=match,
                   n_model_params=sum(p.numel() for p in model.parameters()), warnings=warnings)
+
+
+def _key_warnings(checkpoint: Checkpoint) -> list[str]:
+    """Say which of several state dicts in one file ``checkpoint.key: auto`` took."""
+    if not checkpoint.other_keys:
+        return []
+    return [f"checkpoint.key auto took the weights under '{checkpoint.key}'; the file also "
+            f"holds {', '.join(repr(k) for k in checkpoint.other_keys)} (choose with --key)"]
+
+
+def _loss_dtype_warnings(problem: Problem) -> list[str]:
+    """A loss computed in lower precision than the analysis asks for carries that rounding
+    into every HVP (Hugging Face models cast logits to float32, for one)."""
+    lower = problem.loss_dtype is not None and problem.loss_dtype.is_floating_point and (
+        torch.finfo(problem.loss_dtype).eps > torch.finfo(problem.dtype).eps)
+    if not lower:
+        return []
+    name = str(problem.dtype).removeprefix("torch.")
+    return [f"the loss comes out in {str(problem.loss_dtype).removeprefix('torch.')} although "
+            f"the analysis runs in {name}: the model or the loss casts, so the numbers carry "
+            "its rounding, not float64's"]
 
 
 def _shown(names: list[str]) -> str:

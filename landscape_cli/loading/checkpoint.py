@@ -50,6 +50,8 @@ class Checkpoint:
     key: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    #: other keys of the file that hold a state dict too (``checkpoint.key: auto`` chose ``key``)
+    other_keys: list[str] = field(default_factory=list)
 
     @property
     def n_params(self) -> int:
@@ -268,23 +270,33 @@ def _as_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def _select(obj: Any, key: str, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    """Find the state dict inside a loaded object: ``key`` is ``auto`` or a dotted path."""
+def _wrapped(obj: Mapping) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """Every state dict under a wrapper key (``WRAPPER_KEYS`` order), one level deeper too
+    (e.g. ``{"ema": {"module": {...}}}``), with its dotted key."""
+    found = []
+    for name in WRAPPER_KEYS:
+        inside = obj.get(name)
+        direct = _as_state_dict(inside)
+        if direct is not None:
+            found.append((name, direct))
+        elif isinstance(inside, Mapping):
+            found += [(f"{name}.{inner}", sd) for inner in WRAPPER_KEYS
+                      if (sd := _as_state_dict(inside.get(inner))) is not None][:1]
+    return found
+
+
+def _select(obj: Any, key: str, path: Path
+            ) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
+    """Find the state dict inside a loaded object: ``key`` is ``auto`` or a dotted path.
+    Returns it, the key it was under, and (for ``auto``) the other keys that hold one."""
     direct = _as_state_dict(obj)
     if key == "auto":
         if direct is not None:
-            return direct, None
+            return direct, None, []
         if isinstance(obj, Mapping):
-            for name in WRAPPER_KEYS:
-                if name in obj:
-                    found = _as_state_dict(obj[name])
-                    if found is not None:
-                        return found, name
-                    if isinstance(obj[name], Mapping):  # e.g. {"ema": {"module": {...}}}
-                        for inner in WRAPPER_KEYS:
-                            found = _as_state_dict(obj[name].get(inner))
-                            if found is not None:
-                                return found, f"{name}.{inner}"
+            found = _wrapped(obj)
+            if found:
+                return found[0][1], found[0][0], [name for name, _ in found[1:]]
             top = ", ".join(map(str, list(obj)[:12]))
             raise CheckpointError(
                 f"{path}: no state dict found under any of {', '.join(WRAPPER_KEYS)} "
@@ -300,7 +312,7 @@ def _select(obj: Any, key: str, path: Path) -> tuple[dict[str, torch.Tensor], st
     found = _as_state_dict(node)
     if found is None:
         raise CheckpointError(f"{path}: checkpoint.key '{key}' does not hold a state dict")
-    return found, key
+    return found, key, []
 
 
 def _metadata(obj: Any) -> dict[str, Any]:
@@ -401,7 +413,7 @@ def _read_folder(path: Path, key: str, allow_globals: Iterable[str], trust: bool
         if file.suffix == ".safetensors":
             part, _ = _safetensors_load(file)
         else:
-            part, _ = _select(_torch_load(file, allow_globals, trust), key, file)
+            part, _, _ = _select(_torch_load(file, allow_globals, trust), key, file)
         parts.append((file, part))
     fmt = "hf_safetensors" if files[0].suffix == ".safetensors" else "hf_bin"
     if len(files) > 1:
@@ -424,9 +436,9 @@ def _read(path: Path, key: str, allow_globals: Iterable[str], trust: bool) -> Ch
         return Checkpoint(path=path, format="safetensors", tensors=tensors,
                           metadata=_metadata(meta), files=[path])
     obj = _torch_load(path, allow_globals, trust)
-    tensors, used = _select(obj, key, path)
+    tensors, used, others = _select(obj, key, path)
     return Checkpoint(path=path, format=_format_of(obj, used), tensors=tensors, key=used,
-                      metadata=_metadata(obj), files=[path])
+                      metadata=_metadata(obj), files=[path], other_keys=others)
 
 
 def read_checkpoint(path: str | Path, key: str = "auto", allow_globals: Iterable[str] = (),
