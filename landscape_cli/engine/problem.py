@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from landscape_cli.errors import ConfigError, LandscapeError, NumericalError
 from landscape_cli.loading.data import Batches, to_device
@@ -94,8 +96,23 @@ class Objective(nn.Module):
 
     def forward(self, batch: Any) -> Any:
         """What the loss returns: the mean loss, or (mean loss, sample count); ``build_problem``
-        checks every batch's once."""
-        return self.loss_fn(self.model, batch)
+        checks every batch's once. Attention runs through SDPA's math backend in every pass:
+        the fused kernels (flash, memory-efficient) have no double backward, and one backend
+        everywhere keeps the loss the same function of θ in every pass."""
+        with sdpa_kernel(SDPBackend.MATH):
+            return self.loss_fn(self.model, batch)
+
+
+class AttentionSeen(TorchFunctionMode):
+    """Notes whether ``F.scaled_dot_product_attention`` ran inside the block (for the report)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen = self.seen or func is nn.functional.scaled_dot_product_attention
+        return func(*args, **(kwargs or {}))
 
 
 def mean_loss(out: Any) -> torch.Tensor:
@@ -135,6 +152,8 @@ class Problem:
     groups: dict[str, slice] = field(default_factory=dict)
     #: the dtype the loss comes out in (a model or loss may cast, whatever ``dtype`` is)
     loss_dtype: torch.dtype | None = None
+    #: whether the model calls scaled_dot_product_attention (run by its math backend)
+    attention: bool = False
 
     @property
     def n(self) -> int:
@@ -231,7 +250,7 @@ def _checked_loss(problem: Problem, index: int, source: str) -> float | None:
     key = problem.objective.key
     first = index == 0
     theta = problem.theta0.detach().requires_grad_(first)
-    with torch.set_grad_enabled(first):
+    with torch.set_grad_enabled(first), AttentionSeen() as attention:
         try:
             out = torch.func.functional_call(problem.objective, problem.unflatten(theta),
                                              (problem.batch(index),))
@@ -244,7 +263,7 @@ def _checked_loss(problem: Problem, index: int, source: str) -> float | None:
                           f"{LOSS_FORMS[key]}")
     loss = mean_loss(out)
     if first:
-        problem.loss_dtype = loss.dtype
+        problem.loss_dtype, problem.attention = loss.dtype, attention.seen
     if first and not loss.requires_grad:
         raise ConfigError(source, key, f"returned a loss that does not depend on the parameters "
                           f"(no grad_fn: detached, made under torch.no_grad or from a number) for "
