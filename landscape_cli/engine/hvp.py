@@ -11,30 +11,34 @@ stay apart). A group is joined on the device pass by pass, so the host holds the
 Two strategies, picked by measurement (``benchmarks/README.md``), and one option on the second:
 
 * ``cached``: the first-order graph of the *whole dataset*, ∇L(θ₀) built once with
-  ``create_graph=True``, is kept; each block H·V is then a single batched backward pass
-  through it (``is_grads_batched``: vmap over the k rows). No forward pass or first backward
-  is repeated, which makes an HVP cost under one gradient on the samples. Whether a block
-  goes batched or one row at a time is timed on the second block and kept: batching pays
-  1.3–3.5× per vector on the CPU samples, but costs 1.6× on a ResNet-8 on the CPU. A batched
-  pass takes at most ``BATCHED_BYTES`` ÷ (a group's saved tensors) rows: a ResNet-8's batches
-  allow one, so its blocks loop untimed. Chosen by ``auto`` when the tensors that graph saves
-  (counted with saved-tensor hooks while building it) fit the memory budget.
+  ``create_graph=True``, is kept; each block H·V is then a batched backward pass through it
+  (``is_grads_batched``: vmap over the k rows), or one pass per row. No forward pass or first
+  backward is repeated, which makes an HVP cost under one gradient on the samples. A batched
+  pass takes at most ``BATCHED_BYTES`` ÷ (a group's saved tensors) rows; blocks go one row at
+  a time where that is one row (a ResNet-8's 158 MB batches) and, on the CPU, where a group
+  saves more than ``CPU_BATCHED_GROUP_BYTES`` (``batches_rows``). Chosen by ``auto`` when the
+  tensors that graph saves (counted with saved-tensor hooks while building it) fit the memory
+  budget.
 * ``stream``: group by group, with one group on the device at a time, so memory stops growing
-  once the data fills a group. Blocks go through forward-over-reverse (``torch.func.jvp`` of
-  ``torch.func.grad``) vmapped over the k vectors, at most ``BATCHED_BYTES`` ÷ (a joined
-  group's saved tensors) rows at once. For a single vector, which way is faster depends on
-  model and device: double backward cost 2× a gradient on the CPU samples (batch by batch)
-  against 5–7× for forward-over-reverse, but on an H100 ResNet-18 (10,000 images) 6× against
-  3×. So the engine times both on the first group, once, and keeps the faster. Blocks, too,
-  are timed once (on the first group of the second block) against double backward, which wins
-  on convolutions on the CPU (a ResNet-8: vmapped 8.5× a gradient per vector, double backward
-  2.8×).
+  once the data fills a group. A product goes through forward-over-reverse
+  (``torch.func.jvp`` of ``torch.func.grad``, vmapped over the k vectors, at most
+  ``BATCHED_BYTES`` ÷ (a joined group's saved tensors) rows at once) or double backward (one
+  first-order graph per group, then a backward pass per row), by device: on a GPU always
+  forward-over-reverse (an H100 ResNet-18, 10,000 images: 3× a gradient for one vector against
+  6×, 2× per vector in blocks of 8); on the CPU double backward for one vector (faster on every
+  sample) and for blocks unless their groups are small (``batches_rows``; a ResNet-8: vmapped
+  8.5× a gradient per vector, double backward 2.8×).
 * ``compile`` (an option of ``stream``): forward-over-reverse through ``torch.compile``, in
   chunks of ``COMPILED_ROWS`` rows, so a run compiles once per batch shape for single vectors
   and once for blocks (a minute or two each on 2 CPU cores). ``auto`` then streams, since a
   kept graph has nothing left to compile. It pays on long runs: 2.8× a gradient for k = 1 on
   the H100 ResNet-18 (3.0× eager), 0.65× per vector for k = 8 on the CPU sample transformer
   (cached 1.2–2.1×), nothing on CPU convolutions.
+
+Every choice between ways is a rule on the device type and the measured saved-tensor bytes
+(fixed for a model, data, dtype and device), never a timing: the ways round differently, and
+the same seed must give the same numbers however loaded the machine is. For the same reason the
+default memory budget is a share of the memory the machine *has*, not of what is free now.
 
 Measured (``benchmarks/README.md``), one HVP costs, in gradients: cached 0.29–0.88× for k = 1
 and 0.19–0.86× per vector for k = 8 on the samples (2 CPU cores, batches joined); stream
@@ -45,15 +49,14 @@ Engines keep freed host memory in the process (``host_memory.py``): glibc would 
 the activation buffers back to the OS after every HVP and fault them in again at the next.
 
 Every path falls back automatically: a model that ``vmap`` or ``torch.compile`` cannot handle
-is run eagerly one vector at a time, with a warning in the report. Nothing here reads a value
-back from the device (no host-device synchronisation per HVP); the algorithms check that the
-numbers they read are finite and raise ``FloatingPointError`` otherwise (see ``NONFINITE``).
+is run eagerly one vector at a time, and a kept graph that runs out of GPU memory streams, with
+a warning in the report. Nothing here reads a value back from the device (no host-device
+synchronisation per HVP); the algorithms check that the numbers they read are finite and raise
+``FloatingPointError`` otherwise (see ``NONFINITE``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -74,6 +77,12 @@ GROUP_BYTES = 64 << 20
 #: at once; past this many bytes it runs out of cache and loses to one row at a time (CPU:
 #: 0.5× per vector at 32 rows × 1 MB, 2× at 32 × 26 MB, 1.6× at 8 × 158 MB)
 BATCHED_BYTES = 256 << 20
+#: on the CPU, a block's rows go together only where a group saves at most this many bytes:
+#: batching pays where a group's operators are too small to keep the cores busy, and otherwise
+#: only adds vmap's overhead. Kept graph, 2 threads, per vector: batched 1.1–1.6× faster on
+#: groups of 1.1–5.8 MiB (the MLP, the CNN on 256 digits, the transformer on 32 sequences),
+#: even at 4.4–7.3 MiB, 1.1–1.9× slower at 11.6–30 MiB (``benchmarks/README.md``)
+CPU_BATCHED_GROUP_BYTES = 6 << 20
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "
              "(try dtype: float64)")
@@ -92,15 +101,29 @@ class Cost:
         return asdict(self)
 
 
+def batches_rows(device: torch.device, group_bytes: int) -> bool:
+    """Rule: whether a block's rows go through the groups together (one batched backward pass,
+    or vmapped forward-over-reverse) rather than one at a time: where ``BATCHED_BYTES`` hold two
+    rows of the largest group's saved tensors, and on the CPU only where that group saves at
+    most ``CPU_BATCHED_GROUP_BYTES``. The bytes are measured, so the choice is fixed for a
+    model, data, dtype and device; it is never timed, since the two ways round differently and
+    the same seed must give the same numbers however busy the machine is."""
+    return (0 < group_bytes <= BATCHED_BYTES // 2
+            and (device.type == "cuda" or group_bytes <= CPU_BATCHED_GROUP_BYTES))
+
+
 def default_memory_budget(device: torch.device) -> int:
-    """Bytes the cached graph may hold: half the free GPU memory, or 40% of available RAM."""
+    """Bytes the cached graph may hold: half the GPU's memory, or 40% of the RAM (``MemTotal``).
+
+    The machine's total, not what is free now: the budget decides cached against stream, the
+    group sizes and whether SLQ keeps its bases, each of which changes the last digits, so a
+    budget read from free memory made the numbers depend on what else the machine ran."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(0.5 * free)
+        return int(0.5 * torch.cuda.get_device_properties(device).total_memory)
     try:
         with open("/proc/meminfo") as handle:
             info = dict(line.split(":", 1) for line in handle)
-        return int(0.4 * int(info["MemAvailable"].split()[0]) * 1024)
+        return int(0.4 * int(info["MemTotal"].split()[0]) * 1024)
     except (OSError, KeyError, ValueError):
         return 4 << 30
 
@@ -181,11 +204,9 @@ class HVPEngine:
         self._grad: torch.Tensor | None = None
         self._evaluated: tuple[float, float | None] | None = None
         self._vectorize = True
-        self._single: str | None = None  # how one vector goes in stream mode, timed on first use
-        self._batched_blocks: bool | None = None  # cached: batched or looped blocks, timed once
         self._batched_rows = 1  # cached: rows per batched backward pass (BATCHED_BYTES)
-        self._block_way: str | None = None  # stream: how a block goes, timed once
-        self._blocks_seen = 0
+        self._largest_group = 0  # cached: the most saved tensors of one group, measured
+        self._group_bytes = 0  # the largest group's saved tensors, estimated; 0: not measured
         # rows per vmapped forward-over-reverse: BATCHED_BYTES' worth of joined groups
         # (_batch_groups), lowered on out-of-memory
         self._chunk = 1 << 30
@@ -204,9 +225,22 @@ class HVPEngine:
         if self.strategy == "cached":
             self._build_cache(None)
         elif self.strategy == "auto" and not self.compile and self.memory_budget > 0:
-            self._build_cache(self.memory_budget)
+            self._cache_or_stream()
 
     # ------------------------------------------------------------------ first order
+
+    def _cache_or_stream(self) -> None:
+        """``auto``: keep the graph where it fits the budget, and stream, with a warning, where
+        the GPU runs out of memory first (the default budget is a share of the GPU's memory,
+        not of what other processes left free)."""
+        try:
+            self._build_cache(self.memory_budget)
+        except torch.OutOfMemoryError as exc:
+            self._warn("the kept first-order graph ran out of GPU memory", exc,
+                       "streamed instead (a set --memory-budget or --hvp-strategy keeps the "
+                       "numbers from depending on the memory other processes hold)")
+        if self.mode == "stream" and self.problem.device.type == "cuda":
+            torch.cuda.empty_cache()  # a partial graph's blocks, for the streamed groups
 
     def _build_cache(self, budget: int | None) -> None:
         """Keep ∇L(θ₀) with its graph over all batches, joined into groups where they are small
@@ -218,9 +252,8 @@ class HVPEngine:
         self._loss, self._grad = graph.loss, graph.grad.detach()
         self.mode = "cached"
         self.cached_bytes = graph.bytes
+        self._largest_group = graph.largest_group
         self._batched_rows = max(1, BATCHED_BYTES // max(graph.largest_group, 1))
-        if self._batched_rows == 1:
-            self._batched_blocks = False
 
     def _first_order_graph(self, groups: list[tuple[float, list[int]]],
                            budget: int | None) -> _FirstOrderGraph | None:
@@ -259,9 +292,12 @@ class HVPEngine:
         """(weight, batch indices) of the groups every pass over the data goes through: the
         batches joined by ``_join_batches``, worked out once."""
         if self._groups is None:
-            self._groups, group_bytes = self._join_batches()
-            if group_bytes:  # vmap holds about a group's activations per row
-                self._chunk = max(1, BATCHED_BYTES // group_bytes)
+            self._groups, self._group_bytes = self._join_batches()
+            # vmap holds about a group's activations per row. Batches left apart keep whole
+            # blocks: an H100 ResNet-18's 500-image batches took 2× a gradient per vector in
+            # vmapped blocks of 8, 3× one at a time
+            if self._group_bytes and len(self._groups) < len(self.problem.batches):
+                self._chunk = max(1, BATCHED_BYTES // self._group_bytes)
         return self._groups
 
     def _join_batches(self) -> tuple[list[tuple[float, list[int]]], int]:
@@ -269,9 +305,10 @@ class HVPEngine:
         quarter of the memory budget (one pass per group instead of per batch), estimated from
         the first batch's graph, if the first group's loss and gradient are its batches' ones to
         rounding (so a loss that depends on how samples are batched keeps its batches), with the
-        largest group's estimated bytes. The batches as they are, and 0, where nothing would be
-        joined, the batches do not concatenate, BatchNorm uses batch statistics (``train-stats``:
-        joining changes L), or the budget is 0."""
+        largest group's estimated bytes. The batches as they are where nothing would be joined,
+        the batches do not concatenate or the check fails; with 0 bytes (nothing measured) where
+        there is one batch, BatchNorm uses batch statistics (``train-stats``: joining changes L)
+        or the budget is 0."""
         weights = self.problem.weights
         per_batch = [(weight, [i]) for i, weight in enumerate(weights)]
         if (self.problem.bn != "eval" or len(per_batch) < 2 or weights[0] <= 0
@@ -293,16 +330,17 @@ class HVPEngine:
             else:
                 runs.append([i])
                 run_weight = weight
+        apart = per_batch, int(max(weights) * bytes_per_weight)
         if len(runs) == len(per_batch) or not all(concatenates([self.problem.batches[i] for i in run])
                                                   for run in runs):
-            return per_batch, 0
+            return apart
         for i in runs[0][1:]:
             reference.add(*self._weighted_terms(theta, weights[i], self.problem.batch(i), create_graph=False))
         groups = [(sum(weights[i] for i in run), run) for run in runs]
         joined = _Terms()
         joined.add(*self._weighted_terms(theta, groups[0][0], self._joined(runs[0]), create_graph=False))
         if not joined.agrees_with(reference, self.problem.dtype):
-            return per_batch, 0
+            return apart
         return groups, int(max(weight for weight, _ in groups) * bytes_per_weight)
 
     def memory_left(self) -> int:
@@ -362,24 +400,21 @@ class HVPEngine:
         """H·V by batched backward passes of at most ``_batched_rows`` rows each."""
         return torch.cat([self._cached_backward(part, True) for part in block.split(self._batched_rows)])
 
+    def _cached_blocks_batched(self) -> bool:
+        """Whether cached blocks go in batched backward passes (``batches_rows`` on the largest
+        group's saved tensors; never after a fallback) or one row at a time. Batching is far
+        ahead on a GPU (0.07–0.3× a gradient per vector at k = 32 on the samples, against
+        0.66–1.9× for one vector), and cost 1.6× per vector on a ResNet-8's 158 MB batches on
+        the CPU."""
+        return self._vectorize and batches_rows(self.problem.device, max(self._largest_group, 1))
+
     def _hvp_cached(self, block: torch.Tensor) -> torch.Tensor:
-        if block.shape[0] > 1 and self._vectorize and self._batched_blocks is not False:
+        if block.shape[0] > 1 and self._cached_blocks_batched():
             try:
-                if self._batched_blocks is None and self._blocks_seen:
-                    return self._pick_cached_block(block)
-                self._blocks_seen += 1  # the first block warms the batched path up
                 return self._batched_backward(block)
             except RuntimeError as exc:
                 self._fall_back(exc)
         return torch.stack([self._cached_backward(v, False) for v in block])
-
-    def _pick_cached_block(self, block: torch.Tensor) -> torch.Tensor:
-        """Time this block batched against two of its rows one at a time, and keep the faster
-        per vector: batching wins on small models, but not on convolutions on the CPU."""
-        batched, out = self._timed(self._batched_backward, block)
-        looped, _ = self._timed(lambda rows: [self._cached_backward(v, False) for v in rows], block[:2])
-        self._batched_blocks = batched / block.shape[0] <= looped / 2
-        return out
 
     def _forward_over_reverse(self, theta: torch.Tensor, block: torch.Tensor,
                               batch: object) -> torch.Tensor:
@@ -402,42 +437,52 @@ class HVPEngine:
                     torch.cuda.empty_cache()
                 if not any("out of memory" in w for w in self.warnings):
                     self.warnings.append("a block of HVPs ran out of memory; blocks are split "
-                                         "into chunks of at most the size that fits")
+                                         "into chunks of at most the size that fits (chunks "
+                                         "round differently: the last digits now depend on "
+                                         "the memory that was free)")
 
     def _hvp_stream(self, block: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(block)
-        theta0 = self.problem.theta0
-        for i, (weight, indices) in enumerate(self._batch_groups()):
-            batch = self._joined(indices)
-            if self._compiled is not None:
-                try:
-                    out += weight * self._compiled_rows(theta0, block, batch)
-                    continue
-                except Exception as exc:  # torch.compile raises many kinds; eager is exact too
-                    self._compiled = None
-                    self._warn("torch.compile failed for this model", exc, "ran eagerly")
-            if self._vectorize and block.shape[0] == 1 and self._single is None:
-                out += weight * self._pick_single(theta0, block, batch)
-                continue
-            if (self._vectorize and block.shape[0] > 1 and self._block_way is None
-                    and self._blocks_seen and i == 0):
-                out += weight * self._pick_stream_block(theta0, block, batch)
-                continue
-            if block.shape[0] > 1 and self._block_way == "double backward":
-                out += weight * self._double_backward(theta0, block, batch)
-                continue
-            if self._vectorize and (block.shape[0] > 1 or self._single == "forward-over-reverse"):
-                try:
-                    out += weight * self._in_chunks(theta0, block, batch)
-                    continue
-                except torch.OutOfMemoryError:
-                    raise
-                except RuntimeError as exc:
-                    self._fall_back(exc)
-            out += weight * self._double_backward(theta0, block, batch)
-        if block.shape[0] > 1:
-            self._blocks_seen += 1  # the first block warms the vmapped path up
+        for weight, indices in self._batch_groups():
+            out += weight * self._group_hvp(block, self._joined(indices))
         return out
+
+    def _group_hvp(self, block: torch.Tensor, batch: object) -> torch.Tensor:
+        """∇²L_g(θ₀)·vᵢ for each row of ``block`` on one group: compiled where asked, else the
+        way ``_forward_over_reverse_for`` says, falling back to double backward."""
+        theta0 = self.problem.theta0
+        if self._compiled is not None:
+            try:
+                return self._compiled_rows(theta0, block, batch)
+            except Exception as exc:  # torch.compile raises many kinds; eager is exact too
+                self._compiled = None
+                self._warn("torch.compile failed for this model", exc, "ran eagerly")
+        if self._forward_over_reverse_for(block.shape[0]):
+            try:
+                return self._in_chunks(theta0, block, batch)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as exc:
+                self._fall_back(exc)
+        return self._double_backward(theta0, block, batch)
+
+    def _forward_over_reverse_for(self, rows: int) -> bool:
+        """Rule: a streamed product of ``rows`` vectors goes through (vmapped)
+        forward-over-reverse on a GPU, and on the CPU for blocks whose groups ``batches_rows``
+        lets go together; else through double backward. By device and measured saved bytes, not
+        by timing, since the two ways round differently. Measured: an H100 ResNet-18 took 3× a
+        gradient for one vector forward-over-reverse, 6× by double backward; on the CPU (2
+        threads), double backward took 2.2 / 44 / 38 ms for one vector on the MLP / CNN /
+        transformer against 5.7 / 56 / 61 ms, vmapped blocks of 32 took 0.58 ms per vector
+        against 1.02 on the MLP, tied on the CNN and the transformer, and 8.5× a gradient
+        against 2.8× on a ResNet-8's 158 MB batches. Groups not measured
+        (one batch, ``train-stats``, a budget of 0) go by double backward on the CPU, which holds
+        one row's products at a time."""
+        if not self._vectorize:
+            return False
+        if self.problem.device.type == "cuda":
+            return True
+        return rows > 1 and batches_rows(self.problem.device, self._group_bytes)
 
     def _compiled_rows(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
         """Compiled forward-over-reverse on chunks of ``COMPILED_ROWS`` rows, the last padded with
@@ -449,58 +494,12 @@ class HVPEngine:
         return torch.cat([self._compiled(theta0, chunk, batch)
                           for chunk in padded.split(COMPILED_ROWS)])[:len(block)]
 
-    def _pick_stream_block(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
-        """Time this block on this batch vmapped (forward-over-reverse) against double backward
-        (one first-order graph, then a backward pass per row), and keep the faster."""
-        self._block_way, out = self._fastest({"vmapped forward-over-reverse": self._in_chunks,
-                                              "double backward": self._double_backward},
-                                             theta0, block, batch, warm=False)
-        return out
-
     def _double_backward(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
         """∇²L_b(θ)·vᵢ by differentiating the batch gradient once more, one row at a time."""
         theta = theta0.detach().requires_grad_(True)
         g = torch.autograd.grad(self.problem.mean_batch_loss(theta, batch), theta, create_graph=True)[0]
         return torch.stack([torch.autograd.grad(g, theta, grad_outputs=v, retain_graph=True)[0]
                             for v in block])
-
-    def _pick_single(self, theta0: torch.Tensor, block: torch.Tensor, batch: object) -> torch.Tensor:
-        """Time both ways of one vector on this batch (a warm-up run each, then a timed one)
-        and keep the faster for the rest of the run: which wins depends on model and device."""
-        self._single, out = self._fastest({"forward-over-reverse": self._forward_over_reverse,
-                                           "double backward": self._double_backward},
-                                          theta0, block, batch, warm=True)
-        return out
-
-    def _timed(self, way: Callable[..., object], *args: object) -> tuple[float, object]:
-        """Seconds ``way(*args)`` takes on the device (synchronised on CUDA), and its result."""
-        sync = torch.cuda.synchronize if self.problem.device.type == "cuda" else (lambda: None)
-        sync()
-        start = time.perf_counter()
-        out = way(*args)
-        sync()
-        return time.perf_counter() - start, out
-
-    def _fastest(self, ways: dict[str, Callable[..., torch.Tensor]], *args: object,
-                 warm: bool) -> tuple[str, torch.Tensor]:
-        """Run every way on ``args`` (after a warm-up run when ``warm``); the fastest's name and
-        result. A way that fails falls back to the next (the last one, double backward, is exact
-        for every model and may not fail)."""
-        seconds, results = {}, {}
-        last = list(ways)[-1]
-        for name, way in ways.items():
-            try:
-                if warm:
-                    way(*args)
-                seconds[name], results[name] = self._timed(way, *args)
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as exc:
-                if name == last:
-                    raise
-                self._fall_back(exc)
-        best = min(seconds, key=seconds.get)
-        return best, results[best]
 
     def _fall_back(self, exc: Exception) -> None:
         self._vectorize = False
@@ -511,15 +510,24 @@ class HVPEngine:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         self.warnings.append(f"{what} ({first_line[:160]}); {action}")
 
+    def _ways(self) -> dict[str, str]:
+        """How products go, by the rules of ``_cached_blocks_batched`` and
+        ``_forward_over_reverse_for`` (streamed: once the groups are measured, uncompiled)."""
+        if self.mode == "cached":
+            return {"cached_block_hvp": "batched" if self._cached_blocks_batched() else "looped"}
+        if self._groups is None or self._compiled is not None:
+            return {}
+        return {"single_vector_hvp": ("forward-over-reverse" if self._forward_over_reverse_for(1)
+                                      else "double backward"),
+                "stream_block_hvp": ("vmapped forward-over-reverse" if self._forward_over_reverse_for(2)
+                                     else "double backward")}
+
     def describe(self) -> dict[str, object]:
         """The strategy used, for the report's settings."""
         return {"hvp_strategy": self.mode, "vectorized": self._vectorize,
                 "compiled": self.mode == "stream" and self._compiled is not None,
                 **({"hvp_chunk": self._chunk} if self.mode == "stream" and self._chunk < 1 << 30 else {}),
-                **({"single_vector_hvp": self._single} if self._single else {}),
-                **({"cached_block_hvp": "batched" if self._batched_blocks else "looped"}
-                   if self._batched_blocks is not None else {}),
-                **({"stream_block_hvp": self._block_way} if self._block_way else {}),
+                **self._ways(),
                 "cached_graph_mb": round(self.cached_bytes / 2**20, 3),
                 **({"batch_groups": len(self._groups)} if self._groups is not None else {}),
                 **({"cached_batched_rows": self._batched_rows} if self.mode == "cached" else {}),
