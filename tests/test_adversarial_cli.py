@@ -189,13 +189,16 @@ def _interrupt(world, signum: int, when: str) -> None:
             "--set", "data.max_samples=1500", "--rtol", "1e-9", "--max-hvps", "1000000", "-o", out]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=clean_env(), text=True)
-    if when == "startup":
-        time.sleep(0.8)  # importing torch
-    else:
-        _wait_for_cpu(proc.pid, 8.0)  # well past loading, whatever the machine's load
-    assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=60)
+    try:
+        if when == "startup":
+            time.sleep(0.8)  # importing torch
+        else:
+            _wait_for_cpu(proc.pid, 8.0)  # well past loading, whatever the machine's load
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a run the signal failed to stop must not outlive the test
     lines = stderr.strip().splitlines()
     assert proc.returncode == 128 + signum, stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: interrupted by {signum.name}"), stderr
