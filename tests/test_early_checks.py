@@ -1,6 +1,6 @@
 """Everything cheap is checked before anything expensive (issue 17.4): a gate on a number the
-command never reports, a bad ``-o`` and a non-finite option fail before the model, data or
-checkpoint are loaded, let alone an HVP spent."""
+command never reports, a bad ``-o`` and a command's own bad options fail before the model,
+data or checkpoint are loaded, let alone an HVP spent."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def no_loading(monkeypatch):
     (["trace", "--fail-if", "lambda_max>3"], ["lambda_max", "trace_per_param"]),
     (["classify-critical-point", "--fail-if", "top_1>3"], ["top_1", "negative_fraction"]),
     (["spectrum", "-o", "/no/such/folder/r.json"], ["-o", "does not exist"]),
+    (["spectrum", "--tol", "0"], ["--tol", "between 0 and 1"]),
+    (["spectrum", "--steps", "1", "--density"], ["--steps", "at least 2"]),
+    (["trace", "--rtol", "0"], ["--rtol", "greater than 0"]),
+    (["classify-critical-point", "--eig-rtol", "-1"], ["--eig-rtol", "greater than 0"]),
+    (["spectrum", "--plot", "density.txt"], ["--plot", ".png"]),
 ])
 def test_fails_before_loading(no_loading, tmp_path, args, needles):
     config = write_config(tmp_path / "c.yaml")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Protocol
 
@@ -178,14 +179,27 @@ COMMON_OPTIONS = [*INPUT_OPTIONS, *OUTPUT_OPTIONS]
 
 @dataclass
 class Run:
-    """What an analysis function gets: the loaded problem, its engine, a progress hook, and the
-    files the run reads (which no output of it may overwrite)."""
+    """What an analysis function gets: the loaded problem and its engine, a progress hook, and
+    the files the run reads (which no output of it may overwrite). The checkpoint, model and
+    data are loaded when the function first asks for them, so that it checks its own options
+    first: a bad option fails in a second, not after the loading."""
 
-    loaded: Loaded
-    engine: HVPEngine
+    open: Callable[[], tuple[Loaded, HVPEngine]]
     seed: int
     show_progress: bool
     inputs: list[Path]
+
+    @cached_property
+    def _opened(self) -> tuple[Loaded, HVPEngine]:
+        return self.open()
+
+    @property
+    def loaded(self) -> Loaded:
+        return self._opened[0]
+
+    @property
+    def engine(self) -> HVPEngine:
+        return self._opened[1]
 
     @contextmanager
     def progress(self, label: str, total: int | None) -> Iterator[Callable[[int, str], None]]:
@@ -290,13 +304,18 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis],
     config = load_config(config_path, common.set, common.flags())
     inputs = _inputs(common, config_path, config)
     dest = common.destination(inputs)
-    loaded = load(config, common.checkpoint, LoadOptions(
-        params=common.params, max_batches=common.batches,
-        allow_globals=common.allow_global, trust_checkpoint=common.trust_checkpoint))
-    started = time.perf_counter()
-    engine = HVPEngine(loaded.problem, strategy=config.engine.strategy,
-                       memory_budget=config.engine.memory_budget, compile=config.engine.compile)
-    run = Run(loaded=loaded, engine=engine, seed=config.seed,
+    started = [0.0]
+
+    def open_run() -> tuple[Loaded, HVPEngine]:
+        loaded = load(config, common.checkpoint, LoadOptions(
+            params=common.params, max_batches=common.batches,
+            allow_globals=common.allow_global, trust_checkpoint=common.trust_checkpoint))
+        started[0] = time.perf_counter()  # wall_s: the analysis alone, after loading
+        return loaded, HVPEngine(loaded.problem, strategy=config.engine.strategy,
+                                 memory_budget=config.engine.memory_budget,
+                                 compile=config.engine.compile)
+
+    run = Run(open=open_run, seed=config.seed,
               show_progress=not common.quiet and stderr.is_terminal, inputs=inputs)
     interrupted = None
     try:
@@ -307,8 +326,9 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis],
         if stop.partial is None:
             raise
         result, interrupted = stop.partial, stop
+    loaded, engine = run.loaded, run.engine
     loss, accuracy = engine.evaluate()
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started[0]
     headline = {"loss": loss, **({"accuracy": accuracy} if accuracy is not None else {})}
     problem = loaded.problem
     return build_report(
