@@ -183,7 +183,7 @@ class EngineSection(_Section):
     strategy: Literal["auto", "cached", "stream"] = "auto"
     memory_budget: ByteSize | None = Field(
         default=None, description="bytes ('8GB', '512MiB') the cached graph, then the SLQ bases, "
-        "may hold; default: half the free GPU memory or 40% of available RAM")
+        "may hold; default: half the GPU's memory or 40% of the RAM (what the machine has)")
     compile: bool = False
 
 

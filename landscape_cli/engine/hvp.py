@@ -81,7 +81,8 @@ BATCHED_BYTES = 256 << 20
 #: batching pays where a group's operators are too small to keep the cores busy, and otherwise
 #: only adds vmap's overhead. Kept graph, 2 threads, per vector: batched 1.1–1.6× faster on
 #: groups of 1.1–5.8 MiB (the MLP, the CNN on 256 digits, the transformer on 32 sequences),
-#: even at 4.4–7.3 MiB, 1.1–1.9× slower at 11.6–30 MiB (``benchmarks/README.md``)
+#: even at 4.4–7.3 MiB, even to 1.9× slower at 11.6–30 MiB (``benchmarks/README.md``; at 1
+#: thread it never paid, so more cores may want a larger bound: not measured)
 CPU_BATCHED_GROUP_BYTES = 6 << 20
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "
