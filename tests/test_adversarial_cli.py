@@ -271,3 +271,27 @@ def test_top_beyond_the_parameter_count_is_clamped_with_a_warning(world):
     assert len(doc["results"]["bottom_eigenvalues"]) == 10
     assert any("--top 12" in w and "10" in w for w in doc["warnings"])
     assert any("--bottom 11" in w for w in doc["warnings"])
+
+
+@pytest.mark.slow
+def test_an_interrupted_density_reports_the_steps_taken(world):
+    """Ctrl-C during ``spectrum --density`` writes the density of the SLQ steps taken."""
+    out = world["out"] / "d.json"
+    args = [sys.executable, "-m", "landscape_cli", "spectrum", world["ckpt"], "-c", world["config"],
+            "--set", "data.max_samples=1500", "--density", "--steps", "2400", "-o", out]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clean_env(), text=True)
+    try:
+        _wait_for_cpu(proc.pid, 12.0)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["error: interrupted by SIGINT; the report holds the "
+                                           "result so far (status: interrupted)"]
+    doc = json.loads(out.read_text())
+    density = doc["results"]["density"]
+    assert doc["status"] == "interrupted" and 2 <= density["steps"] < 2400
+    assert len(density["grid"]) == len(density["values"]) and density["negative_mass"] is not None
+    assert any(w.startswith("interrupted: the density after") for w in doc["warnings"])

@@ -16,6 +16,7 @@ import torch
 
 from landscape_cli.linalg.slq import (
     SLQResult,
+    SoFar,
     gaussian_density,
     negative_mass,
     negative_weight_ratio,
@@ -93,7 +94,8 @@ def spectral_density(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, run
                      grid_points: int = 1000, negative_threshold: float | None = None,
                      dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
                      callback: Callable[[int, int, int], None] | None = None,
-                     memory_budget: int | None = None) -> DensityResult:
+                     memory_budget: int | None = None, so_far: SoFar | None = None
+                     ) -> DensityResult:
     """SLQ with ``runs`` Rademacher start vectors × ``steps`` Lanczos steps (capped at n).
 
     Defaults: 90 steps (DESIGN §5: ~80–100) resolve the spectrum to ~1% of its range; 10 runs
@@ -116,9 +118,29 @@ def spectral_density(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, run
                      f"({memory_budget / 2**20:,.0f} MiB); the density stays accurate, extreme "
                      "nodes may repeat (raise --memory-budget, or lower --runs/--steps)")
     generator = torch.Generator().manual_seed(seed)
+    steps_so_far = SoFar()
+    if so_far is not None:  # after an interruption: the density of the steps taken
+        def interrupted() -> DensityResult | None:
+            if steps_so_far.result is None:
+                return None
+            taken = steps_so_far.result()
+            return _density(taken, runs, max(taken.lengths), sigma, grid_points, negative_threshold,
+                            reorthogonalize, [*notes, f"interrupted: the density after "
+                                              f"{max(taken.lengths)} of {steps} SLQ steps"])
+
+        so_far.result = interrupted
     quadrature: SLQResult = slq(hvp, n, runs=runs, steps=steps, generator=generator,
                                 dtype=dtype, device=device, callback=callback,
-                                reorthogonalize=reorthogonalize)
+                                reorthogonalize=reorthogonalize, so_far=steps_so_far)
+    return _density(quadrature, runs, steps, sigma, grid_points, negative_threshold,
+                    reorthogonalize, notes)
+
+
+def _density(quadrature: SLQResult, runs: int, steps: int, sigma: float | None,
+             grid_points: int, negative_threshold: float | None, reorthogonalize: bool,
+             notes: list[str]) -> DensityResult:
+    """The density, its negative mass and ratio from the runs' Gauss quadratures."""
+    notes = list(notes)
     nodes, weights = quadrature.nodes, quadrature.weights
     lambda_min, lambda_max = float(nodes.min()), float(nodes.max())
     resolution = default_sigma(lambda_min, lambda_max, steps)

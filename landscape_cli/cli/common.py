@@ -137,8 +137,8 @@ INPUT_OPTIONS = [
         "fits the memory budget, else streams batches ('stream').", rich_help_panel=_ENGINE)], None),
     _param("memory_budget", Annotated[str | None, typer.Option(
         metavar="SIZE", help="Memory the cached graph and then the SLQ bases may hold, e.g. 8GB "
-        "or 512MiB (0: always stream, SLQ without bases). Default: half the free GPU memory, or "
-        "40% of available RAM.",
+        "or 512MiB (0: always stream, SLQ without bases). Default: half the GPU's memory, or "
+        "40% of the RAM (what the machine has, not what is free now).",
         rich_help_panel=_ENGINE)], None),
     _param("compile", Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help="torch.compile the streaming HVP (first call compiles; "
@@ -357,7 +357,7 @@ def execute(command: str, common: Common, analyse: Callable[[Run], Analysis],
     guarded(common, lambda: finish(doc, common, dest, echo_warnings=interrupted is None))
     if interrupted is not None:
         stderr.print(f"[bold red]error:[/] interrupted by {interrupted}; the report holds the "
-                     "result so far (converged: false)", soft_wrap=True)
+                     "result so far (status: interrupted)", soft_wrap=True)
         raise typer.Exit(interrupted.exit_code)
     if any(row["violated"] for row in doc["gates"]):
         raise typer.Exit(EXIT_GATE)

@@ -22,12 +22,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 
 from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.lanczos import Matvec, tridiagonal_eigh
 from landscape_cli.linalg.probes import rademacher as signs
+
+
+class SoFar:
+    """What an algorithm has so far, as a thunk it keeps current step by step: after an
+    interruption, the caller can still report the result up to the last complete step."""
+
+    def __init__(self):
+        self.result: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -68,7 +78,7 @@ def slq(matvec: Matvec, n: int, *, runs: int = 10, steps: int = 90,
         generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
         device: torch.device | str = "cpu",
         callback: Callable[[int, int, int], None] | None = None,
-        reorthogonalize: bool = True) -> SLQResult:
+        reorthogonalize: bool = True, so_far: SoFar | None = None) -> SLQResult:
     """``runs`` independent Lanczos quadratures of ``steps`` steps (at most n) each.
 
     ``matvec`` maps a block V (k × n) of row vectors to A·vᵢ for each row; it is called once
@@ -109,6 +119,8 @@ def slq(matvec: Matvec, n: int, *, runs: int = 10, steps: int = 90,
                 lengths[r] = step + 1  # invariant subspace: T is complete, stop this run
             else:
                 keep.append(i)
+        if so_far is not None:  # the quadratures of the steps taken, every run cut there
+            so_far.result = partial(_quadrature, alphas, betas, [min(m, step + 1) for m in lengths])
         if callback is not None:
             callback(step + 1, runs - len(keep) if step + 1 < steps else runs, runs)
         if not keep or step + 1 == steps:
