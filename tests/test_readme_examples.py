@@ -111,8 +111,7 @@ def workdir(tmp_path_factory) -> Path:
 
     torch.save({"state_dict": torch.load(MLP, weights_only=True), "x": Payload()},
                work / "suspicious.pt")
-    (work / "landscape.yaml").write_text((ROOT / "sample_checkpoints" / "mlp" / "landscape.yaml")
-                                         .read_text().replace("../data", "sample_checkpoints/data"))
+    (work / "landscape.yaml").write_text(f"extends: {ROOT / 'configs' / 'mlp.yaml'}\n")
     return work
 
 
