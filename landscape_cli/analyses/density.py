@@ -16,12 +16,12 @@ import torch
 
 from landscape_cli.linalg.slq import (
     SLQResult,
-    SoFar,
     gaussian_density,
     negative_mass,
     negative_weight_ratio,
     slq,
 )
+from landscape_cli.linalg.so_far import SoFar
 
 #: Most grid points used to sample a narrow user-given σ (the default is 1000).
 MAX_GRID_POINTS = 20001

@@ -25,6 +25,7 @@ from landscape_cli import STARTED
 from landscape_cli.config import Config, find_config, load_config
 from landscape_cli.engine.hvp import NONFINITE, STRATEGIES, HVPEngine
 from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, Interrupted, LandscapeError, NumericalError
+from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.loading.assemble import Loaded, LoadOptions, describe_checkpoint, load
 from landscape_cli.report.document import build_report
 from landscape_cli.report.gates import Gate, check_names, parse_gate
@@ -184,14 +185,19 @@ class Run:
     data are loaded when the function first asks for them, so that it checks its own options
     first: a bad option fails in a second, not after the loading."""
 
-    open: Callable[[], tuple[Loaded, HVPEngine]]
+    open: Callable[[], tuple[Loaded, HVPEngine, float]]
     seed: int
     show_progress: bool
     inputs: list[Path]
 
     @cached_property
-    def _opened(self) -> tuple[Loaded, HVPEngine]:
+    def _opened(self) -> tuple[Loaded, HVPEngine, float]:
         return self.open()
+
+    @property
+    def started(self) -> float:
+        """When the analysis began: after the loading (``cost.wall_s`` counts from here)."""
+        return self._opened[2]
 
     @property
     def loaded(self) -> Loaded:
@@ -223,14 +229,14 @@ class Run:
             yield lambda step, done, wanted: update(step, f"{done}/{wanted} converged")
 
     @contextmanager
-    def partial_on_interrupt(self, partial: Callable[[], Analysis | None]) -> Iterator[None]:
-        """On SIGINT/SIGTERM inside the block, attach ``partial()`` (the result so far, marked
-        not converged; None if there is none yet) to the interruption, so that the report
-        is still written."""
+    def partial_on_interrupt(self, so_far: SoFar) -> Iterator[None]:
+        """On SIGINT/SIGTERM inside the block, attach the result so far (marked not
+        converged; None if there is none yet) to the interruption, so that the report is
+        still written."""
         try:
             yield
         except Interrupted as stop:
-            stop.partial = partial()
+            stop.partial = so_far.value()
             raise
 
 
@@ -304,16 +310,14 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis],
     config = load_config(config_path, common.set, common.flags())
     inputs = _inputs(common, config_path, config)
     dest = common.destination(inputs)
-    started = [0.0]
-
-    def open_run() -> tuple[Loaded, HVPEngine]:
+    def open_run() -> tuple[Loaded, HVPEngine, float]:
         loaded = load(config, common.checkpoint, LoadOptions(
             params=common.params, max_batches=common.batches,
             allow_globals=common.allow_global, trust_checkpoint=common.trust_checkpoint))
-        started[0] = time.perf_counter()  # wall_s: the analysis alone, after loading
+        started = time.perf_counter()
         return loaded, HVPEngine(loaded.problem, strategy=config.engine.strategy,
                                  memory_budget=config.engine.memory_budget,
-                                 compile=config.engine.compile)
+                                 compile=config.engine.compile), started
 
     run = Run(open=open_run, seed=config.seed,
               show_progress=not common.quiet and stderr.is_terminal, inputs=inputs)
@@ -328,7 +332,7 @@ def _report(command: str, common: Common, analyse: Callable[[Run], Analysis],
         result, interrupted = stop.partial, stop
     loaded, engine = run.loaded, run.engine
     loss, accuracy = engine.evaluate()
-    wall = time.perf_counter() - started[0]
+    wall = time.perf_counter() - run.started
     headline = {"loss": loss, **({"accuracy": accuracy} if accuracy is not None else {})}
     problem = loaded.problem
     return build_report(

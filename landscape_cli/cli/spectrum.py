@@ -13,7 +13,7 @@ from landscape_cli.analyses.density import spectral_density
 from landscape_cli.analyses.spectrum import SpectrumResult, spectrum
 from landscape_cli.cli.common import Run
 from landscape_cli.errors import LandscapeError
-from landscape_cli.linalg.slq import SoFar
+from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.report import plot as density_plot
 from landscape_cli.report.document import sanitize
 
@@ -75,18 +75,15 @@ def spectrum_command(
                           device=problem.device, callback=callback)
     if not density:
         return result
-    so_far = SoFar()
-
-    def partial() -> SpectrumResult | None:
-        density_so_far = so_far.result() if so_far.result is not None else None
-        return None if density_so_far is None else dataclasses.replace(result, density=density_so_far)
-
+    density_so_far, so_far = SoFar(), SoFar()
+    so_far.result = lambda: (None if density_so_far.result is None
+                             else dataclasses.replace(result, density=density_so_far.value()))
     with (run.converging(f"SLQ ×{runs}", total=min(steps, problem.n)) as callback,
-          run.partial_on_interrupt(partial)):
+          run.partial_on_interrupt(so_far)):
         estimate = spectral_density(run.engine.hvp, problem.n, runs=runs, steps=steps,
                                     seed=run.seed, sigma=sigma, dtype=problem.dtype,
                                     device=problem.device, callback=callback,
-                                    memory_budget=run.engine.memory_left(), so_far=so_far)
+                                    memory_budget=run.engine.memory_left(), so_far=density_so_far)
     result = dataclasses.replace(result, density=estimate)
     if plot_to is not None:
         # The plot draws what the report holds: the same results, NaN already made null.

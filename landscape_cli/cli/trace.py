@@ -10,6 +10,7 @@ import typer
 from landscape_cli.analyses.trace import TraceResult, module_groups, trace
 from landscape_cli.cli.common import Run
 from landscape_cli.errors import LandscapeError
+from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.linalg.trace import METHODS, TraceEstimate
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
@@ -43,16 +44,12 @@ def trace_command(
         raise LandscapeError(f"--rtol {rtol}: must be greater than 0")
     problem = run.loaded.problem
     groups = module_groups(problem.names, problem.groups) if per_layer else None
-    so_far: list[TraceEstimate] = []
-
-    def partial() -> TraceResult | None:
-        return TraceResult(so_far[-1], problem.n, rtol, notes=["interrupted: the estimate "
-                           f"after {so_far[-1].matvecs} HVPs"]) if so_far else None
-
-    with run.progress("trace HVPs", total=max_hvps) as update, run.partial_on_interrupt(partial):
+    so_far = SoFar()
+    with run.progress("trace HVPs", total=max_hvps) as update, run.partial_on_interrupt(so_far):
 
         def step(spent: int, estimate: TraceEstimate) -> None:
-            so_far[:] = [estimate]
+            so_far.result = lambda: TraceResult(estimate, problem.n, rtol, notes=[
+                f"interrupted: the estimate after {estimate.matvecs} HVPs"])
             update(spent, f"tr ≈ {estimate.trace:.5g} ± {estimate.stderr:.2g}")
 
         return trace(run.engine.hvp, problem.n, method=method.value, rtol=rtol, max_hvps=max_hvps,

@@ -13,6 +13,7 @@ import fnmatch
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,7 +251,8 @@ def _checked_loss(problem: Problem, index: int, source: str) -> float | None:
     key = problem.objective.key
     first = index == 0
     theta = problem.theta0.detach().requires_grad_(first)
-    with torch.set_grad_enabled(first), AttentionSeen() as attention:
+    # the first batch shows whether the model calls attention (watching costs per operator)
+    with torch.set_grad_enabled(first), AttentionSeen() if first else nullcontext() as attention:
         try:
             out = torch.func.functional_call(problem.objective, problem.unflatten(theta),
                                              (problem.batch(index),))

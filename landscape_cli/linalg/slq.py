@@ -23,21 +23,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 
 from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.lanczos import Matvec, tridiagonal_eigh
 from landscape_cli.linalg.probes import rademacher as signs
-
-
-class SoFar:
-    """What an algorithm has so far, as a thunk it keeps current step by step: after an
-    interruption, the caller can still report the result up to the last complete step."""
-
-    def __init__(self):
-        self.result: Callable[[], Any] | None = None
+from landscape_cli.linalg.so_far import SoFar
 
 
 @dataclass
