@@ -57,13 +57,14 @@ synchronisation per HVP); the algorithms check that the numbers they read are fi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
+from landscape_cli.batches import concatenates
 from landscape_cli.engine.host_memory import keep_freed_memory
+from landscape_cli.engine.passes import Cost, Evaluation, Passes, SavedBytes, reduce
 from landscape_cli.engine.problem import Problem
-from landscape_cli.loading.data import concat_batches, concatenates
 
 STRATEGIES = ("auto", "cached", "stream")
 #: rows per compiled block: every block goes through ``torch.compile`` in chunks of this many
@@ -87,19 +88,6 @@ CPU_BATCHED_GROUP_BYTES = 6 << 20
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "
              "(try dtype: float64)")
-
-
-@dataclass
-class Cost:
-    """What the engine spent: HVPs (vectors), gradients and passes over the dataset."""
-
-    hvps: int = 0
-    hvp_blocks: int = 0
-    grads: int = 0
-    data_passes: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def batches_rows(device: torch.device, group_bytes: int) -> bool:
@@ -129,25 +117,6 @@ def default_memory_budget(device: torch.device) -> int:
         return 4 << 30
 
 
-class _SavedBytes:
-    """Saved-tensor hooks that add up the distinct storages autograd keeps for backward."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self._seen: set[int] = set()
-
-    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in self._seen:
-            self._seen.add(storage.data_ptr())
-            self.bytes += storage.nbytes()
-        return tensor
-
-    @staticmethod
-    def unpack(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
-
 @dataclass
 class _Terms:
     """Σ_b w_b L_b(θ₀) and Σ_b w_b ∇L_b(θ₀) over some batches, with Σ_b |w_b L_b| and
@@ -173,11 +142,17 @@ class _Terms:
                 and float((self.grad - other.grad).norm()) <= tol * other.grad_scale)
 
 
+class _OverBudget(Exception):
+    """The kept graph outgrew the memory budget: stream instead."""
+
+
 @dataclass
 class _FirstOrderGraph:
-    """∇L(θ₀) with its graph, the bytes it saved, and the most any one group saved."""
+    """Σ_g w_g ∇L_g(θ₀) with its graph (this process's groups), the dataset gradient ∇L(θ₀),
+    L(θ₀), the bytes the graph saved, and the most any one group saved."""
 
     theta: torch.Tensor
+    graph: torch.Tensor
     grad: torch.Tensor
     loss: float
     bytes: int
@@ -192,6 +167,8 @@ class HVPEngine:
     strategy: str = "auto"
     memory_budget: int | None = None
     compile: bool = False
+    #: L(θ₀) and the accuracy there when already known (a pass that checked the weights)
+    evaluation: Evaluation | None = None
     cost: Cost = field(default_factory=Cost)
     warnings: list[str] = field(default_factory=list)
 
@@ -199,11 +176,11 @@ class HVPEngine:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         keep_freed_memory()
+        self.passes = Passes(self.problem, cost=self.cost, warnings=self.warnings)
         self._theta: torch.Tensor | None = None
         self._grad_graph: torch.Tensor | None = None
         self._loss: float | None = None
         self._grad: torch.Tensor | None = None
-        self._evaluated: tuple[float, float | None] | None = None
         self._vectorize = True
         self._batched_rows = 1  # cached: rows per batched backward pass (BATCHED_BYTES)
         self._largest_group = 0  # cached: the most saved tensors of one group, measured
@@ -249,8 +226,8 @@ class HVPEngine:
         graph = self._first_order_graph(self._batch_groups(), budget)
         if graph is None:
             return
-        self._theta, self._grad_graph = graph.theta, graph.grad
-        self._loss, self._grad = graph.loss, graph.grad.detach()
+        self._theta, self._grad_graph = graph.theta, graph.graph
+        self._loss, self._grad = graph.loss, graph.grad
         self.mode = "cached"
         self.cached_bytes = graph.bytes
         self._largest_group = graph.largest_group
@@ -261,33 +238,34 @@ class HVPEngine:
         """Σ_g w_g ∇L_g(θ₀) with its graph over ``groups`` of (weight, batch indices), or None
         as soon as the tensors it saves outgrow ``budget``."""
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
-        saved = _SavedBytes()
-        grad_graph, loss, largest_group = None, 0.0, 0
-        self.cost.data_passes += 1  # a partial pass, when over budget, is spent all the same
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-            for weight, indices in groups:
-                before = saved.bytes
-                group_loss, g = self._weighted_terms(theta, weight, self._joined(indices), create_graph=True)
-                grad_graph = g if grad_graph is None else grad_graph + g
-                loss = loss + group_loss.detach()
-                largest_group = max(largest_group, saved.bytes - before)
-                if budget is not None and saved.bytes > budget:
-                    return None
+        saved = SavedBytes()
+        largest_group = 0
+
+        def term(weight: float, batch: object) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal largest_group
+            before = saved.bytes
+            loss, grad = self._weighted_terms(theta, weight, batch, create_graph=True)
+            largest_group = max(largest_group, saved.bytes - before)
+            if budget is not None and saved.bytes > budget:
+                raise _OverBudget
+            return loss.detach(), grad
+
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                # a process's own graph: its products are reduced (``_hvp_cached``), not it
+                loss, grad_graph = self.passes.sum_over(term, groups, reduced=False)
+        except _OverBudget:
+            return None
+        loss, = reduce([loss])
         self.cost.grads += 1
-        return _FirstOrderGraph(theta, grad_graph, float(loss), saved.bytes, largest_group)
+        return _FirstOrderGraph(theta, grad_graph, reduce([grad_graph.detach()])[0], float(loss),
+                                saved.bytes, largest_group)
 
     def _weighted_terms(self, theta: torch.Tensor, weight: float, batch: object,
                         create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(w·L_b(θ), w·∇L_b(θ)) for one batch (or group) on the device."""
         loss = weight * self.problem.mean_batch_loss(theta, batch)
         return loss, torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
-
-    def _joined(self, indices: list[int]) -> object:
-        """The batches ``indices`` as one batch on the device (moved one by one, then joined,
-        so host memory holds no second copy of the data)."""
-        if len(indices) == 1:
-            return self.problem.batch(indices[0])
-        return concat_batches([self.problem.batch(i) for i in indices])
 
     def _batch_groups(self) -> list[tuple[float, list[int]]]:
         """(weight, batch indices) of the groups every pass over the data goes through: the
@@ -316,10 +294,10 @@ class HVPEngine:
                 or self.memory_budget <= 0):
             return per_batch, 0
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
-        saved, reference = _SavedBytes(), _Terms()
+        saved, reference, batch_of = SavedBytes(), _Terms(), self.passes.batch_of
         self.cost.data_passes += 1  # over the first group only
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-            reference.add(*self._weighted_terms(theta, weights[0], self.problem.batch(0), create_graph=True))
+            reference.add(*self._weighted_terms(theta, weights[0], batch_of([0]), create_graph=True))
         bytes_per_weight = max(saved.bytes, 1) / weights[0]
         limit = min(GROUP_BYTES, self.memory_budget // 4)  # an HVP's working set: a few groups
         runs: list[list[int]] = []
@@ -336,10 +314,10 @@ class HVPEngine:
                                                   for run in runs):
             return apart
         for i in runs[0][1:]:
-            reference.add(*self._weighted_terms(theta, weights[i], self.problem.batch(i), create_graph=False))
+            reference.add(*self._weighted_terms(theta, weights[i], batch_of([i]), create_graph=False))
         groups = [(sum(weights[i] for i in run), run) for run in runs]
         joined = _Terms()
-        joined.add(*self._weighted_terms(theta, groups[0][0], self._joined(runs[0]), create_graph=False))
+        joined.add(*self._weighted_terms(theta, groups[0][0], batch_of(runs[0]), create_graph=False))
         if not joined.agrees_with(reference, self.problem.dtype):
             return apart
         return groups, int(max(weight for weight, _ in groups) * bytes_per_weight)
@@ -356,24 +334,15 @@ class HVPEngine:
 
     def evaluate(self) -> tuple[float, float | None]:
         """(L(θ₀), accuracy at θ₀ or None when the task is not classification)."""
-        if self._evaluated is None:
-            self._evaluated = self.problem.evaluate()
-            self._loss = self._loss if self._loss is not None else self._evaluated[0]
-            self.cost.data_passes += 1
-        return self._loss, self._evaluated[1]
+        if self.evaluation is None:
+            self.evaluation = self.passes.evaluate()
+            self._loss = self._loss if self._loss is not None else self.evaluation.loss
+        return self._loss, self.evaluation.accuracy
 
     def grad(self) -> torch.Tensor:
         """∇L(θ₀) as a flat vector."""
         if self._grad is None:
-            theta = self.problem.theta0.detach().clone().requires_grad_(True)
-            total, loss = torch.zeros_like(theta), 0.0
-            for i in range(len(self.problem.batches)):
-                batch_loss = self.problem.batch_loss(theta, i)
-                total += torch.autograd.grad(batch_loss, theta)[0]
-                loss = loss + batch_loss.detach()
-            self._grad, self._loss = total, float(loss)
-            self.cost.grads += 1
-            self.cost.data_passes += 1
+            self._loss, self._grad = self.passes.value_and_grad()
         return self._grad
 
     # ------------------------------------------------------------------ second order
@@ -384,10 +353,9 @@ class HVPEngine:
         block = vectors.unsqueeze(0) if single else vectors
         block = block.to(device=self.problem.device, dtype=self.problem.dtype)
         if self.mode == "cached":
-            out = self._hvp_cached(block)
+            out, = reduce([self._hvp_cached(block)])  # the kept graph is this process's data
         else:
             out = self._hvp_stream(block)
-            self.cost.data_passes += 1
         self.cost.hvps += block.shape[0]
         self.cost.hvp_blocks += 1
         return out[0] if single else out
@@ -443,9 +411,8 @@ class HVPEngine:
                                          "the memory that was free)")
 
     def _hvp_stream(self, block: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(block)
-        for weight, indices in self._batch_groups():
-            out += weight * self._group_hvp(block, self._joined(indices))
+        out, = self.passes.sum_over(lambda weight, batch: (weight * self._group_hvp(block, batch),),
+                                    self._batch_groups())
         return out
 
     def _group_hvp(self, block: torch.Tensor, batch: object) -> torch.Tensor:

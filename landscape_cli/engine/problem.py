@@ -22,8 +22,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
+from landscape_cli.batches import to_device
 from landscape_cli.errors import ConfigError, LandscapeError, NumericalError
-from landscape_cli.loading.data import Batches, to_device
+from landscape_cli.loading.data import Batches
 from landscape_cli.loading.factory import USER_CODE_ERRORS, describe_exception
 
 LossFn = Callable[[nn.Module, Any], Any]
@@ -73,13 +74,6 @@ def is_classification(batch: Any) -> bool:
     return (isinstance(batch, (tuple, list)) and len(batch) == 2
             and isinstance(batch[1], torch.Tensor) and batch[1].dim() == 1
             and not batch[1].is_floating_point())
-
-
-def top1_correct(outputs: Any, targets: torch.Tensor) -> int | None:
-    """Rows whose arg-max logit is the target; None if outputs are not (N, C) logits."""
-    if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and len(outputs) == len(targets):
-        return int((outputs.argmax(dim=1) == targets).sum())
-    return None
 
 
 class Objective(nn.Module):
@@ -177,21 +171,6 @@ class Problem:
     def mean_batch_loss(self, theta: torch.Tensor, batch: Any) -> torch.Tensor:
         """L_b(θ), the mean loss over one batch already on the device."""
         return mean_loss(torch.func.functional_call(self.objective, self.unflatten(theta), (batch,)))
-
-    def evaluate(self, theta: torch.Tensor | None = None) -> tuple[float, float | None]:
-        """Dataset loss (and accuracy, for classification) at θ, without gradients."""
-        theta = self.theta0 if theta is None else theta
-        total, correct = 0.0, 0 if self.classification else None
-        with torch.no_grad():
-            for i in range(len(self.batches)):
-                batch = self.batch(i)
-                total += float(self.weights[i] * self.mean_batch_loss(theta, batch))
-                if correct is not None:
-                    outputs = call_model(self.objective.model, batch[0],
-                                         self.unflatten(theta, prefix=""))
-                    hits = top1_correct(outputs, batch[1])
-                    correct = None if hits is None else correct + hits
-        return total, (None if correct is None else correct / self.n_samples)
 
 
 def apply_bn_policy(model: nn.Module, bn: str) -> None:

@@ -1,0 +1,286 @@
+"""Every pass over the data (DESIGN §4): the only code that loops over a ``Problem``'s batches.
+
+A pass adds up sample-weighted terms, Σ_g w_g·f_g(θ) with w_g = n_g/N (n_g the samples of
+group g, or the count its loss returns), and plain counts (correct predictions, batches), and
+hands the totals to ``reduce``: the one place where the sums of separate processes would meet
+(an all-reduce under torchrun). On top of that sum sit the primitives every analysis needs at
+any weights θ, not only the checkpoint's: the loss and accuracy (one forward per batch), the
+loss and gradient, many θ at once (``vmap`` over parameter sets), and BatchNorm statistics
+recomputed for θ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape_cli.batches import concat_batches
+from landscape_cli.engine.problem import Problem, mean_loss
+
+#: (weight, batch indices): batches joined into one forward pass, weighted by their share of N
+Group = tuple[float, list[int]]
+#: a pass's term for one group: its (already weighted) contributions to each sum
+Term = Callable[[float, Any], Sequence[torch.Tensor]]
+#: rows of θ that go through one vmapped forward pass: about this many bytes of activations
+MANY_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The dataset loss at some θ, and the top-1 accuracy for a classifier (else None)."""
+
+    loss: float
+    accuracy: float | None
+
+
+@dataclass
+class Cost:
+    """What the passes and the engine on top of them spent: HVPs (vectors), gradients and
+    passes over the dataset (a pass stopped early counts)."""
+
+    hvps: int = 0
+    hvp_blocks: int = 0
+    grads: int = 0
+    data_passes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"hvps": self.hvps, "hvp_blocks": self.hvp_blocks, "grads": self.grads,
+                "data_passes": self.data_passes}
+
+
+def reduce(sums: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The sums of every process, added up: the identity in a single process."""
+    return tuple(sums)
+
+
+class SavedBytes:
+    """Saved-tensor hooks that add up the distinct storages autograd keeps for backward."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.bytes += storage.nbytes()
+        return tensor
+
+    @staticmethod
+    def unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+
+@contextmanager
+def _first_output(model: nn.Module) -> Iterator[list[Any]]:
+    """The model's output in its first call inside the block: what the loss computed its value
+    from, so that the accuracy needs no second forward pass."""
+    seen: list[Any] = []
+    handle = model.register_forward_hook(lambda module, args, out: seen.append(out) if not seen else None)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _hits(outputs: Any, targets: torch.Tensor) -> torch.Tensor | None:
+    """Rows whose arg-max logit is the target; None if the outputs are not (N, C) logits."""
+    if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and len(outputs) == len(targets):
+        return (outputs.argmax(dim=1) == targets).sum()
+    return None
+
+
+def batch_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm modules that keep running statistics, by name."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+            and module.running_mean is not None}
+
+
+@contextmanager
+def _accumulating(norms: dict[str, nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """BatchNorms in train mode with momentum 1: each forward pass writes its batch's mean and
+    unbiased variance into the running buffers it is given; other modules stay as they are."""
+    saved = {name: (m.training, m.momentum) for name, m in norms.items()}
+    try:
+        for m in norms.values():
+            m.train()
+            m.momentum = 1.0
+        yield
+    finally:
+        for name, m in norms.items():
+            m.training, m.momentum = saved[name]
+
+
+@dataclass
+class Passes:
+    """The passes over a problem's data."""
+
+    problem: Problem
+    cost: Cost = field(default_factory=Cost)
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._many_rows: int | None = None  # rows per vmapped forward (MANY_BYTES), measured once
+        self._vmap_many = True
+        self._logits = False  # whether the model's outputs are (N, C) logits, seen on a forward
+
+    # ------------------------------------------------------------------ the one loop
+
+    def per_batch(self) -> list[Group]:
+        return [(weight, [i]) for i, weight in enumerate(self.problem.weights)]
+
+    def batch_of(self, indices: list[int]) -> Any:
+        """The batches ``indices`` as one batch on the device (moved one by one, then joined,
+        so the host holds no second copy of the data)."""
+        if len(indices) == 1:
+            return self.problem.batch(indices[0])
+        return concat_batches([self.problem.batch(i) for i in indices])
+
+    def sum_over(self, term: Term, groups: Sequence[Group] | None = None, *,
+                 reduced: bool = True) -> tuple[torch.Tensor, ...]:
+        """Σ_g term(w_g, batch_g) over ``groups`` (each batch alone by default), term by term,
+        then ``reduce``d (``reduced=False`` keeps a process's own sums, for a kept graph whose
+        products are reduced later)."""
+        total: list[torch.Tensor] | None = None
+        self.cost.data_passes += 1
+        for weight, indices in self.per_batch() if groups is None else groups:
+            values = term(weight, self.batch_of(indices))
+            total = list(values) if total is None else [a + b for a, b in zip(total, values)]
+        return reduce(total) if reduced else tuple(total)
+
+    # ------------------------------------------------------------------ primitives
+
+    def state(self, theta: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
+        """The objective's parameters at θ, and model buffers (by the model's names) in place of
+        its own."""
+        return {**self.problem.unflatten(theta),
+                **{"model." + name: value for name, value in (buffers or {}).items()}}
+
+    def _loss_and_hits(self, state: dict[str, torch.Tensor], batch: Any
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_b and, for a classifier whose model returns logits, its correct predictions (else
+        0), from one forward pass."""
+        with _first_output(self.problem.objective.model) as outputs:
+            loss = mean_loss(torch.func.functional_call(self.problem.objective, state, (batch,)))
+        hits = _hits(outputs[0], batch[1]) if self.problem.classification and outputs else None
+        self._logits = hits is not None  # fixed by the model's output shape
+        return loss, torch.zeros((), dtype=torch.long, device=loss.device) if hits is None else hits
+
+    def _evaluation(self, loss: torch.Tensor, hits: torch.Tensor) -> Evaluation:
+        accuracy = int(hits) / self.problem.n_samples if self._logits else None
+        return Evaluation(float(loss), accuracy)
+
+    def evaluate(self, theta: torch.Tensor | None = None,
+                 buffers: dict[str, torch.Tensor] | None = None) -> Evaluation:
+        """L(θ) and the accuracy at θ (θ₀ by default), without gradients, in one forward pass
+        per batch; ``buffers`` replace the model's (``recalibrate_bn``)."""
+        state = self.state(self.problem.theta0 if theta is None else theta, buffers)
+
+        def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, hits = self._loss_and_hits(state, batch)
+            return (weight * loss).double(), hits
+
+        with torch.no_grad():
+            return self._evaluation(*self.sum_over(term))
+
+    def value_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """(L(θ), ∇L(θ)) by one backward pass per batch; no graph is kept."""
+        theta = (self.problem.theta0 if theta is None else theta).detach().clone().requires_grad_(True)
+
+        def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            loss = weight * self.problem.mean_batch_loss(theta, batch)
+            return loss.detach(), torch.autograd.grad(loss, theta)[0]
+
+        loss, grad = self.sum_over(term)
+        self.cost.grads += 1
+        return float(loss), grad
+
+    def evaluate_many(self, thetas: torch.Tensor,
+                      buffers: dict[str, torch.Tensor] | None = None) -> list[Evaluation]:
+        """``evaluate`` at each row of ``thetas`` (k×n), in one pass over the data: each batch
+        goes through ``vmap`` over parameter sets, in chunks of rows of about ``MANY_BYTES`` of
+        activations, or, for a model ``vmap`` cannot run, through a loop over the rows."""
+        thetas = thetas.to(device=self.problem.device, dtype=self.problem.dtype)
+        if self._vmap_many:
+            try:
+                return self._many(thetas, buffers, vectorized=True)
+            except RuntimeError as exc:
+                if isinstance(exc, torch.OutOfMemoryError):
+                    raise
+                self._vmap_many = False
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                self.warnings.append(f"evaluating many weight vectors at once failed for this model "
+                                     f"({first}); evaluated them one at a time")
+        return self._many(thetas, buffers, vectorized=False)
+
+    def _many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None,
+              vectorized: bool) -> list[Evaluation]:
+        extra = {"model." + name: value for name, value in (buffers or {}).items()}
+
+        def one(theta: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._loss_and_hits({**self.problem.unflatten(theta), **extra}, batch)
+
+        rows = self._rows_per_forward() if vectorized else 1
+
+        def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            if vectorized:
+                parts = [torch.func.vmap(one, in_dims=(0, None))(chunk, batch)
+                         for chunk in thetas.split(rows)]
+            else:
+                parts = [tuple(t.unsqueeze(0) for t in one(theta, batch)) for theta in thetas]
+            losses = torch.cat([loss for loss, _ in parts])
+            hits = torch.cat([h for _, h in parts])
+            return (weight * losses).double(), hits
+
+        with torch.no_grad():
+            losses, hits = self.sum_over(term)
+        return [self._evaluation(loss, hit) for loss, hit in zip(losses, hits)]
+
+    def _rows_per_forward(self) -> int:
+        """Rows of θ per vmapped forward pass: ``MANY_BYTES`` over the tensors one forward and
+        backward pass of the first batch saves (measured once; more than a forward alone holds)."""
+        if self._many_rows is None:
+            theta = self.problem.theta0.detach().clone().requires_grad_(True)
+            saved = SavedBytes()
+            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                self.problem.mean_batch_loss(theta, self.problem.batch(0))
+            self._many_rows = max(1, MANY_BYTES // max(saved.bytes, 1))
+        return self._many_rows
+
+    def recalibrate_bn(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """BatchNorm running statistics recomputed at θ with one no-grad pass: each batch's mean
+        and unbiased variance, averaged over the batches with equal weights, the cumulative
+        average that ``momentum=None`` accumulates (Garipov et al. 2018; PyTorch's
+        ``swa_utils.update_bn``). Returned by the model's buffer names, for ``evaluate``; the
+        model's own buffers are untouched. Empty for a model without such BatchNorms."""
+        norms = batch_norms(self.problem.objective.model)
+        if not norms:
+            return {}
+        params = self.problem.unflatten(self.problem.theta0 if theta is None else theta)
+
+        def term(weight: float, batch: Any) -> list[torch.Tensor]:
+            fresh = {}
+            for name, m in norms.items():
+                fresh[f"model.{name}.running_mean"] = torch.zeros_like(m.running_mean)
+                fresh[f"model.{name}.running_var"] = torch.zeros_like(m.running_var)
+                fresh[f"model.{name}.num_batches_tracked"] = torch.zeros_like(m.num_batches_tracked)
+            torch.func.functional_call(self.problem.objective, {**params, **fresh}, (batch,))
+            return [*(fresh[f"model.{name}.running_{stat}"] for name in norms
+                      for stat in ("mean", "var")), torch.ones((), dtype=torch.long)]
+
+        with torch.no_grad(), _accumulating(norms):
+            *sums, count = self.sum_over(term)
+        out: dict[str, torch.Tensor] = {}
+        for i, name in enumerate(norms):
+            out[f"{name}.running_mean"] = sums[2 * i] / count
+            out[f"{name}.running_var"] = sums[2 * i + 1] / count
+            out[f"{name}.num_batches_tracked"] = count.clone()
+        return out
