@@ -5,14 +5,19 @@ and ``_checkpoint_wrapped_module.`` (FSDP / activation checkpointing) are wrappe
 that never belong to a model's own keys: they are removed wherever they occur. A remaining
 leading prefix (a Lightning attribute such as ``model.``) is stripped when exactly one
 choice makes the most keys match the model.
+
+Tied weights (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) are one tensor under
+several keys; ``save_pretrained`` keeps one of them, so a key tied to one the checkpoint holds
+is not missing: it takes that key's tensor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from landscape_cli.errors import CheckpointError
 
@@ -71,6 +76,9 @@ class Match:
     converted: list[tuple[str, torch.dtype, torch.dtype]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     wrappers: list[str] = field(default_factory=list)
+    # (model key, model key whose checkpoint tensor it took): tied keys the checkpoint
+    # lacks, or whose value lost a conflict within its group (non-strict only).
+    tied: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def stripped(self) -> str:
@@ -83,9 +91,24 @@ def _listed(names: list[str], limit: int = 6) -> str:
     return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def tied_groups(model: nn.Module) -> list[tuple[str, ...]]:
+    """The sorted groups (two keys or more) of state-dict keys naming one and the same
+    parameter or buffer object: ties by identity, never by equal values."""
+    keys_by_object: dict[int, list[str]] = {}
+    # keep_vars: the Parameter objects themselves, whose identity is the tie (plain
+    # state_dict() gives fresh detached tensors). They stay alive while the dict does.
+    for key, value in model.state_dict(keep_vars=True).items():
+        keys_by_object.setdefault(id(value), []).append(key)
+    return sorted(tuple(sorted(keys)) for keys in keys_by_object.values() if len(keys) > 1)
+
+
 def match_state_dict(tensors: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
-                     strip_prefix: str = "auto", strict: bool = True, source: str = "checkpoint") -> Match:
-    """Rename checkpoint keys to the model's; in ``strict`` mode any misfit is an error."""
+                     strip_prefix: str = "auto", strict: bool = True, source: str = "checkpoint",
+                     tied: Sequence[Collection[str]] = ()) -> Match:
+    """Rename checkpoint keys to the model's; in ``strict`` mode any misfit is an error.
+
+    ``tied`` (from ``tied_groups``): a model key the checkpoint lacks takes the tensor of a
+    key tied to it that the checkpoint holds (see ``_tie``)."""
     own_parts = {part for key in model_state for part in key.split(".")[:-1]}
     cleaned: dict[str, str] = {}
     for key in tensors:
@@ -101,16 +124,22 @@ def match_state_dict(tensors: Mapping[str, torch.Tensor], model_state: Mapping[s
     renamed = {new: cleaned[mid] for new, mid in _strip(cleaned, prefix).items()}
     ignored = sorted(cleaned[k] for k in cleaned if not k.startswith(prefix))
     out = {new: tensors[old] for new, old in renamed.items() if new in model_state}
+    # Only groups the checkpoint holds a key of can fill the others.
+    groups = [members for members in ([k for k in group if k in model_state] for group in tied)
+              if any(k in out for k in members)]
+    tied_keys = {k for members in groups for k in members}
     match = Match(
         tensors=out,
         prefix=prefix,
-        missing=sorted(k for k in model_state if k not in renamed),
+        missing=sorted(k for k in model_state if k not in renamed and k not in tied_keys),
         unexpected=sorted(renamed[k] for k in renamed if k not in model_state),
         ignored=ignored,
         wrappers=list(dict.fromkeys(p for k in tensors for p in k.split(".")[:-1]
                                     if p in WRAPPER_PARTS and p not in own_parts)),
     )
     _check_fit(match, model_state, source)
+    for members in groups:
+        _tie(match, members, strict, source)
     if strict and match.missing:
         raise CheckpointError(f"{source}: keys the model needs are missing from the checkpoint: "
                               f"{_listed(match.missing)}{_hint(prefix)}")
@@ -119,6 +148,29 @@ def match_state_dict(tensors: Mapping[str, torch.Tensor], model_state: Mapping[s
                               f"{_listed(match.unexpected)} (set checkpoint.strict: false to "
                               "ignore them)")
     return match
+
+
+def _tie(match: Match, members: list[str], strict: bool, source: str) -> None:
+    """Give every key of one tied group the tensor of its first key the checkpoint holds.
+
+    Other held keys must hold the same values (NaNs alike): one tensor cannot take two;
+    ``strict`` refuses the checkpoint, otherwise the first key wins."""
+    first, *others = (k for k in members if k in match.tensors)
+    value = match.tensors[first]
+    for key in others:
+        other = match.tensors[key]
+        # Checked after _check_fit: same shape and kind, so only values can differ.
+        if not torch.allclose(value, other.to(value.dtype), rtol=0, atol=0, equal_nan=True):
+            if strict:
+                raise CheckpointError(f"{source}: '{first}' and '{key}' are one tied tensor in the "
+                                      "model but hold different values in the checkpoint (set "
+                                      f"checkpoint.strict: false to take '{first}')")
+            match.tensors[key] = value
+            match.tied.append((key, first))
+    for key in members:
+        if key not in match.tensors:
+            match.tensors[key] = value
+            match.tied.append((key, first))
 
 
 def _kind(tensor: torch.Tensor) -> str:
