@@ -131,6 +131,10 @@ class Passes:
         self._vmap_many = True
         self._logits = False  # whether the model's outputs are (N, C) logits, seen on a forward
 
+    @property
+    def data_passes(self) -> int:
+        return self.cost.data_passes
+
     # ------------------------------------------------------------------ the one loop
 
     def per_batch(self) -> list[Group]:
