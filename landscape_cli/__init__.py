@@ -1,8 +1,26 @@
-"""landscape: loss-landscape geometry of saved PyTorch checkpoints."""
+"""landscape: loss-landscape geometry of saved PyTorch checkpoints.
 
-import time
+The Python API (DESIGN §10): ``analyze(command, checkpoint, config=None, **options)`` runs a
+command in this process and returns its ``Report``; ``Session`` keeps a config's model and
+data for many checkpoints. Imported on first use, so that ``import landscape_cli`` (and the
+CLI's ``--help``) stays light."""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-#: When the package was first imported: ``cost.total_s`` counts from here.
-STARTED = time.perf_counter()
+_LAZY = {"analyze": "landscape_cli.runner", "Report": "landscape_cli.report.document",
+         "Session": "landscape_cli.session"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'landscape_cli' has no attribute {name!r}")
+
+
+__all__ = ["Report", "Session", "__version__", "analyze"]

@@ -417,12 +417,12 @@ def validate(raw: dict[str, Any], source: str, origins: Mapping[str, str] = {}) 
         raise ConfigError(source, key, message + more) from None
 
 
-def load_config(path: Path, overrides: Sequence[str] = (),
+def load_config(path: str | Path, overrides: Sequence[str] = (),
                 flags: Mapping[str, tuple[str, Any]] = {}) -> Config:
     """Read, merge ``extends``, apply ``--set KEY=VALUE`` overrides, then the dedicated flags
     (``flags``: key → (the flag as typed, its value)), which win; validate. An invalid value
     is reported against the flag or ``--set`` that gave it, not the file."""
-    raw = read_yaml(path)
+    raw = read_yaml(Path(path))
     origins: dict[str, str] = {}
     for text in overrides:
         keys, value = parse_override(text)

@@ -42,7 +42,8 @@ def full_batch_loss(model: nn.Module, problem, x, y):
 def loaded(config: str, ckpt: Path, *overrides: str, **options):
     """A problem built through the real config and checkpoint loading path, in float64."""
     from landscape_cli.config import load_config
-    from landscape_cli.loading.assemble import LoadOptions, load
+    from landscape_cli.loading.assemble import LoadOptions
+    from landscape_cli.session import load
 
     cfg = load_config(CONFIGS / config, ["dtype=float64", "device=cpu", *overrides])
     return load(cfg, ckpt, LoadOptions(**options))

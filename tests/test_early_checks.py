@@ -16,12 +16,12 @@ from landscape_cli.report.gates import check_names, parse_gate
 @pytest.fixture
 def no_loading(monkeypatch):
     """Loading the checkpoint fails the test: the checks must come first."""
-    import landscape_cli.cli.common as common
+    from landscape_cli.session import Session
 
     def refuse(*args, **kwargs):
         raise AssertionError("the run loaded its inputs before checking its options")
 
-    monkeypatch.setattr(common, "load", refuse)
+    monkeypatch.setattr(Session, "load", refuse)
 
 
 @pytest.mark.parametrize("args, needles", [

@@ -15,75 +15,12 @@ The SLQ spectral density adds the fraction of negative eigenvalues, an estimate 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
-from landscape_cli.analyses.density import DensityResult, spectral_density
+from landscape_cli.analyses.density import spectral_density
 from landscape_cli.linalg.lanczos import lanczos
-
-VERDICTS = ("minimum", "saddle", "maximum", "degenerate", "not_critical")
-
-
-@dataclass
-class CriticalPointResult:
-    """The verdict, the numbers behind it and the sentences that explain it."""
-
-    #: The names ``scalars`` can hold, checked before the run (``report.gates.check_names``).
-    GATES: ClassVar[tuple[str, ...]] = ("grad_norm", "lambda_min", "lambda_max",
-                                        "negative_fraction")
-
-    verdict: str
-    grad_norm: float
-    grad_threshold: float
-    theta_norm: float
-    lambda_min: float
-    lambda_min_residual: float
-    lambda_max: float
-    lambda_max_residual: float
-    eig_threshold: float
-    lanczos_converged: bool
-    density: DensityResult | None
-    evidence: list[str]
-
-    @property
-    def negative_fraction(self) -> float | None:
-        return None if self.density is None else self.density.negative_mass
-
-    def results(self) -> dict:
-        out = {
-            "verdict": self.verdict,
-            "grad_norm": self.grad_norm,
-            "lambda_min": self.lambda_min,
-            "lambda_max": self.lambda_max,
-            "negative_fraction": self.negative_fraction,
-            "evidence": self.evidence,
-            "lambda_min_residual": self.lambda_min_residual,
-            "lambda_max_residual": self.lambda_max_residual,
-            "grad_threshold": self.grad_threshold,
-            "eig_threshold": self.eig_threshold,
-            "theta_norm": self.theta_norm,
-            "lanczos_converged": self.lanczos_converged,
-        }
-        if self.density is not None:
-            out["negative_weight_ratio"] = self.density.negative_weight_ratio
-            out["negative_threshold"] = self.density.negative_threshold
-        return out
-
-    def scalars(self) -> dict[str, float]:
-        out = {"grad_norm": self.grad_norm, "lambda_min": self.lambda_min,
-               "lambda_max": self.lambda_max}
-        if self.density is not None:
-            out["negative_fraction"] = self.density.negative_mass
-        return out
-
-    def warnings(self) -> list[str]:
-        notes = [] if self.density is None else self.density.warnings()
-        if self.lanczos_converged:
-            return notes
-        return ["Lanczos did not converge at both ends within the budget; the verdict rests on "
-                "the residual bounds shown (raise --max-hvps for a firmer one)", *notes]
+from landscape_cli.results.critical import CriticalPointResult
 
 
 def decide(grad_norm: float, grad_threshold: float, theta_min: float, r_min: float,

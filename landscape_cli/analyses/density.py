@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -22,55 +21,10 @@ from landscape_cli.linalg.slq import (
     slq,
 )
 from landscape_cli.linalg.so_far import SoFar
+from landscape_cli.results.density import DensityResult
 
 #: Most grid points used to sample a narrow user-given σ (the default is 1000).
 MAX_GRID_POINTS = 20001
-
-
-@dataclass
-class DensityResult:
-    """The SLQ density on a grid, its quadrature, and the negative spectral mass."""
-
-    grid: list[float]
-    values: list[float]
-    nodes: list[list[float]]
-    weights: list[list[float]]
-    negative_mass: float
-    negative_mass_stderr: float | None
-    negative_threshold: float
-    negative_weight_ratio: float
-    sigma: float
-    runs: int
-    steps: int
-    lambda_min: float
-    lambda_max: float
-    reorthogonalized: bool
-    notes: list[str]
-
-    def results(self) -> dict:
-        return {
-            "grid": self.grid,
-            "values": self.values,
-            "nodes": self.nodes,
-            "weights": self.weights,
-            "negative_mass": self.negative_mass,
-            "negative_threshold": self.negative_threshold,
-            "negative_weight_ratio": self.negative_weight_ratio,
-            "negative_mass_stderr": self.negative_mass_stderr,
-            "sigma": self.sigma,
-            "runs": self.runs,
-            "steps": self.steps,
-            "lambda_min": self.lambda_min,
-            "lambda_max": self.lambda_max,
-            "reorthogonalized": self.reorthogonalized,
-        }
-
-    def scalars(self) -> dict[str, float]:
-        return {"negative_mass": self.negative_mass,
-                "negative_weight_ratio": self.negative_weight_ratio}
-
-    def warnings(self) -> list[str]:
-        return list(self.notes)
 
 
 def default_sigma(lambda_min: float, lambda_max: float, steps: int) -> float:

@@ -2,49 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from landscape_cli.loading.checkpoint import UnsafeCheckpoint, read_checkpoint
 from landscape_cli.loading.matching import common_prefix
+from landscape_cli.results.inspect import InspectResult
 
 #: State-dict entries that are buffers, not parameters, whatever the model (normalisation
 #: statistics): the analyses never differentiate them.
 BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
-
-
-@dataclass
-class InspectResult:
-    """Format, tensors and safety of one checkpoint."""
-
-    format: str
-    key: str | None
-    tensors: list[dict[str, Any]]
-    n_params: int
-    n_buffers: int
-    n_tensors: int
-    detected_prefix: str | None
-    unsafe_globals: list[str]
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def results(self) -> dict[str, Any]:
-        return {"format": self.format, "key": self.key, "n_tensors": self.n_tensors,
-                "n_params": self.n_params, "n_buffers": self.n_buffers,
-                "detected_prefix": self.detected_prefix,
-                "unsafe_globals": self.unsafe_globals, "loadable": not self.unsafe_globals,
-                "metadata": self.metadata, "tensors": self.tensors}
-
-    def scalars(self) -> dict[str, float]:
-        return {"n_params": self.n_params, "n_tensors": self.n_tensors}
-
-    def warnings(self) -> list[str]:
-        if not self.unsafe_globals:
-            return []
-        return [f"weights_only loading refuses {', '.join(self.unsafe_globals)}; analyses need "
-                "--allow-global NAME for each, or --trust-checkpoint"]
 
 
 def inspect_checkpoint(path: str | Path, key: str = "auto") -> InspectResult:

@@ -7,61 +7,13 @@ bias together), each estimated by the same method on the block operator v ↦ (H
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import ClassVar
 
 import torch
 
-from landscape_cli.linalg.trace import Callback, TraceEstimate, hutchinson, hutchpp
+from landscape_cli.linalg.trace import Callback, hutchinson, hutchpp
+from landscape_cli.results.trace import LayerTrace, TraceResult
 
 ESTIMATORS = {"hutchpp": hutchpp, "hutchinson": hutchinson}
-
-
-@dataclass
-class LayerTrace:
-    name: str
-    n_params: int
-    trace: float
-    stderr: float
-    ci95: tuple[float, float]
-    trace_per_param: float
-    hvps: int
-
-
-@dataclass
-class TraceResult:
-    """tr(H) with standard error and 95% interval; per-layer rows when asked for."""
-
-    #: The names ``scalars`` can hold, checked before the run (``report.gates.check_names``).
-    GATES: ClassVar[tuple[str, ...]] = ("trace", "trace_per_param", "stderr", "relative_stderr")
-
-    estimate: TraceEstimate
-    n: int
-    rtol: float
-    per_layer: list[LayerTrace] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def results(self) -> dict:
-        e = self.estimate
-        out = {"trace": e.trace, "stderr": e.stderr, "ci95": list(e.ci95),
-               "trace_per_param": e.trace / self.n, "n_params": self.n, "method": e.method,
-               "probes": e.probes, "sketch": e.sketch, "hvps": e.matvecs, "converged": e.converged,
-               "rtol": self.rtol}
-        if self.per_layer is not None:
-            out["per_layer"] = [{**asdict(row), "ci95": list(row.ci95)} for row in self.per_layer]
-        return out
-
-    def scalars(self) -> dict[str, float]:
-        e = self.estimate
-        return {"trace": e.trace, "trace_per_param": e.trace / self.n, "stderr": e.stderr,
-                "relative_stderr": e.stderr / abs(e.trace) if e.trace else float("inf")}
-
-    def warnings(self) -> list[str]:
-        e = self.estimate
-        if e.converged:
-            return list(self.notes)
-        return [*self.notes, f"relative standard error {e.stderr / max(abs(e.trace), 1e-300):.3g} "
-                f"did not reach --rtol {self.rtol:g} within {e.matvecs} HVPs; raise --max-hvps"]
 
 
 def module_groups(names: list[str], slices: dict[str, slice]) -> dict[str, list[slice]]:
@@ -106,4 +58,4 @@ def trace(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, method: str = 
             per_layer.append(LayerTrace(name=name, n_params=size, trace=est.trace,
                                         stderr=est.stderr, ci95=est.ci95,
                                         trace_per_param=est.trace / size, hvps=est.matvecs))
-    return TraceResult(estimate=total, n=n, rtol=rtol, per_layer=per_layer)
+    return TraceResult(estimate=total, n_params=n, rtol=rtol, per_layer=per_layer)

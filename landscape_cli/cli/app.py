@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib import metadata
 from typing import Annotated, Any
 
 import typer
@@ -14,12 +15,10 @@ except ImportError:  # pragma: no cover
     import click
 
 from landscape_cli import __version__
-from landscape_cli.cli import critical as critical_cli
 from landscape_cli.cli import inspect as inspect_cli
 from landscape_cli.cli import schema as schema_cli
-from landscape_cli.cli import spectrum as spectrum_cli
-from landscape_cli.cli import trace as trace_cli
 from landscape_cli.cli.common import analysis_command
+from landscape_cli.commands import COMMANDS
 from landscape_cli.errors import EXIT_BAD_INPUT
 
 
@@ -58,9 +57,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        import torch
-
-        typer.echo(f"landscape {__version__} (torch {torch.__version__})")
+        # the installed torch's version, read without importing it (seconds)
+        typer.echo(f"landscape {__version__} (torch {metadata.version('torch')})")
         raise typer.Exit()
 
 
@@ -72,11 +70,7 @@ def _root(
     """Loss-landscape geometry of saved PyTorch checkpoints."""
 
 
-analysis_command(app, "spectrum", help=spectrum_cli.HELP, epilog=spectrum_cli.EPILOG)(
-    spectrum_cli.spectrum_command)
-analysis_command(app, "trace", help=trace_cli.HELP, epilog=trace_cli.EPILOG)(trace_cli.trace_command)
-analysis_command(app, "classify-critical-point", help=critical_cli.HELP,
-                 epilog=critical_cli.EPILOG)(critical_cli.classify_command)
+for spec in COMMANDS.values():
+    analysis_command(app, spec)
 inspect_cli.register_inspect(app)
 schema_cli.register_schema(app)
-

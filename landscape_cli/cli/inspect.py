@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from landscape_cli import STARTED
-from landscape_cli.analyses.inspect import inspect_checkpoint
 from landscape_cli.cli.common import (
     CHECKPOINT,
     OUTPUT_OPTIONS,
@@ -18,7 +17,6 @@ from landscape_cli.cli.common import (
     guarded,
     register,
 )
-from landscape_cli.report.document import build_report
 from landscape_cli.report.output import Destination
 
 HELP = "Show a checkpoint's format, tensors, shapes, dtypes, prefix and unsafe globals."
@@ -30,34 +28,33 @@ EPILOG = """Examples:
 """
 
 
-def _run(values: dict, call, result_type) -> None:
-    options = OutputOptions(**values)
+def inspect_checkpoint_cli(checkpoint: str, key: str = "auto", **output: object) -> None:
+    """Read the checkpoint with weights_only=True (or only list its globals if that would
+    refuse it) and report what it holds."""
+    options = OutputOptions(checkpoint=checkpoint, **output)
 
     def body() -> tuple[dict, Destination | None]:
+        from landscape_cli.analyses.inspect import inspect_checkpoint
+        from landscape_cli.report.document import build_report
+
+        started = time.perf_counter()
         dest = options.destination([Path(options.checkpoint)])
-        result = call(options.checkpoint)
+        result = inspect_checkpoint(options.checkpoint, key)
         return build_report(
             "inspect",
             checkpoint={"path": options.checkpoint, "format": result.format,
                         "n_params": result.n_params},
             settings={}, results=result.results(),
-            cost={"total_s": round(time.perf_counter() - STARTED, 4)},
+            cost={"total_s": round(time.perf_counter() - started, 4)},
             gates=[], warnings=result.warnings()), dest
 
     doc, dest = guarded(options, body)
     guarded(options, lambda: finish(doc, options, dest))
 
 
-def inspect_command(
-    checkpoint: str,
-    key: Annotated[str, typer.Option(
-        help="Where the weights are in the file: auto, or a key such as ema or state_dict.")] = "auto",
-):
-    """Read the checkpoint with weights_only=True (or only list its globals if that would
-    refuse it)."""
-    return inspect_checkpoint(checkpoint, key)
-
-
 def register_inspect(app: typer.Typer) -> None:
-    register(app, "inspect", help=HELP, epilog=EPILOG, shared=[CHECKPOINT, *OUTPUT_OPTIONS],
-             run=_run)(inspect_command)
+    key = inspect.Parameter("key", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Annotated[
+        str, typer.Option(help="Where the weights are in the file: auto, or a key such as ema or "
+                          "state_dict.")])
+    register(app, "inspect", help=HELP, epilog=EPILOG, params=[CHECKPOINT, key, *OUTPUT_OPTIONS],
+             run=inspect_checkpoint_cli)

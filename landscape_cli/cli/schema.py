@@ -7,11 +7,12 @@ import json
 import typer
 
 from landscape_cli.report.output import emit
-from landscape_cli.report.schema import json_schema
 
 
 def register_schema(app: typer.Typer) -> None:
     @app.command("schema", help="Print the JSON Schema of the report every command emits.",
                  epilog="Example:\n\n  landscape schema > landscape-report.schema.json")
     def schema_command() -> None:
+        from landscape_cli.report.schema import json_schema  # builds pydantic models: 0.1 s
+
         emit(json.dumps(json_schema(), indent=2), None)

@@ -1,9 +1,11 @@
-"""From a config and a checkpoint path to a ready ``Problem`` (model + weights + data + loss)."""
+"""From a config to a model (the factory, in the analysis dtype) and a checkpoint's weights loaded
+into it: matched, converted, checked, with what the report says about it. Nothing here knows
+the engine; ``session.py`` builds the problem from these parts."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,25 +13,12 @@ import torch
 from torch import nn
 
 from landscape_cli.config import Config
-from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss
 from landscape_cli.errors import CheckpointError, ConfigError, LandscapeError
-from landscape_cli.loading.checkpoint import Checkpoint, read_checkpoint
-from landscape_cli.loading.data import load_batches
-from landscape_cli.loading.factory import add_python_path, call, resolve
+from landscape_cli.loading.checkpoint import Checkpoint
+from landscape_cli.loading.factory import call
 from landscape_cli.loading.matching import Match, match_state_dict
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass
-class Loaded:
-    """Everything an analysis needs, and what the report says about where it came from."""
-
-    problem: Problem
-    checkpoint: Checkpoint
-    match: Match
-    n_model_params: int
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -68,28 +57,23 @@ def build_model(config: Config) -> nn.Module:
     return model
 
 
-def build_loss(config: Config) -> LossFn:
-    spec = config.loss
-    if spec.fn is not None:
-        fn = resolve(spec.fn, config.source, "loss.fn")
-        if not callable(fn):
-            raise ConfigError(config.source, "loss.fn", f"'{spec.fn}' is not callable")
-        return fn
-    criterion = call(spec.factory, spec.kwargs, config.source, "loss.factory")
-    if not callable(criterion):
-        raise ConfigError(config.source, "loss.factory", "did not return a callable criterion")
-    return criterion_loss(criterion)
+def load_weights(model: nn.Module, checkpoint: Checkpoint, config: Config,
+                 factory_state: Mapping[str, torch.Tensor] | None = None,
+                 tied: Sequence[Sequence[str]] = ()) -> Match:
+    """Match the checkpoint's keys to the model's (prefixes, strictness, shapes, dtypes, tied
+    parameters) and load them into the model held in the analysis dtype, so that a float64
+    checkpoint analysed in float64 keeps every digit; non-finite weights are refused.
 
-
-def load_weights(model: nn.Module, checkpoint: Checkpoint, config: Config) -> Match:
-    """Match the checkpoint's keys to the model's (prefixes, strictness, shapes, dtypes) and
-    load them into the model held in the analysis dtype, so that a float64 checkpoint analysed
-    in float64 keeps every digit; non-finite weights are refused."""
+    ``factory_state``: the state the factory built, for a model that already held another
+    checkpoint's weights: keys are matched against it (as the factory made them, whatever
+    the BatchNorm policy removed since) and the keys a checkpoint lacks go back to it."""
     spec = config.checkpoint
-    match = match_state_dict(checkpoint.tensors, model.state_dict(), spec.strip_prefix,
-                             spec.strict, source=str(checkpoint.path))
+    reference = model.state_dict() if factory_state is None else factory_state
+    match = match_state_dict(checkpoint.tensors, reference, spec.strip_prefix,
+                             spec.strict, source=str(checkpoint.path), tied=tied)
     model.to(DTYPES[config.dtype])
-    model.load_state_dict(match.tensors, strict=False)
+    restored = {name: reference[name] for name in match.missing} if factory_state is not None else {}
+    model.load_state_dict({**restored, **match.tensors}, strict=False)
     _refuse_non_finite(model, match, checkpoint.path)
     return match
 
@@ -108,7 +92,7 @@ def _refuse_non_finite(model: nn.Module, match: Match, path: Path) -> None:
     The values checked are those loaded, so a float64 value that overflows float32 counts."""
     state = model.state_dict()
     for name, original in match.tensors.items():
-        found = _non_finite(state[name])
+        found = _non_finite(state[name]) if name in state else []
         if found:
             overflow = "" if _non_finite(original) else (
                 f" once converted from {original.dtype} to {state[name].dtype}")
@@ -116,26 +100,7 @@ def _refuse_non_finite(model: nn.Module, match: Match, path: Path) -> None:
                                   f"{overflow}, so the loss is not finite")
 
 
-def load(config: Config, checkpoint_path: str | Path, options: LoadOptions = LoadOptions()) -> Loaded:
-    """Build the model, load the checkpoint into it, read the data, assemble the problem."""
-    add_python_path(config.python_path)
-    torch.manual_seed(config.seed)
-    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
-    checkpoint = read_checkpoint(checkpoint_path, config.checkpoint.key, options.allow_globals,
-                                 options.trust_checkpoint)
-    model = build_model(config)
-    match = load_weights(model, checkpoint, config)
-    warnings = [*_match_warnings(match), *_conversion_warnings(match, dtype)]
-    loss_fn = build_loss(config)
-    data = load_batches(config, options.max_batches)
-    problem = build_problem(model, loss_fn, data, bn=config.bn, params=options.params,
-                            device=device, dtype=dtype)
-    warnings += [*_key_warnings(checkpoint), *_loss_dtype_warnings(problem)]
-    return Loaded(problem=problem, checkpoint=checkpoint, match=match,
-                  n_model_params=sum(p.numel() for p in model.parameters()), warnings=warnings)
-
-
-def _key_warnings(checkpoint: Checkpoint) -> list[str]:
+def key_warnings(checkpoint: Checkpoint) -> list[str]:
     """Say which of several state dicts in one file ``checkpoint.key: auto`` took."""
     if not checkpoint.other_keys:
         return []
@@ -143,24 +108,11 @@ def _key_warnings(checkpoint: Checkpoint) -> list[str]:
             f"holds {', '.join(repr(k) for k in checkpoint.other_keys)} (choose with --key)"]
 
 
-def _loss_dtype_warnings(problem: Problem) -> list[str]:
-    """A loss computed in lower precision than the analysis asks for carries that rounding
-    into every HVP (Hugging Face models cast logits to float32, for one)."""
-    lower = problem.loss_dtype is not None and problem.loss_dtype.is_floating_point and (
-        torch.finfo(problem.loss_dtype).eps > torch.finfo(problem.dtype).eps)
-    if not lower:
-        return []
-    name = str(problem.dtype).removeprefix("torch.")
-    return [f"the loss comes out in {str(problem.loss_dtype).removeprefix('torch.')} although "
-            f"the analysis runs in {name}: the model or the loss casts, so the numbers carry "
-            "its rounding, not float64's"]
-
-
 def _shown(names: list[str]) -> str:
     return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
 
-def _match_warnings(match: Match) -> list[str]:
+def match_warnings(match: Match) -> list[str]:
     out: list[str] = []
     for label, names in (("missing from the checkpoint (left at the factory's values)", match.missing),
                          ("in the checkpoint but not in the model (ignored)", match.unexpected),
@@ -170,7 +122,7 @@ def _match_warnings(match: Match) -> list[str]:
     return out
 
 
-def _conversion_warnings(match: Match, dtype: torch.dtype) -> list[str]:
+def conversion_warnings(match: Match, dtype: torch.dtype) -> list[str]:
     """One warning listing the dtype conversions loading made, by pair of dtypes: a float16
     checkpoint analysed in float32 works, but the file's numbers are not analysed as they are.
 
@@ -189,16 +141,16 @@ def _conversion_warnings(match: Match, dtype: torch.dtype) -> list[str]:
     return [f"checkpoint tensors converted to the model's dtype: {'; '.join(pairs)}"]
 
 
-def describe_checkpoint(loaded: Loaded) -> dict[str, Any]:
+def describe_checkpoint(ckpt: Checkpoint, match: Match, n_model_params: int) -> dict[str, Any]:
     """The report's ``checkpoint`` section."""
-    ckpt = loaded.checkpoint
     out: dict[str, Any] = {
         "path": str(ckpt.path),
         "sha256": ckpt.sha256(),
         "format": ckpt.format,
-        "n_params": loaded.n_model_params,
+        "n_params": n_model_params,
         "key": ckpt.key,
-        "stripped_prefix": loaded.match.stripped or None,
+        "stripped_prefix": match.stripped or None,
+        **({"tied": [list(pair) for pair in match.tied]} if match.tied else {}),
     }
     out.update({k.replace("-", "_"): v for k, v in ckpt.metadata.items()})
     return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -46,3 +48,32 @@ def build_report(command: str, *, checkpoint: dict[str, Any], settings: dict[str
     doc["warnings"] = notes
     return doc
 
+
+
+@dataclass(frozen=True)
+class Report:
+    """The report as an object: its fields are the document's keys (``to_dict`` and
+    ``to_json`` give exactly what ``--json`` prints), and ``result`` is the analysis's typed
+    result (its numbers unrounded, NaN where the JSON says null), for notebooks."""
+
+    schema_version: str
+    command: str
+    status: str
+    tool: dict[str, str]
+    checkpoint: dict[str, Any]
+    settings: dict[str, Any]
+    results: dict[str, Any]
+    cost: dict[str, Any]
+    gates: list[dict[str, Any]]
+    warnings: list[str]
+    result: Any = None
+
+    @classmethod
+    def of(cls, doc: dict[str, Any], result: Any = None) -> Report:
+        return cls(**doc, result=result)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "result"}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)

@@ -15,55 +15,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from landscape_cli.report.density_view import spectrum_extras
+from landscape_cli.results import RESULT_TYPES
+from landscape_cli.results.base import Result
+from landscape_cli.results.rows import table
 
 FORMATS = ("table", "json", "jsonl", "csv", "md")
 
 
-# ----------------------------------------------------------------------------- rows per command
-
-
-def _spectrum_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for end in ("top", "bottom"):
-        values = results.get(f"{end}_eigenvalues") or []
-        for i, value in enumerate(values):
-            rows.append({"end": end, "rank": i + 1, "eigenvalue": value,
-                         "residual": results[f"{end}_residuals"][i],
-                         "converged": results[f"{end}_converged"][i]})
-    return rows
-
-
-def _trace_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    def row(name, n_params, r):
-        return {"block": name, "n_params": n_params, "trace": r["trace"], "stderr": r["stderr"],
-                "ci95_low": r["ci95"][0], "ci95_high": r["ci95"][1],
-                "trace_per_param": r["trace_per_param"], "hvps": r["hvps"]}
-
-    rows = [row(f"total ({results['method']})", results["n_params"], results)]
-    rows += [row(r["name"], r["n_params"], r) for r in results.get("per_layer") or []]
-    return rows
-
-
-def _critical_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"verdict": results["verdict"], "grad_norm": results["grad_norm"],
-             "lambda_min": results["lambda_min"], "lambda_max": results["lambda_max"],
-             "negative_fraction": results.get("negative_fraction")}]
+# ----------------------------------------------------------------------------- rows and extras per command
 
 
 def _critical_evidence(results: dict[str, Any]) -> list[Any]:
     return [f"[bold]{results['verdict']}[/]", *(f"  • {escape(line)}" for line in results["evidence"])]
-
-
-def _inspect_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [dict(t) for t in results.get("tensors", [])]
-
-
-ROWS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
-    "spectrum": _spectrum_rows,
-    "trace": _trace_rows,
-    "classify-critical-point": _critical_rows,
-    "inspect": _inspect_rows,
-}
 
 
 #: Extra Rich renderables shown under a command's table (e.g. a density chart), by command.
@@ -74,9 +37,9 @@ EXTRAS: dict[str, Callable[[dict[str, Any]], list[Any]]] = {
 
 
 def rows_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The document's results as flat rows (one per eigenvalue, tensor, ...)."""
-    make = ROWS.get(doc["command"])
-    return make(doc["results"]) if make else [doc["results"]]
+    """The document's results as flat rows (one per eigenvalue, tensor, ...), as the command's
+    result type declares them (one row of every key for a command without one)."""
+    return table(doc["results"], RESULT_TYPES.get(doc["command"], Result).ROWS)
 
 
 # ----------------------------------------------------------------------------- formats

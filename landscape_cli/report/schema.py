@@ -1,14 +1,20 @@
 """The report's JSON Schema (DESIGN §6), from typed models of the document.
 
-The models name the keys the contract fixes; every object stays open (``extra="allow"``) so
+The envelope is written here; each command's ``results`` model is generated from its result
+type's declaration (``landscape_cli.results``). Every object stays open (``extra="allow"``) so
 that keys added later do not break validators built from an older schema.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from functools import cache
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from landscape_cli.results import CriticalPointResult, InspectResult, SpectrumResult, TraceResult
+from landscape_cli.results.base import Result
 
 Number = float | None  # NaN and Inf are written as null
 
@@ -52,50 +58,38 @@ class Gate(_Open):
     violated: bool
 
 
-class Density(_Open):
-    grid: list[float]
-    values: list[Number]
-    nodes: list[list[Number]]
-    weights: list[list[Number]]
-    negative_mass: Number
-    negative_threshold: Number
-    negative_weight_ratio: Number
+def _json_type(hint: Any) -> Any:
+    """The JSON type of a declared Python type: floats may be null (NaN and Inf are written
+    so), a fixed-length tuple is an array of that length, a nested result its own model."""
+    if hint is float:
+        return Number
+    if isinstance(hint, type) and issubclass(hint, Result):
+        return results_model(hint)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is tuple:
+        return Annotated[list[Union[tuple(map(_json_type, args))]],  # noqa: UP007 (a computed union)
+                         Field(min_length=len(args), max_length=len(args))]
+    if origin in (Union, UnionType):
+        return Union[tuple(map(_json_type, args))]  # noqa: UP007 (a computed union)
+    if origin is list:
+        return list[_json_type(args[0])]
+    if origin is dict:
+        return dict[args[0], _json_type(args[1])]
+    return hint
 
 
-class SpectrumResults(_Open):
-    top_eigenvalues: list[Number]
-    top_residuals: list[Number]
-    top_converged: list[bool]
-    bottom_eigenvalues: list[Number] | None = None
-    bottom_residuals: list[Number] | None = None
-    bottom_converged: list[bool] | None = None
-    density: Density | None = None
+@cache
+def results_model(result_type: type[Result]) -> type[BaseModel]:
+    """The model of a result type's ``results``: each declared key, required where the type
+    says DESIGN §6 names it (the others may be absent), open to keys added later."""
+    fields = {k.name: (_json_type(k.type), ... if k.required else None) for k in result_type.KEYS}
+    return create_model(result_type.__name__, __base__=_Open, **fields)
 
 
-class TraceResults(_Open):
-    trace: Number
-    stderr: Number
-    ci95: list[Number] = Field(min_length=2, max_length=2)
-    trace_per_param: Number
-    method: Literal["hutchpp", "hutchinson"]
-    probes: int
-
-
-class CriticalResults(_Open):
-    verdict: Literal["minimum", "saddle", "maximum", "degenerate", "not_critical"]
-    grad_norm: Number
-    lambda_min: Number
-    lambda_max: Number
-    negative_fraction: Number
-    evidence: list[str]
-
-
-class InspectResults(_Open):
-    format: str
-    n_tensors: int
-    n_params: int
-    unsafe_globals: list[str]
-    tensors: list[dict[str, Any]]
+SpectrumResults = results_model(SpectrumResult)
+TraceResults = results_model(TraceResult)
+CriticalResults = results_model(CriticalPointResult)
+InspectResults = results_model(InspectResult)
 
 
 class _Report(_Open):

@@ -1,0 +1,101 @@
+"""``spectrum``: top/bottom Hessian eigenvalues by Lanczos, and with ``--density`` the
+eigenvalue density by stochastic Lanczos quadrature."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+from landscape_cli.commands import Command
+from landscape_cli.errors import LandscapeError
+from landscape_cli.options import Option
+from landscape_cli.results.spectrum import SpectrumResult
+
+if TYPE_CHECKING:
+    from landscape_cli.runner import Run
+
+_DENSITY = "Density (SLQ)"
+
+
+def spectrum(
+    run: Run,
+    top: Annotated[int, Option("Number of largest eigenvalues.", min=1)] = 5,
+    bottom: Annotated[int, Option("Number of smallest eigenvalues.", min=0)] = 0,
+    tol: Annotated[float, Option("Converged when a Ritz residual ≤ tol·|λ|max.")] = 1e-4,
+    max_hvps: Annotated[int | None, Option(
+        "Most Lanczos steps (HVPs) to spend; default: the parameter count.", min=1)] = None,
+    density: Annotated[bool, Option(
+        "Also estimate the eigenvalue density by stochastic Lanczos quadrature (runs × steps "
+        "HVPs, in blocks of runs).", flags=("--density",), panel=_DENSITY)] = False,
+    runs: Annotated[int, Option("SLQ runs (independent Rademacher start vectors).",
+                                panel=_DENSITY)] = 10,
+    steps: Annotated[int, Option("Lanczos steps per SLQ run (capped at the parameter count).",
+                                 panel=_DENSITY)] = 90,
+    sigma: Annotated[float | None, Option(
+        "Gaussian broadening width; default (λmax − λmin)/steps, the quadrature's resolution.",
+        panel=_DENSITY)] = None,
+    plot: Annotated[Path | None, Option(
+        "Write a log-scale density plot (.png, .svg or .pdf; needs matplotlib). Implies "
+        "--density.", metavar="FILE", panel=_DENSITY)] = None,
+):
+    """Lanczos with full reorthogonalization on the exact dataset Hessian; SLQ for --density."""
+    if not 0 < tol < 1:
+        raise LandscapeError(f"--tol {tol}: must be between 0 and 1")
+    if steps < 2:
+        raise LandscapeError(f"--steps {steps}: SLQ needs at least 2 Lanczos steps per run")
+    if runs < 1:
+        raise LandscapeError(f"--runs {runs}: SLQ needs at least 1 run")
+    if sigma is not None and not sigma > 0:
+        raise LandscapeError(f"--sigma {sigma}: the broadening width must be greater than 0")
+    from landscape_cli.analyses.density import spectral_density
+    from landscape_cli.analyses.spectrum import spectrum as lanczos_spectrum
+    from landscape_cli.linalg.so_far import SoFar
+    from landscape_cli.report import plot as density_plot
+    from landscape_cli.report.document import sanitize
+
+    plot_to = None if plot is None else density_plot.check_destination(plot, run.inputs)
+    density = density or plot_to is not None
+    problem = run.loaded.problem
+    budget = min(problem.n, max_hvps or problem.n)
+    with run.converging("Lanczos", total=None) as callback:
+        result = lanczos_spectrum(run.engine.hvp, problem.n, top=top, bottom=bottom, tol=tol,
+                                  max_hvps=budget, seed=run.seed, dtype=problem.dtype,
+                                  device=problem.device, callback=callback)
+    if not density:
+        return result
+    density_so_far, so_far = SoFar(), SoFar()
+    so_far.result = lambda: (None if density_so_far.result is None
+                             else dataclasses.replace(result, density=density_so_far.value()))
+    with (run.converging(f"SLQ ×{runs}", total=min(steps, problem.n)) as callback,
+          run.partial_on_interrupt(so_far)):
+        estimate = spectral_density(run.engine.hvp, problem.n, runs=runs, steps=steps,
+                                    seed=run.seed, sigma=sigma, dtype=problem.dtype,
+                                    device=problem.device, callback=callback,
+                                    memory_budget=run.engine.memory_left(), so_far=density_so_far)
+    result = dataclasses.replace(result, density=estimate)
+    if plot_to is not None:
+        # The plot draws what the report holds: the same results, NaN already made null.
+        document = {"command": "spectrum", "checkpoint": {"path": str(run.loaded.checkpoint.path)},
+                    "results": sanitize(result.results(), "results", [])}
+        density_plot.write_density_plot(document, plot_to)
+    return result
+
+
+COMMAND = Command(
+    name="spectrum",
+    run=spectrum,
+    help="Top-k (and bottom-k) Hessian eigenvalues by Lanczos, each with its residual bound; "
+         "with --density, the eigenvalue density by stochastic Lanczos quadrature.",
+    epilog="""Examples:
+
+  landscape spectrum sample_checkpoints/mlp/seed0_epoch100.pt
+
+  landscape spectrum ckpt.pt --top 10 --bottom 3 --dtype float64 --json
+
+  landscape spectrum ckpt.pt --params 'layer3.*' --fail-if 'lambda_max>50'
+
+  landscape spectrum ckpt.pt --density --plot density.png --fail-if 'negative_mass>0.01'
+""",
+    result=SpectrumResult,
+)

@@ -1,0 +1,67 @@
+"""``trace``: tr(H) by Hutch++ (default) or Hutchinson, with standard error and 95% interval."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, get_args
+
+from landscape_cli.commands import Command
+from landscape_cli.errors import LandscapeError
+from landscape_cli.options import Option
+from landscape_cli.results.trace import Method, TraceResult
+
+if TYPE_CHECKING:
+    from landscape_cli.runner import Run
+
+#: the estimators of ``analyses.trace.ESTIMATORS`` (which imports torch; a test keeps them equal)
+METHODS = get_args(Method)
+
+
+def trace(
+    run: Run,
+    method: Annotated[str, Option("hutchpp (Meyer et al. 2021) or hutchinson.",
+                                  choices=METHODS)] = "hutchpp",
+    rtol: Annotated[float, Option("Stop when the standard error is at most rtol·|trace|.")] = 0.01,
+    max_hvps: Annotated[int, Option("Most HVPs to spend (per layer with --per-layer).",
+                                    min=1)] = 1000,
+    sketch: Annotated[int | None, Option("Hutch++ sketch size (default min(24, max-hvps/3)).",
+                                         min=0)] = None,
+    per_layer: Annotated[bool, Option("Also estimate the trace of each module's diagonal block.",
+                                      flags=("--per-layer",))] = False,
+):
+    """Hutch++ / Hutchinson with Rademacher probes pushed through the engine in blocks."""
+    if not rtol > 0:
+        raise LandscapeError(f"--rtol {rtol}: must be greater than 0")
+    from landscape_cli.analyses.trace import module_groups
+    from landscape_cli.analyses.trace import trace as estimate_trace
+    from landscape_cli.linalg.so_far import SoFar
+    from landscape_cli.linalg.trace import TraceEstimate
+
+    problem = run.loaded.problem
+    groups = module_groups(problem.names, problem.groups) if per_layer else None
+    so_far = SoFar()
+    with run.progress("trace HVPs", total=max_hvps) as update, run.partial_on_interrupt(so_far):
+
+        def step(spent: int, estimate: TraceEstimate) -> None:
+            so_far.result = lambda: TraceResult(estimate, problem.n, rtol, notes=[
+                f"interrupted: the estimate after {estimate.matvecs} HVPs"])
+            update(spent, f"tr ≈ {estimate.trace:.5g} ± {estimate.stderr:.2g}")
+
+        return estimate_trace(run.engine.hvp, problem.n, method=method, rtol=rtol,
+                              max_hvps=max_hvps, sketch=sketch, seed=run.seed, dtype=problem.dtype,
+                              device=problem.device, groups=groups, callback=step)
+
+
+COMMAND = Command(
+    name="trace",
+    run=trace,
+    help="Trace of the Hessian (and per layer) by Hutch++ or Hutchinson, with a 95% interval.",
+    epilog="""Examples:
+
+  landscape trace sample_checkpoints/mlp/seed0_epoch100.pt
+
+  landscape trace ckpt.pt --rtol 0.005 --max-hvps 5000 --json
+
+  landscape trace ckpt.pt --per-layer --method hutchinson
+""",
+    result=TraceResult,
+)

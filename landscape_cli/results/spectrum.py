@@ -1,0 +1,57 @@
+"""``spectrum``'s result: extreme Hessian eigenvalues with residual bounds, and the density."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from landscape_cli.results.base import Result, internal, numbered, reported
+from landscape_cli.results.density import DensityResult
+from landscape_cli.results.rows import Ranked, Rows
+
+
+def _eigenpairs(end: str) -> Ranked:
+    """One row per eigenvalue at the ``top`` or ``bottom`` end of the spectrum."""
+    return Ranked(fixed={"end": end}, lists={"eigenvalue": f"{end}_eigenvalues",
+                                             "residual": f"{end}_residuals",
+                                             "converged": f"{end}_converged"})
+
+
+class SpectrumResult(Result):
+    """Top-k (descending) and bottom-k (ascending) Hessian eigenvalues with residual bounds."""
+
+    DERIVED_GATES: ClassVar[tuple[str, ...]] = ("lambda_max", "top_N", "lambda_min", "bottom_N")
+    ROWS: ClassVar[tuple[Rows, ...]] = (_eigenpairs("top"), _eigenpairs("bottom"))
+
+    top_eigenvalues: list[float] = reported(required=True)
+    top_residuals: list[float] = reported(required=True)
+    top_converged: list[bool] = reported(required=True)
+    bottom_eigenvalues: list[float] | None = reported(omit_none=True)
+    bottom_residuals: list[float] | None = reported(omit_none=True)
+    bottom_converged: list[bool] | None = reported(omit_none=True)
+    lanczos_steps: int = reported()
+    tol: float = reported()
+    #: what the products' own rounding adds to every residual (Lanczos._measured)
+    residual_floor: float = reported()
+    #: True when the step budget ran out; else the products' precision stopped convergence
+    budget_spent: bool = internal()
+    density: DensityResult | None = reported(omit_none=True, default=None)
+    notes: list[str] = internal(default_factory=list)
+
+    def derived_scalars(self) -> dict[str, float]:
+        out = {"lambda_max": self.top_eigenvalues[0], **numbered("top", self.top_eigenvalues)}
+        if self.bottom_eigenvalues:
+            out.update(lambda_min=self.bottom_eigenvalues[0],
+                       **numbered("bottom", self.bottom_eigenvalues))
+        return out
+
+    def warnings(self) -> list[str]:
+        notes = [*self.notes, *(self.density.warnings() if self.density is not None else [])]
+        missed = self.top_converged.count(False) + (self.bottom_converged or []).count(False)
+        if missed:
+            why = ("raise --max-hvps or loosen --tol" if self.budget_spent else
+                   f"not for want of steps: the products' own rounding puts a floor of "
+                   f"{self.residual_floor:.2g} under every residual; use --dtype float64 or "
+                   "loosen --tol")
+            notes.append(f"{missed} requested eigenvalue(s) did not reach residual ≤ {self.tol:g}·"
+                         f"|λ|max in {self.lanczos_steps} Lanczos steps; {why}")
+        return notes

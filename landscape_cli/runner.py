@@ -1,0 +1,224 @@
+"""The runner (DESIGN §1): from a command, a checkpoint, a config and options to the typed
+report. Used by the CLI, by the Python API (``landscape_cli.analyze``) and by sweeps, which
+pass one ``Session`` so that the model and data are built once for many checkpoints.
+
+``prepare`` does everything that can fail before any loading (options, gates, config, the
+run's input files), so that a bad option fails in a second; ``execute`` runs the analysis and
+builds the report, timed from the start of ``prepare``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from landscape_cli.commands import COMMANDS, Command
+from landscape_cli.config import Config, find_config, load_config
+from landscape_cli.engine.hvp import NONFINITE, HVPEngine
+from landscape_cli.errors import Interrupted, LandscapeError, NumericalError
+from landscape_cli.linalg.so_far import SoFar
+from landscape_cli.loading.assemble import LoadOptions
+from landscape_cli.options import RunOptions, checked, jsonable
+from landscape_cli.report.document import Report, build_report
+from landscape_cli.report.gates import Gate, check_names, parse_gate
+from landscape_cli.session import Loaded, Session
+
+#: Numbers every analysis report has, whatever the command.
+HEADLINE = ("loss", "accuracy")
+
+#: ``progress(label, total)`` → a context giving ``update(completed, note)``; total None: the
+#: need is not known in advance (Lanczos stops at convergence)
+ProgressFactory = Callable[[str, int | None], Any]
+
+
+@contextmanager
+def no_progress(label: str, total: int | None) -> Iterator[Callable[..., None]]:
+    yield lambda completed, note="": None
+
+
+class Analysis(Protocol):
+    """The typed result an analysis returns."""
+
+    #: every name ``scalars`` can hold (``top_N`` for a numbered family), for early gate checks
+    GATES: ClassVar[tuple[str, ...]]
+
+    def results(self) -> dict[str, Any]:
+        """The command-specific ``results`` of the JSON report."""
+
+    def scalars(self) -> dict[str, float]:
+        """Named numbers that ``--fail-if`` gates and summaries can use."""
+
+    def warnings(self) -> list[str]:
+        """What the user should know about how far to trust the numbers."""
+
+
+@dataclass
+class Run:
+    """What a command's function gets: the loaded problem and its engine, a progress hook, and
+    the files the run reads (which no output of it may overwrite). The checkpoint, model and
+    data are loaded when the function first asks for them, so that it checks its own options
+    first: a bad option fails in a second, not after the loading."""
+
+    open: Callable[[], tuple[Loaded, HVPEngine, float]]
+    seed: int
+    inputs: list[Path]
+    progress_factory: ProgressFactory = no_progress
+
+    @cached_property
+    def _opened(self) -> tuple[Loaded, HVPEngine, float]:
+        return self.open()
+
+    @property
+    def opened(self) -> bool:
+        return "_opened" in self.__dict__
+
+    @property
+    def started(self) -> float:
+        """When the analysis began: after the loading (``cost.wall_s`` counts from here)."""
+        return self._opened[2]
+
+    @property
+    def loaded(self) -> Loaded:
+        return self._opened[0]
+
+    @property
+    def engine(self) -> HVPEngine:
+        return self._opened[1]
+
+    def progress(self, label: str, total: int | None):
+        """A context giving a callback ``(completed, note)`` for the caller's progress display."""
+        return self.progress_factory(label, total)
+
+    @contextmanager
+    def converging(self, label: str, total: int | None) -> Iterator[Callable[[int, int, int], None]]:
+        """``progress`` for the Krylov algorithms' callback ``(step, converged, wanted)``."""
+        with self.progress(label, total) as update:
+            yield lambda step, done, wanted: update(step, f"{done}/{wanted} converged")
+
+    @contextmanager
+    def partial_on_interrupt(self, so_far: SoFar) -> Iterator[None]:
+        """On SIGINT/SIGTERM inside the block, attach the result so far (marked not
+        converged; None if there is none yet) to the interruption, so that the report is
+        still written."""
+        try:
+            yield
+        except Interrupted as stop:
+            stop.partial = so_far.value()
+            raise
+
+
+@dataclass
+class Prepared:
+    """A run checked and ready: everything but the loading and the analysis."""
+
+    command: Command
+    checkpoint: str
+    run_options: RunOptions
+    options: dict[str, Any]
+    gates: list[Gate]
+    config: Config
+    config_path: Path
+    started: float
+    inputs: list[Path] = field(default_factory=list)
+
+    def load_options(self) -> LoadOptions:
+        o = self.run_options
+        return LoadOptions(params=o.params, max_batches=o.batches, allow_globals=o.allow_global,
+                           trust_checkpoint=o.trust_checkpoint)
+
+
+def command(name: str) -> Command:
+    if name not in COMMANDS:
+        raise LandscapeError(f"no command named '{name}' (the commands: {', '.join(COMMANDS)})")
+    return COMMANDS[name]
+
+
+def prepare(name: str, checkpoint: str | Path, run_options: RunOptions,
+            options: dict[str, Any]) -> Prepared:
+    """Check the options and gates, find and load the config, list the run's input files."""
+    started = time.perf_counter()
+    spec = command(name)
+    values = checked(spec.run, options)
+    gates = [parse_gate(expr) for expr in run_options.fail_if]
+    check_names(gates, (*HEADLINE, *spec.result.GATES))
+    config_path = find_config(str(run_options.config) if run_options.config else None, str(checkpoint))
+    config = load_config(config_path, run_options.set, run_options.flags())
+    inputs = [Path(checkpoint), config_path, *([Path(config.data.path)] if config.data.path else [])]
+    return Prepared(spec, str(checkpoint), run_options, values, gates, config, config_path,
+                    started, inputs)
+
+
+def execute(prepared: Prepared, *, session: Session | None = None,
+            progress: ProgressFactory = no_progress) -> tuple[Report, Interrupted | None]:
+    """Run the analysis and build the report; with the interruption when the run was stopped
+    with a result so far (the report then has ``status: interrupted``). ``session``: one whose
+    config is ``prepared.config``, to load the checkpoint onto its model."""
+    config = prepared.config
+    session = session or Session(config, prepared.load_options())
+
+    def open_run() -> tuple[Loaded, HVPEngine, float]:
+        loaded = session.load(prepared.checkpoint)
+        started = time.perf_counter()
+        return loaded, HVPEngine(loaded.problem, strategy=config.engine.strategy,
+                                 memory_budget=config.engine.memory_budget,
+                                 compile=config.engine.compile, evaluation=loaded.evaluation), started
+
+    run = Run(open=open_run, seed=config.seed, inputs=prepared.inputs, progress_factory=progress)
+    interrupted = None
+    try:
+        result = prepared.command.run(run, **prepared.options)
+    except FloatingPointError:
+        raise NumericalError(NONFINITE) from None
+    except Interrupted as stop:
+        if stop.partial is None:
+            raise
+        result, interrupted = stop.partial, stop
+    return _report(prepared, run, result, interrupted), interrupted
+
+
+def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interrupted | None) -> Report:
+    config, loaded, engine = prepared.config, run.loaded, run.engine
+    loss, accuracy = engine.evaluate()
+    wall = time.perf_counter() - run.started
+    headline = {"loss": loss, **({"accuracy": accuracy} if accuracy is not None else {})}
+    problem = loaded.problem
+    doc = build_report(
+        prepared.command.name,
+        checkpoint=loaded.describe(),
+        settings={"device": str(problem.device), "dtype": config.dtype, "seed": config.seed,
+                  "bn": config.bn, "n_samples": problem.n_samples,
+                  "n_batches": len(problem.batches), "n_analysed": problem.n,
+                  "params": list(prepared.run_options.params) or None,
+                  "config": str(prepared.config_path), "config_sha256": config.sha256(),
+                  "options": {name: jsonable(value) for name, value in prepared.options.items()},
+                  **engine.describe(), **({"attention": "sdpa-math"} if problem.attention else {})},
+        results={**headline, **result.results()},
+        cost={**engine.cost.as_dict(), "wall_s": round(wall, 4),
+              "total_s": round(time.perf_counter() - prepared.started, 4)},
+        gates=[gate.check({**headline, **result.scalars()}) for gate in prepared.gates],
+        warnings=[*loaded.warnings, *engine.warnings, *result.warnings()],
+        status="ok" if interrupted is None else "interrupted",
+    )
+    return Report.of(doc, result)
+
+
+def analyze(name: str, checkpoint: str | Path, config: str | Path | None = None, *,
+            session: Session | None = None, progress: ProgressFactory = no_progress,
+            **options: Any) -> Report:
+    """Run ``landscape NAME CHECKPOINT`` in this process and return its report (DESIGN §10).
+
+    ``options`` are the command's own (``top=5``) and the shared ones (``set=[...]``,
+    ``dtype="float64"``, ``fail_if=[...]``, ...), by their Python names; errors raise the
+    ``LandscapeError`` whose message the CLI prints."""
+    shared = {k: options.pop(k) for k in list(options) if k in RunOptions.__dataclass_fields__}
+    prepared = prepare(name, checkpoint, RunOptions.of({**shared, "config": config}), options)
+    report, interrupted = execute(prepared, session=session, progress=progress)
+    if interrupted is not None:
+        raise interrupted
+    return report
+

@@ -1,0 +1,139 @@
+"""A session: what a config builds once (model from its factory, loss, data, device, dtype:
+the ``Problem``) and the checkpoints applied to it one after another (read, match, load into
+the same model: cheap and repeatable), so that many checkpoints cost one setup."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from landscape_cli.config import Config
+from landscape_cli.engine.passes import Evaluation, Passes
+from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss
+from landscape_cli.errors import ConfigError, NumericalError
+from landscape_cli.loading.assemble import (
+    DTYPES,
+    LoadOptions,
+    build_model,
+    conversion_warnings,
+    describe_checkpoint,
+    key_warnings,
+    load_weights,
+    match_warnings,
+    resolve_device,
+)
+from landscape_cli.loading.checkpoint import Checkpoint, read_checkpoint
+from landscape_cli.loading.data import load_batches
+from landscape_cli.loading.factory import add_python_path, call, resolve
+from landscape_cli.loading.matching import Match, tied_groups
+
+
+@dataclass
+class Loaded:
+    """One checkpoint on the session's problem, and what the report says about where it came
+    from. ``evaluation``: L(θ₀) and the accuracy, when the load already computed them."""
+
+    problem: Problem
+    checkpoint: Checkpoint
+    match: Match
+    n_model_params: int
+    warnings: list[str] = field(default_factory=list)
+    evaluation: Evaluation | None = None
+
+    def describe(self) -> dict:
+        """The report's ``checkpoint`` section."""
+        return describe_checkpoint(self.checkpoint, self.match, self.n_model_params)
+
+
+def build_loss(config: Config) -> LossFn:
+    spec = config.loss
+    if spec.fn is not None:
+        fn = resolve(spec.fn, config.source, "loss.fn")
+        if not callable(fn):
+            raise ConfigError(config.source, "loss.fn", f"'{spec.fn}' is not callable")
+        return fn
+    criterion = call(spec.factory, spec.kwargs, config.source, "loss.factory")
+    if not callable(criterion):
+        raise ConfigError(config.source, "loss.factory", "did not return a callable criterion")
+    return criterion_loss(criterion)
+
+
+def _loss_dtype_warnings(problem: Problem) -> list[str]:
+    """A loss computed in lower precision than the analysis asks for carries that rounding
+    into every HVP (Hugging Face models cast logits to float32, for one)."""
+    lower = problem.loss_dtype is not None and problem.loss_dtype.is_floating_point and (
+        torch.finfo(problem.loss_dtype).eps > torch.finfo(problem.dtype).eps)
+    if not lower:
+        return []
+    name = str(problem.dtype).removeprefix("torch.")
+    return [f"the loss comes out in {str(problem.loss_dtype).removeprefix('torch.')} although "
+            f"the analysis runs in {name}: the model or the loss casts, so the numbers carry "
+            "its rounding, not float64's"]
+
+
+@dataclass
+class _Built:
+    """What the first checkpoint built: the model, the state its factory gave it, its tied
+    parameters, and the problem (weights of the last checkpoint loaded)."""
+
+    model: nn.Module
+    factory_state: dict[str, torch.Tensor]
+    tied: list[tuple[str, ...]]
+    problem: Problem | None = None
+
+
+class Session:
+    """A config's model, loss and data, built at the first ``load`` and kept for the next."""
+
+    def __init__(self, config: Config, options: LoadOptions | None = None):
+        self.config = config
+        self.options = options or LoadOptions()
+        self._built: _Built | None = None
+
+    def load(self, checkpoint_path: str | Path) -> Loaded:
+        """Read a checkpoint and put its weights in the model. The first one builds the model,
+        loss and data and checks the loss on every batch; a later one is checked by one pass
+        that evaluates it (kept for the report)."""
+        config, options = self.config, self.options
+        checkpoint = read_checkpoint(checkpoint_path, config.checkpoint.key, options.allow_globals,
+                                     options.trust_checkpoint)
+        first = self._built is None
+        if first:
+            add_python_path(config.python_path)
+            torch.manual_seed(config.seed)
+            model = build_model(config)
+            self._built = _Built(model, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                                 tied_groups(model))
+        built = self._built
+        match = load_weights(built.model, checkpoint, config, None if first else built.factory_state,
+                             built.tied)
+        dtype = DTYPES[config.dtype]
+        evaluation = None
+        if first:
+            data = load_batches(config, options.max_batches)
+            built.problem = build_problem(built.model, build_loss(config), data, bn=config.bn,
+                                          params=options.params, device=resolve_device(config.device),
+                                          dtype=dtype)
+        else:
+            theta0 = torch.cat([built.model.get_parameter(n).detach().reshape(-1)
+                                for n in built.problem.names]).clone()
+            built.problem = dataclasses.replace(built.problem, theta0=theta0)
+            evaluation = Passes(built.problem).evaluate()
+            if not torch.isfinite(torch.tensor(evaluation.loss)):
+                raise NumericalError(f"the loss is not finite ({evaluation.loss}) at the "
+                                     "checkpoint's weights; check the weights and the data")
+        problem = built.problem
+        warnings = [*match_warnings(match), *conversion_warnings(match, dtype),
+                    *key_warnings(checkpoint), *_loss_dtype_warnings(problem)]
+        return Loaded(problem=problem, checkpoint=checkpoint, match=match,
+                      n_model_params=sum(p.numel() for p in built.model.parameters()),
+                      warnings=warnings, evaluation=evaluation)
+
+
+def load(config: Config, checkpoint_path: str | Path, options: LoadOptions | None = None) -> Loaded:
+    """Build the model, load the checkpoint into it, read the data, assemble the problem."""
+    return Session(config, options).load(checkpoint_path)
