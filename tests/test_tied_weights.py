@@ -142,3 +142,59 @@ def test_gpt2_save_pretrained_loads_strictly(tmp_path):
     assert match.missing == []
     fresh.load_state_dict(match.tensors, strict=False)
     assert torch.equal(fresh.lm_head.weight, saved[held.pop()])
+
+
+TIED_MODEL = '''
+import torch
+from torch import nn
+
+
+class Tied(nn.Module):
+    """Digits in, a tied read-out: the decoder's weight is the encoder's (as GPT-2's lm_head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode = nn.Linear(64, 10, bias=False)
+        self.mix = nn.Linear(10, 10)
+        self.decode = nn.Linear(10, 10, bias=False)
+        self.decode.weight = self.mix.weight
+
+    def forward(self, x):
+        return self.decode(torch.tanh(self.mix(self.encode(x))))
+'''
+
+
+def test_a_checkpoint_saved_with_one_of_two_tied_keys_loads_under_strict(tmp_path):
+    """End to end through the CLI (``checkpoint.strict`` is true by default): the file holds
+    ``mix.weight`` only, as ``save_pretrained`` keeps one of GPT-2's tied pair; the report names
+    the tie, and the numbers equal those of the full state dict."""
+    import json
+    import sys
+
+    from adversarial import DIGITS, invoke
+    from safetensors.torch import save_file
+
+    (tmp_path / "tied_model.py").write_text(TIED_MODEL)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from tied_model import Tied
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(3)
+    state = Tied().state_dict()
+    save_file({k: v.contiguous() for k, v in state.items() if k != "decode.weight"},
+              str(tmp_path / "one.safetensors"))
+    torch.save(state, tmp_path / "both.pt")
+    config = tmp_path / "landscape.yaml"
+    config.write_text(f"python_path: [{tmp_path}]\nmodel:\n  factory: tied_model:Tied\n"
+                      f"data:\n  path: {DIGITS}\n  max_samples: 100\ndevice: cpu\ndtype: float64\n"
+                      "checkpoint:\n  strict: true\n")
+    reports = {}
+    for name in ("one.safetensors", "both.pt"):
+        ran = invoke(["spectrum", tmp_path / name, "-c", config, "--top", "2", "--json"])
+        assert ran.returncode == 0, ran.stderr
+        reports[name] = json.loads(ran.stdout)
+    assert reports["one.safetensors"]["checkpoint"]["tied"] == [["decode.weight", "mix.weight"]]
+    assert reports["one.safetensors"]["results"]["top_eigenvalues"] == pytest.approx(
+        reports["both.pt"]["results"]["top_eigenvalues"], rel=1e-12)
+    assert not reports["one.safetensors"]["warnings"]
