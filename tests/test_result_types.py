@@ -21,6 +21,8 @@ from landscape_cli.results.base import Result, internal, reported
 from landscape_cli.results.critical import CriticalPointResult
 from landscape_cli.results.density import DensityResult
 from landscape_cli.results.inspect import InspectResult
+from landscape_cli.results.sharpness import MEASURES, SharpnessResult
+from landscape_cli.results.sharpness import Measure as SharpnessMeasure
 from landscape_cli.results.spectrum import SpectrumResult
 from landscape_cli.results.trace import LayerTrace, Method, TraceResult
 
@@ -101,6 +103,27 @@ CASES = {
         ("n_tensors", "n_params"),
         [TENSOR],
     ),
+    "sharpness": (
+        SharpnessResult(measures={
+            "worst_case": SharpnessMeasure(0.02, False, "max", converged=True, rho=0.05, steps=20,
+                                          restarts=1, grad_evals=20),
+            "pac_bayes_sigma": SharpnessMeasure(0.2, False, "σ", stderr=0.01, flatness=25.0,
+                                               sigma_magnitude=0.4, flatness_magnitude=6.25)}),
+        {"measures": {
+            "worst_case": {"value": 0.02, "scale_invariant": False, "definition": "max",
+                           "converged": True, "rho": 0.05, "steps": 20, "restarts": 1,
+                           "grad_evals": 20},
+            "pac_bayes_sigma": {"value": 0.2, "scale_invariant": False, "definition": "σ",
+                                "stderr": 0.01, "flatness": 25.0, "sigma_magnitude": 0.4,
+                                "flatness_magnitude": 6.25}}},
+        {"worst_case": 0.02, "pac_bayes_sigma": 0.2, "flatness": 25.0, "sigma_magnitude": 0.4,
+         "flatness_magnitude": 6.25},
+        (*MEASURES, "flatness", "sigma_magnitude", "flatness_magnitude", "eta_lambda_max"),
+        [{"measure": "worst_case", "value": 0.02, "stderr": None, "converged": True,
+          "scale_invariant": False},
+         {"measure": "pac_bayes_sigma", "value": 0.2, "stderr": 0.01, "converged": None,
+          "scale_invariant": False}],
+    ),
 }
 
 
@@ -132,6 +155,7 @@ CONTRACT = {
     "classify-critical-point": {"verdict", "grad_norm", "lambda_min", "lambda_max",
                                 "negative_fraction", "evidence"},
     "inspect": {"format", "n_tensors", "n_params", "unsafe_globals", "tensors"},
+    "sharpness": {"measures"},
 }
 
 

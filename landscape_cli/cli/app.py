@@ -47,7 +47,8 @@ app = typer.Typer(
     cls=OneLineErrors,
     name="landscape",
     help="Loss-landscape geometry of saved PyTorch checkpoints: Hessian eigen-spectrum and "
-         "density, trace, and whether a checkpoint sits at a minimum, a saddle or a maximum.",
+         "density, trace, sharpness measures, and whether a checkpoint sits at a minimum, a "
+         "saddle or a maximum.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

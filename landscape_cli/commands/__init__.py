@@ -24,9 +24,10 @@ class Command:
 
 
 def _commands() -> dict[str, Command]:
-    from landscape_cli.commands import critical, spectrum, trace
+    from landscape_cli.commands import critical, sharpness, spectrum, trace
 
-    return {c.name: c for c in (spectrum.COMMAND, trace.COMMAND, critical.COMMAND)}
+    return {c.name: c for c in (spectrum.COMMAND, trace.COMMAND, sharpness.COMMAND,
+                                critical.COMMAND)}
 
 
 COMMANDS: dict[str, Command] = _commands()

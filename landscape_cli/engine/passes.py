@@ -40,17 +40,19 @@ class Evaluation:
 
 @dataclass
 class Cost:
-    """What the passes and the engine on top of them spent: HVPs (vectors), gradients and
-    passes over the dataset (a pass stopped early counts)."""
+    """What the passes and the engine on top of them spent: HVPs (vectors), gradients, passes
+    over the dataset (a pass stopped early counts) and, outside the HVP engine, forward passes
+    of a batch at one weight vector (a vmapped forward at k vectors counts k)."""
 
     hvps: int = 0
     hvp_blocks: int = 0
     grads: int = 0
     data_passes: int = 0
+    forwards: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"hvps": self.hvps, "hvp_blocks": self.hvp_blocks, "grads": self.grads,
-                "data_passes": self.data_passes}
+                "data_passes": self.data_passes, "forwards": self.forwards}
 
 
 def reduce(sums: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -193,7 +195,9 @@ class Passes:
             return (weight * loss).double(), hits
 
         with torch.no_grad():
-            return self._evaluation(*self.sum_over(term))
+            evaluation = self._evaluation(*self.sum_over(term))
+        self.cost.forwards += len(self.problem.batches)
+        return evaluation
 
     def value_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
         """(L(θ), ∇L(θ)) by one backward pass per batch; no graph is kept."""
@@ -205,6 +209,7 @@ class Passes:
 
         loss, grad = self.sum_over(term)
         self.cost.grads += 1
+        self.cost.forwards += len(self.problem.batches)
         return float(loss), grad
 
     def evaluate_many(self, thetas: torch.Tensor,
@@ -246,6 +251,7 @@ class Passes:
 
         with torch.no_grad():
             losses, hits = self.sum_over(term)
+        self.cost.forwards += len(thetas) * len(self.problem.batches)
         return [self._evaluation(loss, hit) for loss, hit in zip(losses, hits)]
 
     def _rows_per_forward(self) -> int:
@@ -282,6 +288,7 @@ class Passes:
 
         with torch.no_grad(), _accumulating(norms):
             *sums, count = self.sum_over(term)
+        self.cost.forwards += len(self.problem.batches)
         out: dict[str, torch.Tensor] = {}
         for i, name in enumerate(norms):
             out[f"{name}.running_mean"] = sums[2 * i] / count

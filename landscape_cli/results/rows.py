@@ -57,6 +57,20 @@ class Each:
 
 
 @dataclass(frozen=True)
+class Keyed:
+    """One row per entry of the dict ``results[key]``: the entry's name under ``name``, then
+    the ``columns`` of its record (a dict)."""
+
+    key: str
+    name: str = "name"
+    columns: Columns | None = None
+
+    def rows(self, results: Record) -> list[dict[str, Any]]:
+        return [{self.name: name, **_pick(record, self.columns)}
+                for name, record in (results.get(self.key) or {}).items()]
+
+
+@dataclass(frozen=True)
 class Ranked:
     """One row per position of the parallel lists that ``lists`` names (column → key): the
     ``fixed`` columns, then the 1-based position in ``rank``, then the lists' items."""
@@ -72,7 +86,7 @@ class Ranked:
                 for i in range(length)]
 
 
-Rows = Row | Each | Ranked
+Rows = Row | Each | Keyed | Ranked
 
 
 def table(results: Record, declared: Sequence[Rows]) -> list[dict[str, Any]]:

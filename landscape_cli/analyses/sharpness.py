@@ -1,0 +1,276 @@
+"""``sharpness``: the standard sharpness and flatness measures (``results.sharpness.MEASURES``),
+each with its error: residual-bounded eigenvalues, Hutch++ intervals, Monte Carlo standard
+errors, ascent convergence, bisection tolerance.
+
+Monte Carlo measures draw antithetic pairs ±δ (the odd terms of L(θ+δ) cancel in each pair,
+so the gradient adds no variance) and evaluate many perturbed weight vectors per forward pass
+(``Passes.evaluate_many``). Ascent measures search δ = s ⊙ u over a ball or box in u (s the
+per-weight scale of the set: 1, |θ|, or ε(|θ|+1)), where the projection is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from landscape_cli.analyses.spectrum import spectrum
+from landscape_cli.analyses.trace import trace
+from landscape_cli.engine.hvp import HVPEngine
+from landscape_cli.errors import LandscapeError
+from landscape_cli.linalg.trace import t975
+from landscape_cli.results.sharpness import MEASURES, NEEDS, Measure, SharpnessResult
+from landscape_cli.search.ascent import Ball, Box, Set, ascend
+from landscape_cli.search.bisection import largest_within
+
+#: bytes of perturbed weight vectors held at once (rows of one ``evaluate_many`` call)
+PERTURBATION_BYTES = 256 << 20
+#: the std a weight of 0 keeps in the magnitude-aware PAC-Bayes search (Jiang et al. 2020)
+MAGNITUDE_FLOOR = 1e-3
+
+
+@dataclass(frozen=True)
+class SharpnessOptions:
+    """The parameters of every measure (the command's options)."""
+
+    measures: tuple[str, ...] = tuple(MEASURES)
+    rho: float = 0.05
+    rho_adaptive: float = 0.5
+    epsilon: float = 1e-3
+    sigma: float = 0.01
+    sigma_adaptive: float = 0.1
+    samples: int = 64
+    steps: int = 20
+    restarts: int = 1
+    pac_bayes_target: str = "loss"
+    pac_bayes_deviation: float = 0.1
+    #: the bisection's tolerance: well under the Monte Carlo error of σ (5% at 64 samples on
+    #: the samples), which more evaluations would not reduce
+    pac_bayes_rtol: float = 1e-2
+    lr: float | None = None
+    tol: float = 1e-4
+    rtol: float = 0.01
+    max_hvps: int = 1000
+    seed: int = 0
+
+
+def with_needs(names: tuple[str, ...]) -> list[str]:
+    """The measures to compute for ``names``: those and what they are computed from, in
+    ``MEASURES``' order."""
+    wanted = set(names)
+    for name in names:
+        wanted.update(NEEDS.get(name, ()))
+    return [name for name in MEASURES if name in wanted]
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """A Monte Carlo mean with its standard error and 95% interval."""
+
+    mean: float
+    stderr: float
+    ci95: tuple[float, float]
+
+
+def _sample(values: torch.Tensor) -> _Sample:
+    mean = float(values.mean())
+    stderr = float(values.std(unbiased=True)) / math.sqrt(len(values))
+    half = t975(len(values) - 1) * stderr
+    return _Sample(mean, stderr, (mean - half, mean + half))
+
+
+class _Measurer:
+    """Computes the measures on one engine, sharing what several need (L(θ), λ_max, tr H)."""
+
+    def __init__(self, engine: HVPEngine, options: SharpnessOptions):
+        self.engine, self.options = engine, options
+        self.passes = engine.passes
+        self.problem = engine.problem
+        self.theta = self.problem.theta0
+        self.n = self.problem.n
+        self.base = self.passes.evaluate()
+        self.done: dict[str, Measure] = {}
+
+    def generator(self, name: str) -> torch.Generator:
+        """Each measure's own random stream from the seed, so that asking for fewer measures
+        does not change the others' numbers."""
+        offset = list(MEASURES).index(name)
+        return torch.Generator().manual_seed(self.options.seed * 1009 + offset)
+
+    def measure(self, name: str, value: float | None, **fields: object) -> Measure:
+        return Measure(value=value, scale_invariant=MEASURES[name].scale_invariant,
+                       definition=MEASURES[name].text, **fields)
+
+    # ------------------------------------------------------------------ curvature
+
+    def lambda_max(self) -> Measure:
+        o = self.options
+        top = spectrum(self.engine.hvp, self.n, top=1, tol=o.tol, max_hvps=self.n, seed=o.seed,
+                       dtype=self.problem.dtype, device=self.problem.device)
+        return self.measure("lambda_max", top.top_eigenvalues[0], residual=top.top_residuals[0],
+                            converged=top.top_converged[0])
+
+    def trace_per_param(self) -> Measure:
+        o = self.options
+        t = trace(self.engine.hvp, self.n, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed,
+                  dtype=self.problem.dtype, device=self.problem.device)
+        return self.measure("trace_per_param", t.trace / self.n, stderr=t.stderr / self.n,
+                            ci95=(t.ci95[0] / self.n, t.ci95[1] / self.n), converged=t.converged)
+
+    def grad_norm(self) -> Measure:
+        return self.measure("grad_norm", float(self.engine.grad().norm()))
+
+    def stability_lr(self) -> Measure:
+        lam = self.done["lambda_max"].value
+        lr = self.options.lr
+        return self.measure("stability_lr", 2 / lam if lam and lam > 0 else None, lr=lr,
+                            eta_lambda_max=None if lr is None else lr * lam)
+
+    # ------------------------------------------------------------------ ascent
+
+    def _ascent(self, name: str, region: Set, scale: torch.Tensor | float,
+                **fields: object) -> tuple[float, Measure]:
+        """max over the set of L(θ + s⊙u) − L(θ), the best of ``restarts`` ascents, and the
+        measure's fields (the loss gain is re-evaluated at the best point by ``evaluate``, as
+        L(θ) is)."""
+        o = self.options
+        generator = self.generator(name)
+
+        def f(u: torch.Tensor) -> tuple[float, torch.Tensor]:
+            loss, grad = self.passes.value_and_grad(self.theta + scale * u)
+            return loss - self.base.loss, scale * grad  # the gain, whose rise says convergence
+
+        runs = [ascend(f, region, self.n, steps=o.steps, generator=generator, like=self.theta)
+                for _ in range(o.restarts)]
+        best = max(runs, key=lambda run: run.value)
+        gain = self.passes.evaluate(self.theta + scale * best.best).loss - self.base.loss
+        return gain, self.measure(name, gain, converged=best.converged, steps=o.steps,
+                                  restarts=o.restarts, grad_evals=sum(r.grad_evals for r in runs),
+                                  **fields)
+
+    def worst_case(self) -> Measure:
+        return self._ascent("worst_case", Ball(self.options.rho), 1.0, rho=self.options.rho)[1]
+
+    def worst_case_adaptive(self) -> Measure:
+        rho = self.options.rho_adaptive
+        return self._ascent("worst_case_adaptive", Ball(rho), self.theta.abs(), rho=rho)[1]
+
+    def eps_sharpness(self) -> Measure:
+        eps = self.options.epsilon
+        gain, m = self._ascent("eps_sharpness", Box(), eps * (self.theta.abs() + 1), epsilon=eps)
+        return dataclasses.replace(m, value=100 * gain / (1 + self.base.loss))
+
+    # ------------------------------------------------------------------ Monte Carlo
+
+    def _perturbed(self, name: str, scale: torch.Tensor | float
+                   ) -> Callable[[float], tuple[torch.Tensor, torch.Tensor]]:
+        """σ ↦ the losses and accuracies at θ ± σ·s⊙z for the measure's antithetic pairs of
+        standard normal z (the same z for every σ: common random numbers), as (pairs, 2)."""
+        pairs = (self.options.samples + 1) // 2
+        chunk = max(1, PERTURBATION_BYTES // (2 * self.n * self.theta.element_size()))
+
+        def at(sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+            generator = self.generator(name)
+            losses, accuracies = [], []
+            for first in range(0, pairs, chunk):
+                z = torch.stack([torch.randn(self.n, generator=generator, dtype=torch.float64)
+                                 for _ in range(min(chunk, pairs - first))]).to(self.theta)
+                delta = sigma * scale * z
+                evaluated = self.passes.evaluate_many(torch.cat([self.theta + delta, self.theta - delta]))
+                half = len(z)
+                losses.append(torch.tensor([[e.loss for e in evaluated[i::half]] for i in range(half)]))
+                accuracies.append(torch.tensor([[math.nan if e.accuracy is None else e.accuracy
+                                                 for e in evaluated[i::half]] for i in range(half)]))
+            return torch.cat(losses).double(), torch.cat(accuracies).double()
+
+        return at
+
+    def _average(self, name: str, sigma: float, scale: torch.Tensor | float) -> Measure:
+        losses, _ = self._perturbed(name, scale)(sigma)
+        s = _sample(losses.mean(dim=1) - self.base.loss)
+        return self.measure(name, s.mean, stderr=s.stderr, ci95=s.ci95, sigma=sigma,
+                            samples=2 * len(losses))
+
+    def average_case(self) -> Measure:
+        return self._average("average_case", self.options.sigma, 1.0)
+
+    def average_case_adaptive(self) -> Measure:
+        return self._average("average_case_adaptive", self.options.sigma_adaptive, self.theta.abs())
+
+    def pac_bayes_sigma(self) -> Measure:
+        o = self.options
+        if o.pac_bayes_target == "accuracy" and self.base.accuracy is None:
+            raise LandscapeError("--pac-bayes-target accuracy: the model is not a classifier "
+                                 "(batches of inputs and integer classes, logits out); use loss")
+
+        def deviation(perturbed: Callable[[float], tuple[torch.Tensor, torch.Tensor]]):
+            def f(sigma: float) -> tuple[float, _Sample]:
+                losses, accuracies = perturbed(sigma)
+                if o.pac_bayes_target == "accuracy":
+                    s = _sample(self.base.accuracy - accuracies.mean(dim=1))
+                else:
+                    s = _sample(losses.mean(dim=1) - self.base.loss)
+                return s.mean, s
+
+            return f
+
+        plain = largest_within(deviation(self._perturbed("pac_bayes_sigma", 1.0)),
+                               o.pac_bayes_deviation, start=o.sigma, rtol=o.pac_bayes_rtol)
+        magnitude = largest_within(
+            deviation(self._perturbed_magnitude()), o.pac_bayes_deviation, start=o.sigma_adaptive,
+            rtol=o.pac_bayes_rtol)
+        return self.measure("pac_bayes_sigma", plain.low, flatness=_inverse_square(plain.low),
+                            sigma_magnitude=magnitude.low,
+                            flatness_magnitude=_inverse_square(magnitude.low),
+                            target=o.pac_bayes_target, deviation=o.pac_bayes_deviation,
+                            tolerance=plain.high - plain.low, samples=2 * ((o.samples + 1) // 2),
+                            stderr=_sigma_stderr(plain.low, plain.at_low))
+
+    def _perturbed_magnitude(self) -> Callable[[float], tuple[torch.Tensor, torch.Tensor]]:
+        """σ' ↦ the losses at θ ± (σ'|θ_i| + 1e-3)·z_i: not a scaling of one z, so built per σ'."""
+        magnitude = self.theta.abs()
+
+        def at(sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._perturbed("pac_bayes_sigma", sigma * magnitude + MAGNITUDE_FLOOR)(1.0)
+
+        return at
+
+    def noise_consistency(self) -> Measure:
+        average, per_param = self.done["average_case"], self.done["trace_per_param"]
+        sigma = average.sigma
+        predicted = sigma**2 / 2 * per_param.value * self.n
+        ratio = average.value / predicted if predicted else None
+        if ratio is None:
+            return self.measure("noise_consistency", None, sigma=sigma)
+        relative = math.hypot(average.stderr / average.value if average.value else math.inf,
+                              per_param.stderr / per_param.value)
+        stderr = abs(ratio) * relative
+        return self.measure("noise_consistency", ratio, stderr=stderr,
+                            ci95=(ratio - 1.96 * stderr, ratio + 1.96 * stderr), sigma=sigma)
+
+
+def _sigma_stderr(sigma: float, at: _Sample | None) -> float | None:
+    """The Monte Carlo standard error of σ itself: the deviation's, carried through
+    deviation ∝ σ² (the second-order regime), dσ = σ·d(deviation)/(2·deviation)."""
+    if at is None or not at.mean > 0:
+        return None
+    return sigma * at.stderr / (2 * at.mean)
+
+
+def _inverse_square(sigma: float) -> float | None:
+    return 1 / sigma**2 if sigma > 0 else None
+
+
+def sharpness(engine: HVPEngine, options: SharpnessOptions,
+              callback: Callable[[int, str], None] | None = None) -> SharpnessResult:
+    """Every measure of ``options.measures`` (and those they are computed from)."""
+    measurer = _Measurer(engine, options)
+    names = with_needs(options.measures)
+    for i, name in enumerate(names):
+        if callback is not None:
+            callback(i, name)
+        measurer.done[name] = getattr(measurer, name)()
+    return SharpnessResult(measures=dict(measurer.done))

@@ -1,0 +1,101 @@
+"""``sharpness``: every standard sharpness and flatness measure in one report, each with its
+definition, its parameters and its error."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from landscape_cli.commands import Command
+from landscape_cli.errors import LandscapeError
+from landscape_cli.options import Option
+from landscape_cli.results.sharpness import MEASURES, SharpnessResult
+
+if TYPE_CHECKING:
+    from landscape_cli.runner import Run
+
+_ASCENT, _MC, _CURVATURE = "Ascent measures", "Monte Carlo measures", "Curvature measures"
+
+
+def _measures(text: str) -> tuple[str, ...]:
+    """The measures named in ``text`` (comma-separated, or ``all``), checked."""
+    if text.strip() == "all":
+        return tuple(MEASURES)
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in MEASURES] or ([] if names else [text])
+    if unknown:
+        raise LandscapeError(f"--measures {text}: no measure named {', '.join(map(repr, unknown))} "
+                             f"(the measures: {', '.join(MEASURES)}, or all)")
+    return names
+
+
+def sharpness(
+    run: Run,
+    measures: Annotated[str, Option(
+        "Comma-separated measures to compute (and those they need), or all: "
+        + ", ".join(MEASURES) + ".", metavar="NAMES")] = "all",
+    rho: Annotated[float, Option("worst_case: radius of the L2 ball.", panel=_ASCENT)] = 0.05,
+    rho_adaptive: Annotated[float, Option("worst_case_adaptive: radius of the ellipsoid "
+                                          "‖δ/|θ|‖₂ ≤ ρ.", panel=_ASCENT)] = 0.5,
+    epsilon: Annotated[float, Option("eps_sharpness: box half-width ε(|θ_i|+1).",
+                                     panel=_ASCENT)] = 1e-3,
+    steps: Annotated[int, Option("Gradient evaluations per ascent.", min=1, panel=_ASCENT)] = 20,
+    restarts: Annotated[int, Option("Ascents from independent random starts (the best is kept).",
+                                    min=1, panel=_ASCENT)] = 1,
+    sigma: Annotated[float, Option("average_case: std of the Gaussian perturbation (and the "
+                                   "PAC-Bayes search's first σ).", panel=_MC)] = 0.01,
+    sigma_adaptive: Annotated[float, Option("average_case_adaptive: δ_i ~ N(0, σ²θ_i²).",
+                                            panel=_MC)] = 0.1,
+    samples: Annotated[int, Option("Perturbations per Monte Carlo estimate (antithetic pairs).",
+                                   min=2, panel=_MC)] = 64,
+    pac_bayes_target: Annotated[str, Option(
+        "pac_bayes_sigma bounds the loss increase, or the accuracy drop (Jiang et al. 2020).",
+        choices=("loss", "accuracy"), panel=_MC)] = "loss",
+    pac_bayes_deviation: Annotated[float, Option(
+        "pac_bayes_sigma: the most the loss may rise (or the accuracy drop).", panel=_MC)] = 0.1,
+    lr: Annotated[float | None, Option("Training learning rate η: stability_lr then reports "
+                                       "η·λ_max (≈ 2 at the edge of stability).",
+                                       panel=_CURVATURE)] = None,
+    tol: Annotated[float, Option("lambda_max: Lanczos residual tolerance (relative).",
+                                 panel=_CURVATURE)] = 1e-4,
+    rtol: Annotated[float, Option("trace_per_param: stop at this relative standard error.",
+                                  panel=_CURVATURE)] = 0.01,
+    max_hvps: Annotated[int, Option("trace_per_param: most HVPs.", min=1, panel=_CURVATURE)] = 1000,
+):
+    """Curvature (Lanczos, Hutch++), ascent (Auto-PGD) and Monte Carlo measures."""
+    chosen = _measures(measures)
+    for name, value in (("--rho", rho), ("--rho-adaptive", rho_adaptive), ("--epsilon", epsilon),
+                        ("--sigma", sigma), ("--sigma-adaptive", sigma_adaptive),
+                        ("--pac-bayes-deviation", pac_bayes_deviation), ("--tol", tol),
+                        ("--rtol", rtol), *((("--lr", lr),) if lr is not None else ())):
+        if not value > 0:
+            raise LandscapeError(f"{name} {value}: must be greater than 0")
+    from landscape_cli.analyses.sharpness import SharpnessOptions, with_needs
+    from landscape_cli.analyses.sharpness import sharpness as measure
+
+    options = SharpnessOptions(
+        measures=chosen, rho=rho, rho_adaptive=rho_adaptive, epsilon=epsilon, sigma=sigma,
+        sigma_adaptive=sigma_adaptive, samples=samples, steps=steps, restarts=restarts,
+        pac_bayes_target=pac_bayes_target, pac_bayes_deviation=pac_bayes_deviation, lr=lr,
+        tol=tol, rtol=rtol, max_hvps=max_hvps, seed=run.seed)
+    total = len(with_needs(chosen))
+    with run.progress("sharpness", total=total) as update:
+        result = measure(run.engine, options, callback=lambda done, name: update(done, name))
+        update(total, "")
+    return result
+
+
+COMMAND = Command(
+    name="sharpness",
+    run=sharpness,
+    help="Sharpness and flatness measures (λ_max, trace, worst-case, average-case, Keskar's ε, "
+         "PAC-Bayes σ, ...), each with its definition, parameters and error bar.",
+    epilog="""Examples:
+
+  landscape sharpness sample_checkpoints/mlp/seed0_epoch100.pt
+
+  landscape sharpness ckpt.pt --measures worst_case,average_case --rho 0.1 --json
+
+  landscape sharpness ckpt.pt --lr 0.1 --fail-if 'eta_lambda_max>2' --fail-if 'worst_case>0.5'
+""",
+    result=SharpnessResult,
+)

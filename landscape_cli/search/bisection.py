@@ -1,0 +1,85 @@
+"""The largest σ whose perturbation costs at most a limit (Jiang et al. 2020's PAC-Bayes
+flatness search), for a cost f(σ) that increases with σ: a bracket [low, high] with
+f(low) ≤ limit < f(high), narrowed until high − low ≤ rtol·high.
+
+Each round predicts the crossing from a power law through the points known so far (f ∝ σ² from
+one point, the second-order regime; the line through the bracket's ends in log-log once both
+exist) and evaluates f just below and just above it, at (1 ∓ rtol/4) times the prediction: where
+the prediction is right, one round closes the bracket. A prediction outside the bracket falls
+back to its geometric middle, so the bracket shrinks every round. Each evaluation of a Monte
+Carlo cost is many forward passes, so fewer of them matter more than a simple bisection's
+robustness (see benchmarks/README.md: 26 evaluations by bisection, a handful this way).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Bisection:
+    """σ known to satisfy f(σ) ≤ limit (``low``; 0 if none was found), the least σ seen to
+    exceed it (``high``; inf if none), what f returned with its value at ``low``, and how many
+    times f was evaluated."""
+
+    low: float
+    high: float
+    at_low: object
+    evaluations: int
+
+
+@dataclass
+class _Point:
+    sigma: float
+    value: float
+    extra: object
+
+
+#: the most a prediction from one point may move σ (by this factor, up or down)
+MAX_JUMP = 16.0
+
+
+def _predict(low: _Point | None, high: _Point | None, limit: float) -> float:
+    """Where a power law through the known points reaches ``limit``."""
+    if low is not None and high is not None:
+        if low.value > 0 and high.value > low.value:
+            rise = math.log(high.value) - math.log(low.value)
+            slope = rise / (math.log(high.sigma) - math.log(low.sigma))
+            guess = low.sigma * math.exp((math.log(limit) - math.log(low.value)) / slope)
+            if low.sigma < guess < high.sigma:
+                return guess
+        return math.sqrt(low.sigma * high.sigma)
+    point = low or high
+    ratio = math.sqrt(limit / point.value) if point.value > 0 else MAX_JUMP
+    return point.sigma * min(max(ratio, 1 / MAX_JUMP), MAX_JUMP)
+
+
+def largest_within(f: Callable[[float], tuple[float, object]], limit: float, *, start: float,
+                   rtol: float = 1e-3, max_evaluations: int = 60) -> Bisection:
+    """The bracket of the largest σ with ``f(σ)[0] ≤ limit``, from a first guess ``start``.
+    ``f(σ)`` returns (the number compared, anything to keep for ``low``, such as its standard
+    error)."""
+    low: _Point | None = None
+    high: _Point | None = None
+    count = 0
+
+    def probe(sigma: float) -> None:
+        nonlocal low, high, count
+        count += 1
+        value, extra = f(sigma)
+        if value <= limit and (low is None or sigma > low.sigma):
+            low = _Point(sigma, value, extra)
+        elif value > limit and (high is None or sigma < high.sigma):
+            high = _Point(sigma, value, extra)
+
+    probe(start)
+    while count < max_evaluations and not (low and high and high.sigma - low.sigma <= rtol * high.sigma):
+        guess = _predict(low, high, limit)
+        inside = [sigma for sigma in (guess * (1 - rtol / 4), guess * (1 + rtol / 4))
+                  if (low is None or sigma > low.sigma) and (high is None or sigma < high.sigma)]
+        for sigma in inside or [guess]:  # the guess itself where the bracket is that narrow
+            probe(sigma)
+    return Bisection(low=low.sigma if low else 0.0, high=high.sigma if high else math.inf,
+                     at_low=low.extra if low else None, evaluations=count)
