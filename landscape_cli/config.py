@@ -191,6 +191,8 @@ class Config(_Section):
     model: ModelSection
     checkpoint: CheckpointSection = CheckpointSection()
     data: DataSection
+    #: data the model was not trained on (same schema): ``interpolate`` reports its curves too
+    eval_data: DataSection | None = None
     loss: LossSection = Field(default_factory=lambda: LossSection(factory=DEFAULT_CRITERION))
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
@@ -333,13 +335,14 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(out.get("python_path"), list):
         out["python_path"] = [_absolute(str(p), base) for p in out["python_path"]]
     for section, keys in (("model", ("factory", "_target_")), ("data", ("factory", "_target_")),
+                          ("eval_data", ("factory", "_target_")),
                           ("loss", ("factory", "_target_", "fn"))):
         block = out.get(section)
         if isinstance(block, dict):
             for key in keys:
                 if key in block:
                     block[key] = _absolute_factory(block[key], base)
-            if section == "data" and isinstance(block.get("path"), str):
+            if section in ("data", "eval_data") and isinstance(block.get("path"), str):
                 block["path"] = _absolute(block["path"], base)
     return out
 

@@ -9,8 +9,10 @@ builds the report, timed from the start of ``prepare``.
 
 from __future__ import annotations
 
+import glob
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,6 +22,7 @@ from typing import Any, ClassVar, Protocol
 from landscape_cli.commands import COMMANDS, Command
 from landscape_cli.config import Config, find_config, load_config
 from landscape_cli.engine.hvp import NONFINITE, HVPEngine
+from landscape_cli.engine.passes import Passes
 from landscape_cli.errors import Interrupted, LandscapeError, NumericalError
 from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.loading.assemble import LoadOptions
@@ -59,36 +62,61 @@ class Analysis(Protocol):
 
 @dataclass
 class Run:
-    """What a command's function gets: the loaded problem and its engine, a progress hook, and
-    the files the run reads (which no output of it may overwrite). The checkpoint, model and
-    data are loaded when the function first asks for them, so that it checks its own options
-    first: a bad option fails in a second, not after the loading."""
+    """What a command's function gets: the loaded checkpoint, the passes over its data and the
+    HVP engine (made when first asked for), more checkpoints on the same model (``load``), a
+    progress hook, and the files the run reads (which no output of it may overwrite). The
+    checkpoint, model and data are loaded when the function first asks for them, so that it
+    checks its own options first: a bad option fails in a second, not after the loading."""
 
-    open: Callable[[], tuple[Loaded, HVPEngine, float]]
-    seed: int
+    session: Session
+    checkpoints: list[str]
+    config: Config
     inputs: list[Path]
     progress_factory: ProgressFactory = no_progress
 
-    @cached_property
-    def _opened(self) -> tuple[Loaded, HVPEngine, float]:
-        return self.open()
-
     @property
-    def opened(self) -> bool:
-        return "_opened" in self.__dict__
+    def seed(self) -> int:
+        return self.config.seed
+
+    @cached_property
+    def _opened(self) -> tuple[Loaded, float]:
+        loaded = self.session.load(self.checkpoints[0])
+        return loaded, time.perf_counter()
 
     @property
     def started(self) -> float:
         """When the analysis began: after the loading (``cost.wall_s`` counts from here)."""
-        return self._opened[2]
+        return self._opened[1]
 
     @property
     def loaded(self) -> Loaded:
         return self._opened[0]
 
-    @property
+    @cached_property
+    def passes(self) -> Passes:
+        return Passes(self.loaded.problem)
+
+    @cached_property
     def engine(self) -> HVPEngine:
-        return self._opened[1]
+        engine = self.config.engine
+        return HVPEngine(self.loaded.problem, strategy=engine.strategy,
+                         memory_budget=engine.memory_budget, compile=engine.compile,
+                         evaluation=self.loaded.evaluation, passes=self.passes)
+
+    def load(self, checkpoint: str | Path) -> Loaded:
+        """Another checkpoint on the same model (its weights, buffers and checks); the model is
+        left holding the first one's."""
+        loaded = self.session.load(checkpoint)
+        self.session.restore(self.loaded)
+        return loaded
+
+    def evaluation(self) -> tuple[float, float | None]:
+        """L(θ₀) and the accuracy at the first checkpoint: the engine's where it ran (its loss
+        may come from its gradient pass), else one pass (none where the load measured them)."""
+        if "engine" in self.__dict__:
+            return self.engine.evaluate()
+        found = self.loaded.evaluation or self.passes.evaluate()
+        return found.loss, found.accuracy
 
     def progress(self, label: str, total: int | None):
         """A context giving a callback ``(completed, note)`` for the caller's progress display."""
@@ -117,7 +145,7 @@ class Prepared:
     """A run checked and ready: everything but the loading and the analysis."""
 
     command: Command
-    checkpoint: str
+    checkpoints: list[str]
     run_options: RunOptions
     options: dict[str, Any]
     gates: list[Gate]
@@ -138,18 +166,45 @@ def command(name: str) -> Command:
     return COMMANDS[name]
 
 
-def prepare(name: str, checkpoint: str | Path, run_options: RunOptions,
+def natural(text: str) -> list:
+    """A sort key in which ``epoch2`` comes before ``epoch10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def expand(given: str) -> list[str]:
+    """A path as given, or, when no such file exists and it holds ``*``, ``?`` or ``[``, the
+    paths it matches (recursively with ``**``) in natural order; a pattern that matches
+    nothing is an error naming it."""
+    if Path(given).exists() or not set("*?[") & set(given):
+        return [given]
+    found = sorted(glob.glob(given, recursive=True), key=natural)
+    if not found:
+        raise LandscapeError(f"no checkpoint matches '{given}'")
+    return found
+
+
+def prepare(name: str, checkpoint: str | Path | Sequence[str | Path], run_options: RunOptions,
             options: dict[str, Any]) -> Prepared:
-    """Check the options and gates, find and load the config, list the run's input files."""
+    """Check the options and gates, find and load the config (by the first checkpoint), list
+    the run's input files."""
     started = time.perf_counter()
     spec = command(name)
+    checkpoints = [str(checkpoint)] if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
+    if spec.many:
+        checkpoints = [found for given in checkpoints for found in expand(given)]
+    if not checkpoints:
+        raise LandscapeError(f"{name}: no checkpoint given")
+    if len(checkpoints) > 1 and not spec.many:
+        raise LandscapeError(f"{name} analyses one checkpoint at a time; got {len(checkpoints)} "
+                             "(landscape batch sweeps several)")
     values = checked(spec.run, options)
     gates = [parse_gate(expr) for expr in run_options.fail_if]
     check_names(gates, (*HEADLINE, *spec.result.GATES))
-    config_path = find_config(str(run_options.config) if run_options.config else None, str(checkpoint))
+    config_path = find_config(str(run_options.config) if run_options.config else None, checkpoints[0])
     config = load_config(config_path, run_options.set, run_options.flags())
-    inputs = [Path(checkpoint), config_path, *([Path(config.data.path)] if config.data.path else [])]
-    return Prepared(spec, str(checkpoint), run_options, values, gates, config, config_path,
+    data = [Path(d.path) for d in (config.data, config.eval_data) if d is not None and d.path]
+    inputs = [*map(Path, checkpoints), config_path, *data]
+    return Prepared(spec, checkpoints, run_options, values, gates, config, config_path,
                     started, inputs)
 
 
@@ -158,17 +213,8 @@ def execute(prepared: Prepared, *, session: Session | None = None,
     """Run the analysis and build the report; with the interruption when the run was stopped
     with a result so far (the report then has ``status: interrupted``). ``session``: one whose
     config is ``prepared.config``, to load the checkpoint onto its model."""
-    config = prepared.config
-    session = session or Session(config, prepared.load_options())
-
-    def open_run() -> tuple[Loaded, HVPEngine, float]:
-        loaded = session.load(prepared.checkpoint)
-        started = time.perf_counter()
-        return loaded, HVPEngine(loaded.problem, strategy=config.engine.strategy,
-                                 memory_budget=config.engine.memory_budget,
-                                 compile=config.engine.compile, evaluation=loaded.evaluation), started
-
-    run = Run(open=open_run, seed=config.seed, inputs=prepared.inputs, progress_factory=progress)
+    session = session or Session(prepared.config, prepared.load_options())
+    run = Run(session, prepared.checkpoints, prepared.config, prepared.inputs, progress)
     interrupted = None
     try:
         result = prepared.command.run(run, **prepared.options)
@@ -182,11 +228,12 @@ def execute(prepared: Prepared, *, session: Session | None = None,
 
 
 def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interrupted | None) -> Report:
-    config, loaded, engine = prepared.config, run.loaded, run.engine
-    loss, accuracy = engine.evaluate()
+    config, loaded = prepared.config, run.loaded
+    loss, accuracy = run.evaluation()
     wall = time.perf_counter() - run.started
     headline = {"loss": loss, **({"accuracy": accuracy} if accuracy is not None else {})}
     problem = loaded.problem
+    engine = run.__dict__.get("engine")
     doc = build_report(
         prepared.command.name,
         checkpoint=loaded.describe(),
@@ -196,12 +243,13 @@ def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interru
                   "params": list(prepared.run_options.params) or None,
                   "config": str(prepared.config_path), "config_sha256": config.sha256(),
                   "options": {name: jsonable(value) for name, value in prepared.options.items()},
-                  **engine.describe(), **({"attention": "sdpa-math"} if problem.attention else {})},
+                  **(engine.describe() if engine is not None else {}),
+                  **({"attention": "sdpa-math"} if problem.attention else {})},
         results={**headline, **result.results()},
-        cost={**engine.cost.as_dict(), "wall_s": round(wall, 4),
+        cost={**run.passes.cost.as_dict(), "wall_s": round(wall, 4),
               "total_s": round(time.perf_counter() - prepared.started, 4)},
         gates=[gate.check({**headline, **result.scalars()}) for gate in prepared.gates],
-        warnings=[*loaded.warnings, *engine.warnings, *result.warnings()],
+        warnings=[*loaded.warnings, *run.passes.warnings, *result.warnings()],
         status="ok" if interrupted is None else "interrupted",
     )
     return Report.of(doc, result)

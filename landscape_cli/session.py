@@ -43,6 +43,8 @@ class Loaded:
     n_model_params: int
     warnings: list[str] = field(default_factory=list)
     evaluation: Evaluation | None = None
+    #: the model's buffers (BatchNorm statistics, ...) as this checkpoint left them, by name
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def describe(self) -> dict:
         """The report's ``checkpoint`` section."""
@@ -83,7 +85,9 @@ class _Built:
     model: nn.Module
     factory_state: dict[str, torch.Tensor]
     tied: list[tuple[str, ...]]
+    loss_fn: LossFn
     problem: Problem | None = None
+    eval_problem: Problem | None = None
 
 
 class Session:
@@ -107,7 +111,7 @@ class Session:
             torch.manual_seed(config.seed)
             model = build_model(config)
             self._built = _Built(model, {k: v.detach().clone() for k, v in model.state_dict().items()},
-                                 tied_groups(model))
+                                 tied_groups(model), build_loss(config))
         built = self._built
         match = load_weights(built.model, checkpoint, config, None if first else built.factory_state,
                              built.tied)
@@ -115,7 +119,7 @@ class Session:
         evaluation = None
         if first:
             data = load_batches(config, options.max_batches)
-            built.problem = build_problem(built.model, build_loss(config), data, bn=config.bn,
+            built.problem = build_problem(built.model, built.loss_fn, data, bn=config.bn,
                                           params=options.params, device=resolve_device(config.device),
                                           dtype=dtype)
         else:
@@ -131,7 +135,29 @@ class Session:
                     *key_warnings(checkpoint), *_loss_dtype_warnings(problem)]
         return Loaded(problem=problem, checkpoint=checkpoint, match=match,
                       n_model_params=sum(p.numel() for p in built.model.parameters()),
-                      warnings=warnings, evaluation=evaluation)
+                      warnings=warnings, evaluation=evaluation,
+                      buffers={k: v.detach().clone() for k, v in built.model.named_buffers()})
+
+    def restore(self, loaded: Loaded) -> None:
+        """Put back in the model the weights and buffers of a checkpoint loaded before (the
+        analysed parameters from its θ₀), after others were loaded onto it."""
+        model = self._built.model
+        with torch.no_grad():
+            for name, value in loaded.problem.unflatten(loaded.problem.theta0, prefix="").items():
+                model.get_parameter(name).copy_(value)
+            for name, value in loaded.buffers.items():
+                model.get_buffer(name).copy_(value)
+        self._built.problem = loaded.problem
+
+    def eval_problem(self, like: Loaded) -> Problem:
+        """The problem on the config's ``eval_data`` (built once), at ``like``'s weights."""
+        built = self._built
+        if built.eval_problem is None:
+            data = load_batches(self.config, self.options.max_batches, section="eval_data")
+            built.eval_problem = build_problem(built.model, built.loss_fn, data, bn=self.config.bn,
+                                               params=self.options.params,
+                                               device=like.problem.device, dtype=like.problem.dtype)
+        return dataclasses.replace(built.eval_problem, theta0=like.problem.theta0)
 
 
 def load(config: Config, checkpoint_path: str | Path, options: LoadOptions | None = None) -> Loaded:

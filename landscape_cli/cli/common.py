@@ -37,7 +37,7 @@ _OUTPUT = "Output"
 class OutputOptions:
     """Options every command has: the checkpoint, output format and destination, verbosity."""
 
-    checkpoint: str
+    checkpoint: str | list[str]
     format: str | None = None
     json: bool = False
     output: Path | None = None
@@ -80,6 +80,9 @@ def typer_parameter(name: str, kind: Any, option: Option, default: Any) -> inspe
 CHECKPOINT = _param("checkpoint", Annotated[str, typer.Argument(
     help="Checkpoint file (.pt/.pth/.ckpt/.bin/.safetensors) or Hugging Face style folder.",
     show_default=False)], inspect.Parameter.empty)
+CHECKPOINTS = _param("checkpoint", Annotated[list[str], typer.Argument(
+    help="Checkpoints (files or folders; a quoted glob such as 'runs/*.pt' is expanded, in "
+    "natural order): the first is A, the second B.", show_default=False)], inspect.Parameter.empty)
 
 OUTPUT_OPTIONS = [
     _param("format", Annotated[Format | None, typer.Option(
@@ -193,4 +196,5 @@ def analysis_command(app: typer.Typer, spec: Command) -> None:
         run_analysis(spec.name, output, {k: values.pop(k) for k in shared_names}, values)
 
     register(app, spec.name, help=spec.help, epilog=spec.epilog,
-             params=[CHECKPOINT, *own, *shared, *OUTPUT_OPTIONS], run=run)
+             params=[CHECKPOINTS if spec.many else CHECKPOINT, *own, *shared, *OUTPUT_OPTIONS],
+             run=run)

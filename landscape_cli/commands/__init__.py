@@ -21,13 +21,15 @@ class Command:
     help: str
     epilog: str
     result: type
+    #: whether it takes several checkpoints (``interpolate``) rather than one
+    many: bool = False
 
 
 def _commands() -> dict[str, Command]:
-    from landscape_cli.commands import critical, sharpness, spectrum, trace
+    from landscape_cli.commands import critical, interpolate, sharpness, spectrum, trace
 
     return {c.name: c for c in (spectrum.COMMAND, trace.COMMAND, sharpness.COMMAND,
-                                critical.COMMAND)}
+                                interpolate.COMMAND, critical.COMMAND)}
 
 
 COMMANDS: dict[str, Command] = _commands()

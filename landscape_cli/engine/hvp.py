@@ -169,6 +169,8 @@ class HVPEngine:
     compile: bool = False
     #: L(θ₀) and the accuracy there when already known (a pass that checked the weights)
     evaluation: Evaluation | None = None
+    #: the passes to go through (their cost and warnings become the engine's); new by default
+    passes: Passes | None = None
     cost: Cost = field(default_factory=Cost)
     warnings: list[str] = field(default_factory=list)
 
@@ -176,7 +178,9 @@ class HVPEngine:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         keep_freed_memory()
-        self.passes = Passes(self.problem, cost=self.cost, warnings=self.warnings)
+        if self.passes is None:
+            self.passes = Passes(self.problem, cost=self.cost, warnings=self.warnings)
+        self.cost, self.warnings = self.passes.cost, self.passes.warnings
         self._theta: torch.Tensor | None = None
         self._grad_graph: torch.Tensor | None = None
         self._loss: float | None = None

@@ -212,15 +212,17 @@ class Passes:
         self.cost.forwards += len(self.problem.batches)
         return float(loss), grad
 
-    def evaluate_many(self, thetas: torch.Tensor,
-                      buffers: dict[str, torch.Tensor] | None = None) -> list[Evaluation]:
+    def evaluate_many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,
+                      *, buffers_per_row: bool = False) -> list[Evaluation]:
         """``evaluate`` at each row of ``thetas`` (k×n), in one pass over the data: each batch
         goes through ``vmap`` over parameter sets, in chunks of rows of about ``MANY_BYTES`` of
-        activations, or, for a model ``vmap`` cannot run, through a loop over the rows."""
+        activations, or, for a model ``vmap`` cannot run, through a loop over the rows.
+        ``buffers``: one set for every row, or with ``buffers_per_row`` a (k, ...) stack of
+        each buffer, row i's own (interpolated or recalibrated statistics)."""
         thetas = thetas.to(device=self.problem.device, dtype=self.problem.dtype)
         if self._vmap_many:
             try:
-                return self._many(thetas, buffers, vectorized=True)
+                return self._many(thetas, buffers, buffers_per_row, vectorized=True)
             except RuntimeError as exc:
                 if isinstance(exc, torch.OutOfMemoryError):
                     raise
@@ -228,23 +230,32 @@ class Passes:
                 first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
                 self.warnings.append(f"evaluating many weight vectors at once failed for this model "
                                      f"({first}); evaluated them one at a time")
-        return self._many(thetas, buffers, vectorized=False)
+        return self._many(thetas, buffers, buffers_per_row, vectorized=False)
 
     def _many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None,
-              vectorized: bool) -> list[Evaluation]:
+              per_row: bool, vectorized: bool) -> list[Evaluation]:
         extra = {"model." + name: value for name, value in (buffers or {}).items()}
+        shared = {} if per_row else extra
+        rows_of = extra if per_row else {}
 
-        def one(theta: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._loss_and_hits({**self.problem.unflatten(theta), **extra}, batch)
+        def one(theta: torch.Tensor, own: dict[str, torch.Tensor], batch: Any
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._loss_and_hits({**self.problem.unflatten(theta), **shared, **own}, batch)
 
         rows = self._rows_per_forward() if vectorized else 1
+        starts = range(0, len(thetas), rows)
+
+        def own(i: int) -> dict[str, torch.Tensor]:
+            return {k: v[i] for k, v in rows_of.items()}
 
         def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             if vectorized:
-                parts = [torch.func.vmap(one, in_dims=(0, None))(chunk, batch)
-                         for chunk in thetas.split(rows)]
+                parts = [torch.func.vmap(one, in_dims=(0, 0, None))(
+                    thetas[i:i + rows], {k: v[i:i + rows] for k, v in rows_of.items()}, batch)
+                    for i in starts]
             else:
-                parts = [tuple(t.unsqueeze(0) for t in one(theta, batch)) for theta in thetas]
+                parts = [tuple(t.unsqueeze(0) for t in one(thetas[i], own(i), batch))
+                         for i in range(len(thetas))]
             losses = torch.cat([loss for loss, _ in parts])
             hits = torch.cat([h for _, h in parts])
             return (weight * losses).double(), hits

@@ -51,6 +51,8 @@ class LanczosResult:
     scale: float
     #: what the rounding of a product alone adds to every residual (measured, see _measured)
     rounding: float = 0.0
+    #: the top Ritz vectors (rows, unit norm, in the order of ``top.values``; float64)
+    top_vectors: torch.Tensor | None = None
 
     @property
     def converged(self) -> bool:
@@ -234,5 +236,7 @@ def _measured(result: LanczosResult, product: Matvec, basis: torch.Tensor,
         return RitzPairs(values=old.values, residuals=residuals,
                          converged=[r <= limit for r in residuals])
 
+    vectors_top = s[:, :top].T.to(device=basis.device) @ basis
+    vectors_top = vectors_top / torch.linalg.vector_norm(vectors_top, dim=1, keepdim=True)
     return LanczosResult(pairs(result.top, measured[:top]), pairs(result.bottom, measured[top:]),
-                         result.steps, result.scale, rounding)
+                         result.steps, result.scale, rounding, vectors_top)

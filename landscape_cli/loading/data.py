@@ -48,10 +48,10 @@ def batch_size(batch: Any, where: str = "data") -> int:
     return int(tensor.shape[0])
 
 
-def _read_arrays(path: Path, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_arrays(path: Path, source: str, section: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Arrays ``x`` and ``y`` of a .npz, or of a .pt that holds a dict (only these two are
     read: another array, of objects say, does not matter)."""
-    where = f"{source}: data.path: {path}"
+    where = f"{source}: {section}.path: {path}"
     if not path.is_file():
         raise DataError(f"{where}: {'not a regular file' if path.exists() else 'file not found'}")
     if path.suffix not in (".npz", ".pt", ".pth"):
@@ -95,35 +95,36 @@ def _slices(x: torch.Tensor, y: torch.Tensor, size: int) -> Iterable[tuple[torch
     return ((x[i:i + size], y[i:i + size]) for i in range(0, len(x), size))
 
 
-def _iterate(obj: Any, size: int, source: str) -> Iterable[Any]:
+def _iterate(obj: Any, size: int, source: str, section: str) -> Iterable[Any]:
     """Batches from whatever a data factory returned."""
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
-        return _slices(*_checked_pair(obj[0], obj[1], f"{source}: data.factory"), size)
+        return _slices(*_checked_pair(obj[0], obj[1], f"{source}: {section}.factory"), size)
     if isinstance(obj, DataLoader):
         return obj
     if isinstance(obj, Dataset) and hasattr(obj, "__len__"):
         return DataLoader(obj, batch_size=size, shuffle=False)
     if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes, Mapping)):
         return obj
-    raise DataError(f"{source}: data.factory returned a {type(obj).__name__}; expected a Dataset, "
+    raise DataError(f"{source}: {section}.factory returned a {type(obj).__name__}; expected a Dataset, "
                     "a DataLoader, an iterable of batches or a pair of tensors (x, y)")
 
 
-def load_batches(config: Config, max_batches: int | None = None) -> Batches:
-    """Read the configured data once into a fixed list of batches, on the CPU."""
-    spec, source = config.data, config.source
+def load_batches(config: Config, max_batches: int | None = None, section: str = "data") -> Batches:
+    """Read the configured data (``section``: ``data`` or ``eval_data``) once into a fixed list
+    of batches, on the CPU."""
+    spec, source = getattr(config, section), config.source
     if spec.path is not None:
-        stream = _slices(*_read_arrays(Path(spec.path), source), spec.batch_size)
+        stream = _slices(*_read_arrays(Path(spec.path), source, section), spec.batch_size)
     else:
-        stream = _iterate(call(spec.factory, spec.kwargs, source, "data.factory"),
-                          spec.batch_size, source)
+        stream = _iterate(call(spec.factory, spec.kwargs, source, f"{section}.factory"),
+                          spec.batch_size, source, section)
     batches, sizes = [], []
     budget = spec.max_samples
     try:
         for batch in stream:
             if max_batches is not None and len(batches) >= max_batches:
                 break
-            n = batch_size(batch, f"{source}: data")
+            n = batch_size(batch, f"{source}: {section}")
             if budget is not None and n > budget:
                 batch, n = head(batch, budget), budget
             if n == 0:
@@ -139,5 +140,5 @@ def load_batches(config: Config, max_batches: int | None = None) -> Batches:
     except USER_CODE_ERRORS as exc:
         raise DataError(f"{source}: reading the data failed: {describe_exception(exc)}") from exc
     if not batches:
-        raise DataError(f"{source}: data: the dataset is empty")
+        raise DataError(f"{source}: {section}: the dataset is empty")
     return Batches(batches=batches, sizes=sizes, source=source)

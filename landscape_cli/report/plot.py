@@ -1,6 +1,7 @@
-"""Density plots from a report document (matplotlib, optional: ``pip install
-'landscape-cli[plot]'``). Nothing is computed here: the curve is ``results.density.grid`` and
-``values``, the rug its ``nodes``."""
+"""Plots from a report document (matplotlib, optional: ``pip install 'landscape-cli[plot]'``).
+Nothing is computed here: a density's curve is ``results.density.grid`` and ``values``, the rug
+its ``nodes``; an ``interpolate`` plot draws the document's points, grid and barrier matrix, and
+writes its barriers as the document holds them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from landscape_cli.errors import LandscapeError
+from landscape_cli.report.curve_view import (
+    curve_series,
+    endpoint_names,
+    fmt,
+    number,
+    point_at,
+    position,
+    short_names,
+)
 from landscape_cli.report.output import Destination, destination, write_file
 
 SUFFIXES = ("png", "svg", "pdf")
@@ -64,5 +74,215 @@ def write_density_plot(document: dict[str, Any], dest: Destination) -> None:
               transform=axes.transAxes, ha="right", va="top", fontsize=8)
     axes.legend(loc="upper center", fontsize=8, frameon=False)
 
+    _save(figure, dest)
+
+
+def _save(figure: Any, dest: Destination) -> None:
+    """Write ``figure`` in the format its destination's suffix names, atomically; an SVG keeps
+    its text as text (names and numbers can be searched and read), not as glyph outlines."""
+    import matplotlib
+
     suffix = dest.path.suffix.lower().lstrip(".")
-    write_file(dest, lambda path: figure.savefig(path, format=suffix))
+
+    def save(path: Path) -> None:
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            figure.savefig(path, format=suffix)
+
+    write_file(dest, save)
+
+
+# ----------------------------------------------------------------------------- interpolate
+
+
+def _nan(values: Any) -> list[float]:
+    """Numbers for matplotlib: a null (or anything not a finite number) is NaN, a gap."""
+    return [float("nan") if v is None else v for v in (number(x) for x in values)]
+
+
+def _title(document: dict[str, Any], text: str) -> str:
+    bn = " · BatchNorm recalibrated" if document["results"].get("recalibrate_bn") else ""
+    return f"{text}{bn}"
+
+
+def _line_axes(figure: Any, document: dict[str, Any]) -> None:
+    """Loss against α (train solid, eval dashed), accuracy on a twin axis, A and B marked and
+    named, the barrier's α marked and its numbers written."""
+    results = document["results"]
+    a_name, b_name = endpoint_names(results)
+    via = results.get("via")
+    short = short_names([a_name, b_name, *([via] if via else [])])
+    axes = figure.add_subplot()
+    series = [("points", "train", "-")]
+    if results.get("eval_points"):
+        series.append(("eval_points", "eval", "--"))
+    for key, label, style in series:
+        alphas, losses = curve_series(results.get(key))
+        axes.plot(_nan(alphas), _nan(losses), style, color="C0", marker=".", markersize=4,
+                  linewidth=1.3, label=f"{label} loss")
+    accuracy_axes = None
+    for key, label, style in series:
+        alphas, accuracy = curve_series(results.get(key), "accuracy")
+        if any(v is not None for v in accuracy):
+            accuracy_axes = accuracy_axes or axes.twinx()
+            accuracy_axes.plot(_nan(alphas), _nan(accuracy), style, color="C1", linewidth=1.0,
+                               alpha=0.8, label=f"{label} accuracy")
+    if accuracy_axes is not None:
+        accuracy_axes.set_ylabel("accuracy", color="C1")
+        accuracy_axes.tick_params(axis="y", colors="C1")
+
+    # the endpoints: the document's loss_a / loss_b (train), the eval curve's own points at 0, 1
+    ends = [(0.0, results.get("loss_a"), f"A: {short[0]}"), (1.0, results.get("loss_b"), f"B: {short[1]}")]
+    for alpha, loss, label in ends:
+        axes.axvline(alpha, color="0.6", linewidth=0.6, linestyle=":")
+        y = number(loss)
+        if y is not None:
+            axes.plot([alpha], [y], "o", color="C3", markersize=6, zorder=5)
+        axes.annotate(label, xy=(alpha, 1), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                      textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        if len(series) > 1:
+            eval_y = point_at(results.get("eval_points"), alpha)
+            if eval_y is not None:
+                axes.plot([alpha], [eval_y], "o", markerfacecolor="white", markeredgecolor="C3",
+                          markersize=6, zorder=5)
+    loss_a, loss_b = number(results.get("loss_a")), number(results.get("loss_b"))
+    if loss_a is not None and loss_b is not None:  # the chord the barrier is measured from
+        axes.plot([0, 1], [loss_a, loss_b], color="0.5", linewidth=0.8, linestyle=":",
+                  label="(1−α)·loss_a + α·loss_b")
+    alpha_max = number(results.get("alpha_max"))
+    if alpha_max is not None:
+        axes.axvline(alpha_max, color="C3", linewidth=0.9, linestyle="--",
+                     label=f"alpha_max = {alpha_max:.3g}")
+    lines = [f"barrier {fmt(results.get('barrier'))} at α = {fmt(results.get('alpha_max'), '.3g')}",
+             f"barrier_mid_ends {fmt(results.get('barrier_mid_ends'))}"]
+    if "error_barrier" in results:
+        lines.append(f"error_barrier {fmt(results.get('error_barrier'))}")
+    if "barrier_unaligned" in results:
+        lines.append(f"before alignment {fmt(results.get('barrier_unaligned'))}")
+    axes.text(0.01, 0.97, "\n".join(lines), transform=axes.transAxes, ha="left", va="top",
+              fontsize=8, bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.85})
+    axes.set_xlabel("t (Bézier parameter)" if via else "α")
+    axes.set_ylabel("loss")
+    handles, labels = axes.get_legend_handles_labels()
+    if accuracy_axes is not None:
+        more = accuracy_axes.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    axes.legend(handles, labels, loc="upper right", fontsize=7, frameon=False)
+    kind = f"quadratic Bézier curve via {short[2]}" if via else "linear interpolation"
+    axes.set_title(_title(document, f"loss along the {kind}"), fontsize=9, loc="left", pad=14)
+
+
+def _plane_axes(figure: Any, document: dict[str, Any]) -> None:
+    """A filled contour of the loss grid (rows are y), log-scaled colours when every value is
+    positive, each checkpoint marked and named at its coordinates."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    results = document["results"]
+    plane = results.get("plane") or {}
+    xs, ys = np.array(_nan(plane.get("x") or [])), np.array(_nan(plane.get("y") or []))
+    rows = [row if isinstance(row, list) else [] for row in plane.get("loss") or []]
+    width = len(xs)
+    grid = np.array([_nan((row + [None] * width)[:width]) for row in rows], dtype=float)
+    grid = np.ma.masked_invalid(grid.reshape(len(rows), width))
+    axes = figure.add_subplot()
+    finite = grid.compressed()
+    if finite.size and len(xs) >= 2 and len(ys) >= 2 and grid.shape == (len(ys), len(xs)):
+        lo, hi = float(finite.min()), float(finite.max())
+        log = lo > 0
+        if hi <= lo:  # a flat grid: one band around its value
+            lo, hi = (lo / 1.01, hi * 1.01) if log else (lo - 0.5, hi + 0.5)
+        levels = np.geomspace(lo, hi, 21) if log else np.linspace(lo, hi, 21)
+        filled = axes.contourf(xs, ys, grid, levels=levels, norm=LogNorm(lo, hi) if log else None,
+                               cmap="viridis", extend="neither")
+        axes.contour(xs, ys, grid, levels=levels[::4], colors="white", linewidths=0.4, alpha=0.6)
+        colorbar = figure.colorbar(filled, ax=axes, ticks=levels[::4], format="%.3g")
+        colorbar.minorticks_off()
+        colorbar.set_label("loss (log scale)" if log else "loss")
+        if grid.mask.any():
+            axes.text(0.99, 0.01, "blank: null loss", transform=axes.transAxes, ha="right",
+                      va="bottom", fontsize=7)
+    else:
+        axes.text(0.5, 0.5, "no finite loss grid to draw", transform=axes.transAxes,
+                  ha="center", va="center")
+    coordinates = plane.get("coordinates") or {}
+    for name, short in zip(coordinates, short_names(list(coordinates))):
+        cx, cy = position(coordinates[name])
+        if cx is None or cy is None:
+            continue
+        axes.plot([cx], [cy], "o", color="white", markeredgecolor="black", markersize=7, zorder=5)
+        axes.annotate(short, (cx, cy), xytext=(5, 5), textcoords="offset points", fontsize=8,
+                      color="black", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75,
+                                           "pad": 1})
+    directions = plane.get("directions")
+    axes.set_xlabel("x (direction 1)")
+    axes.set_ylabel("y (direction 2)")
+    axes.set_title(_title(document, f"loss plane ({directions} directions)"), fontsize=9, loc="left")
+
+
+def _pairs_axes(figure: Any, document: dict[str, Any]) -> None:
+    """The barrier matrix as a heat map, names on both axes and the numbers in the cells; the
+    pairs' curves beside it when the document holds them."""
+    import matplotlib
+    import numpy as np
+
+    results = document["results"]
+    names = short_names(results.get("checkpoints") or [])
+    n = len(names)
+    matrix = [row if isinstance(row, list) else [] for row in results.get("barrier_matrix") or []]
+    matrix = (matrix + [[]] * n)[:n]
+    values = np.ma.masked_invalid(np.array([_nan((row + [None] * n)[:n]) for row in matrix],
+                                           dtype=float).reshape(n, n))
+    curves = [c for c in results.get("curves") or [] if isinstance(c, dict)]
+    heat = figure.add_subplot(1, 2 if curves else 1, 1)
+    finite = values.compressed()
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    cmap = matplotlib.colormaps["magma_r"].with_extremes(bad="0.85")  # a null cell is grey
+    image = heat.imshow(values, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1)
+    figure.colorbar(image, ax=heat, label="loss barrier", shrink=0.8)
+    heat.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
+    heat.set_yticks(range(n), names, fontsize=8)
+    heat.set_xlabel("B")
+    heat.set_ylabel("A")
+    for i in range(n):
+        for j in range(n):
+            value = values[i, j]
+            masked = value is np.ma.masked
+            dark = not masked and hi > lo and (float(value) - lo) / (hi - lo) > 0.6
+            heat.text(j, i, "–" if masked else f"{float(value):.3g}", ha="center", va="center",
+                      fontsize=7, color="white" if dark else "black")
+    heat.set_title(_title(document, "pairwise loss barriers"), fontsize=9, loc="left")
+    if curves:
+        axes = figure.add_subplot(1, 2, 2)
+        for k, curve in enumerate(curves):
+            a, b = curve.get("a"), curve.get("b")
+            label_a = names[a] if isinstance(a, int) and 0 <= a < n else str(a)
+            label_b = names[b] if isinstance(b, int) and 0 <= b < n else str(b)
+            alphas, losses = curve_series(curve.get("points"))
+            axes.plot(_nan(alphas), _nan(losses), color=f"C{k % 10}", linewidth=1.0,
+                      label=f"{label_a} → {label_b} (barrier {fmt(curve.get('barrier'), '.3g')})")
+        for alpha in (0, 1):
+            axes.axvline(alpha, color="0.6", linewidth=0.6, linestyle=":")
+        axes.set_xlabel("α")
+        axes.set_ylabel("loss")
+        axes.legend(fontsize=6, frameon=False, loc="best")
+        axes.set_title("loss along each pair", fontsize=9, loc="left")
+
+
+def write_interpolate_plot(document: dict[str, Any], dest: Destination) -> None:
+    """The picture of an ``interpolate`` report, by its ``path``: the loss along the line or
+    curve, the plane's contour, or the barrier matrix's heat map; written atomically."""
+    from matplotlib.figure import Figure
+
+    results = document["results"]
+    path = results.get("path")
+    if path == "plane" or (path is None and "plane" in results):
+        figure = Figure(figsize=(7, 5.5), layout="constrained")
+        _plane_axes(figure, document)
+    elif path == "pairs" or (path is None and "barrier_matrix" in results):
+        wide = bool(results.get("curves"))
+        figure = Figure(figsize=(12 if wide else 6.5, 5.5), layout="constrained")
+        _pairs_axes(figure, document)
+    else:
+        figure = Figure(figsize=(7.5, 4.8), layout="constrained")
+        _line_axes(figure, document)
+    _save(figure, dest)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from landscape_cli.report.curve_view import interpolate_extras
 from landscape_cli.report.density_view import spectrum_extras
 from landscape_cli.results import RESULT_TYPES
 from landscape_cli.results.base import Result
@@ -33,6 +34,7 @@ def _critical_evidence(results: dict[str, Any]) -> list[Any]:
 EXTRAS: dict[str, Callable[[dict[str, Any]], list[Any]]] = {
     "spectrum": spectrum_extras,
     "classify-critical-point": _critical_evidence,
+    "interpolate": interpolate_extras,
 }
 
 
@@ -91,15 +93,16 @@ def _summary_lines(doc: dict[str, Any]) -> list[str]:
     lines = [f"[bold]{doc['command']}[/] {ckpt.get('path')}  "
              f"[dim]({ckpt.get('format')}, {ckpt.get('n_params')} params)[/]"]
     if settings:
+        hvp = settings.get("hvp_strategy")  # absent where no HVP was computed
         lines.append(f"[dim]device {settings.get('device')} · {settings.get('dtype')} · "
                      f"bn {settings.get('bn')} · {settings.get('n_samples')} samples · "
-                     f"{settings.get('n_analysed')} parameters analysed · "
-                     f"HVP {settings.get('hvp_strategy')}"
+                     f"{settings.get('n_analysed')} parameters analysed"
+                     f"{f' · HVP {hvp}' if hvp else ''}"
                      f"{' (compiled)' if settings.get('compiled') else ''}[/]")
     if "loss" in results:
         accuracy = results.get("accuracy")
         acc = f" · accuracy {accuracy:.4f}" if isinstance(accuracy, float) else ""
-        lines.append(f"loss {results['loss']:.6g}{acc}")
+        lines.append(f"loss {_cell(results['loss'])}{acc}")
     return lines
 
 
