@@ -22,7 +22,7 @@ from adversarial import MLP
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 NUMBER = re.compile(r"[-+−]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?%?")
-BARS = re.compile(r"[█▏▎▍▌▋▊▉▓░]+")
+BARS = re.compile(r"[█▏▎▍▌▋▊▉▓▒░▁▂▃▄▅▆▇]+")
 RULES = re.compile(r"([━─])\1+")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
