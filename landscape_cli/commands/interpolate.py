@@ -236,7 +236,7 @@ def _aligned(run: Run, request, evaluator, ends, own):
         theta = torch.cat([done.state[name].reshape(-1) for name in problem.names])
         out.append(paths.End(end.name, theta.to(end.theta),
                              {k: done.state[k] for k in end.buffers}))
-        sweeps, groups = max(sweeps, done.sweeps), len(done.permutations)
+        sweeps, groups = max(sweeps, done.sweeps), len(done.perms)
     return out, {"groups": groups, "sweeps": sweeps}, unaligned
 
 

@@ -27,7 +27,7 @@ Group = tuple[float, list[int]]
 #: a pass's term for one group: its (already weighted) contributions to each sum
 Term = Callable[[float, Any], Sequence[torch.Tensor]]
 #: rows of θ that go through one vmapped forward pass: about this many bytes of activations
-MANY_BYTES = 256 << 20
+MANY_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
