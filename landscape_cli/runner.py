@@ -9,8 +9,6 @@ builds the report, timed from the start of ``prepare``.
 
 from __future__ import annotations
 
-import glob
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +25,7 @@ from landscape_cli.errors import Interrupted, LandscapeError, NumericalError
 from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.loading.assemble import LoadOptions
 from landscape_cli.options import RunOptions, checked, jsonable
+from landscape_cli.paths import expand
 from landscape_cli.report.document import Report, build_report
 from landscape_cli.report.gates import Gate, check_names, parse_gate
 from landscape_cli.session import Loaded, Session
@@ -164,23 +163,6 @@ def command(name: str) -> Command:
     if name not in COMMANDS:
         raise LandscapeError(f"no command named '{name}' (the commands: {', '.join(COMMANDS)})")
     return COMMANDS[name]
-
-
-def natural(text: str) -> list:
-    """A sort key in which ``epoch2`` comes before ``epoch10``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def expand(given: str) -> list[str]:
-    """A path as given, or, when no such file exists and it holds ``*``, ``?`` or ``[``, the
-    paths it matches (recursively with ``**``) in natural order; a pattern that matches
-    nothing is an error naming it."""
-    if Path(given).exists() or not set("*?[") & set(given):
-        return [given]
-    found = sorted(glob.glob(given, recursive=True), key=natural)
-    if not found:
-        raise LandscapeError(f"no checkpoint matches '{given}'")
-    return found
 
 
 def prepare(name: str, checkpoint: str | Path | Sequence[str | Path], run_options: RunOptions,

@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover
     import click
 
 from landscape_cli import __version__
+from landscape_cli.cli import batch as batch_cli
 from landscape_cli.cli import inspect as inspect_cli
 from landscape_cli.cli import schema as schema_cli
 from landscape_cli.cli.common import analysis_command
@@ -73,5 +74,6 @@ def _root(
 
 for spec in COMMANDS.values():
     analysis_command(app, spec)
+batch_cli.register_batch(app)
 inspect_cli.register_inspect(app)
 schema_cli.register_schema(app)

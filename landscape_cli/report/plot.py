@@ -286,3 +286,24 @@ def write_interpolate_plot(document: dict[str, Any], dest: Destination) -> None:
         figure = Figure(figsize=(7.5, 4.8), layout="constrained")
         _line_axes(figure, document)
     _save(figure, dest)
+
+
+def write_trend_plot(rows: list[dict[str, Any]], command: str, lr: float | None,
+                     dest: Destination) -> None:
+    """A sweep's main number against the training step (``batch.trend`` rows, in order); for
+    λ_max with the training learning rate η, the edge of stability 2/η (Cohen et al. 2021)."""
+    from matplotlib.figure import Figure
+
+    shown = [r for r in rows if r["value"] is not None]
+    metric = next((r["metric"] for r in shown), "value")
+    steps = [r["step"] if r["step"] is not None else i for i, r in enumerate(shown)]
+    figure = Figure(figsize=(7, 4))
+    axes = figure.add_subplot()
+    axes.plot(steps, [r["value"] for r in shown], marker="o", label=metric)
+    if lr is not None and metric == "lambda_max":
+        axes.axhline(2 / lr, color="tab:red", linestyle="--", label=f"2/η = {2 / lr:.4g}")
+    axes.set_xlabel("training step" if any(r["step"] is not None for r in shown) else "checkpoint")
+    axes.set_ylabel(metric)
+    axes.set_title(f"landscape batch --command {command}: {len(rows)} checkpoint(s)")
+    axes.legend()
+    _save(figure, dest)
