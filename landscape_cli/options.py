@@ -75,8 +75,15 @@ def checked(fn: Callable[..., Any], values: dict[str, Any], skip: int = 1) -> di
     if unknown:
         raise LandscapeError(f"{', '.join(flag(u) for u in unknown)}: no such option "
                              f"(this command has: {', '.join(flag(o) for o in options)})")
-    return {name: check(name, values.get(name, default), option)
-            for name, (_, option, default) in options.items()}
+    return {name: check(name, _typed(kind, values.get(name, default)), option)
+            for name, (kind, option, default) in options.items()}
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    """A path given as a string (from Python) as the ``Path`` the option declares."""
+    if isinstance(value, str) and (kind is Path or Path in typing.get_args(kind)):
+        return Path(value)
+    return value
 
 
 def jsonable(value: Any) -> Any:

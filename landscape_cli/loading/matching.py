@@ -58,9 +58,11 @@ def detect_prefix(ckpt_keys: Collection[str], model_keys: Collection[str],
     winners = sorted(p for p, s in scores.items() if s == best)
     if best == 0 or "" in winners or len(winners) == 1:
         return "" if best == 0 or "" in winners else winners[0]
+    hint = ("; is it a checkpoint of another model?" if best < len(model) / 2 else "")
     raise CheckpointError(
         f"{source}: cannot tell which prefix to strip: {', '.join(repr(w) for w in winners)} "
-        f"each match {best} model keys; set checkpoint.strip_prefix"
+        f"each match {best} of the model's {len(model)} keys{hint} (or set "
+        "checkpoint.strip_prefix)"
     )
 
 
