@@ -86,9 +86,13 @@ class Job:
 
 
 def key_of(job: Job, config_sha256: str, seed: int) -> str:
-    parts = [content_digest(job.checkpoint), config_sha256, job.command,
-             {k: jsonable(v) for k, v in sorted(job.options.items())}, seed, SCHEMA_VERSION,
-             __version__]
+    """The line's key: everything that shapes its content (the checkpoint's path and bytes,
+    the resolved config, the command, its options and the shared ones such as --params,
+    --batches and --fail-if, the seed, the versions)."""
+    parts = [job.checkpoint, content_digest(job.checkpoint), config_sha256, job.command,
+             {k: jsonable(v) for k, v in sorted(job.options.items())},
+             {k: jsonable(v) for k, v in sorted(job.shared.items()) if k not in ("config", "set")},
+             seed, SCHEMA_VERSION, __version__]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -232,6 +236,12 @@ def _results(jobs: list[Job], workers: int, fail_fast: bool) -> Iterator[dict[st
                 for other in futures:
                     other.cancel()
                 return
+
+
+def in_order(lines: list[dict[str, Any]], jobs: list[Job]) -> list[dict[str, Any]]:
+    """The lines in the jobs' order (a resumed or parallel sweep writes them as they come)."""
+    place = {job.checkpoint: i for i, job in enumerate(jobs)}
+    return sorted(lines, key=lambda line: place.get(line.get("checkpoint", {}).get("path"), len(place)))
 
 
 def merge(paths: Iterable[Path]) -> list[dict[str, Any]]:

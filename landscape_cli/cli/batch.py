@@ -151,7 +151,11 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
     with _writer(output, [batch.as_line(line) for line in sweep.reused]) as write, \
             (progress_bar("checkpoints", len(jobs_list)) if show else no_bar) as update:
         lines = batch.run_sweep(sweep, write, workers=jobs, fail_fast=fail_fast, progress=update)
-    rows = batch.trend(lines)
+    ordered = batch.in_order(lines, jobs_list)
+    if output is not None and ordered != lines:  # the finished file in the checkpoints' order
+        write_file(destination(output, "-o", []), lambda path: path.write_text(
+            "".join(batch.as_line(line) + "\n" for line in ordered), encoding="utf-8"))
+    rows = batch.trend(ordered)
     if summary is not None:
         text = batch.markdown_summary(rows, command)
         write_file(destination(summary, "--summary", []), lambda path: path.write_text(text))
@@ -159,7 +163,7 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
         plots.write_trend_plot(rows, command, lr, plot_to)
     if show:
         stderr.print(escape(batch.markdown_summary(rows, command)), soft_wrap=True)
-    if any(line["status"] == "error" for line in lines):
+    if any(line["status"] == "error" for line in ordered):
         return EXIT_BAD_INPUT
     return EXIT_GATE if any(row["failed"] for row in rows) else 0
 
