@@ -118,6 +118,7 @@ class RunOptions:
     compile: bool | None = None
     allow_global: list[str] = field(default_factory=list)
     trust_checkpoint: bool = False
+    dist_timeout: float | None = None
     fail_if: list[str] = field(default_factory=list)
 
     def flags(self) -> dict[str, tuple[str, Any]]:
@@ -168,6 +169,9 @@ RUN_OPTIONS: dict[str, Option] = {
                            metavar="MODULE.NAME", panel=_INPUT),
     "trust_checkpoint": Option("Unpickle with weights_only=False: the file can run code. Only "
                                "for files you trust.", flags=("--trust-checkpoint",), panel=_INPUT),
+    "dist_timeout": Option("Under torchrun: seconds a rank waits for the others before it stops "
+                           "with an error (default 600).", min=1, metavar="SECONDS",
+                           panel=_ENGINE),
     "fail_if": Option("Exit 1 if this holds, e.g. 'lambda_max>50' (repeatable).",
                       metavar="EXPR", panel=_OUTPUT),
 }

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 
 from landscape_cli.commands import COMMANDS, Command
 from landscape_cli.config import Config, find_config, load_config
+from landscape_cli.engine import distributed
 from landscape_cli.engine.hvp import NONFINITE, HVPEngine
 from landscape_cli.engine.passes import Passes
 from landscape_cli.errors import Interrupted, LandscapeError, NumericalError
@@ -156,7 +157,8 @@ class Prepared:
     def load_options(self) -> LoadOptions:
         o = self.run_options
         return LoadOptions(params=o.params, max_batches=o.batches, allow_globals=o.allow_global,
-                           trust_checkpoint=o.trust_checkpoint)
+                           trust_checkpoint=o.trust_checkpoint,
+                           **({"dist_timeout": o.dist_timeout} if o.dist_timeout else {}))
 
 
 def command(name: str) -> Command:
@@ -225,6 +227,7 @@ def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interru
                   "params": list(prepared.run_options.params) or None,
                   "config": str(prepared.config_path), "config_sha256": config.sha256(),
                   "options": {name: jsonable(value) for name, value in prepared.options.items()},
+                  "world_size": distributed.world_size(),
                   **(engine.describe() if engine is not None else {}),
                   **({"attention": "sdpa-math"} if problem.attention else {})},
         results={**headline, **result.results()},

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from landscape_cli.config import Config
+from landscape_cli.engine import distributed
 from landscape_cli.engine.passes import Evaluation, Passes
 from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss
 from landscape_cli.errors import ConfigError, NumericalError
@@ -119,9 +120,9 @@ class Session:
         evaluation = None
         if first:
             data = load_batches(config, options.max_batches)
+            device = distributed.initialize(resolve_device(config.device), options.dist_timeout)
             built.problem = build_problem(built.model, built.loss_fn, data, bn=config.bn,
-                                          params=options.params, device=resolve_device(config.device),
-                                          dtype=dtype)
+                                          params=options.params, device=device, dtype=dtype)
         else:
             theta0 = torch.cat([built.model.get_parameter(n).detach().reshape(-1)
                                 for n in built.problem.names]).clone()

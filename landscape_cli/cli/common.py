@@ -151,16 +151,23 @@ def run_analysis(name: str, output: OutputOptions, shared: dict[str, Any],
                  options: dict[str, Any]) -> None:
     """Options → runner → report → output; exit code per DESIGN §7."""
 
-    def report() -> tuple[dict[str, Any], Destination | None, Any]:
-        from landscape_cli import runner
+    lead = True  # under torchrun, rank 0 alone writes the report, progress and warnings
 
+    def report() -> tuple[dict[str, Any], Destination | None, Any]:
+        nonlocal lead
+        from landscape_cli import runner
+        from landscape_cli.engine import distributed
+
+        lead = distributed.rank() == 0
         prepared = runner.prepare(name, output.checkpoint, RunOptions.of(shared), options)
-        dest = output.destination(prepared.inputs)
-        show = not output.quiet and stderr.is_terminal
+        dest = output.destination(prepared.inputs) if lead else None
+        show = lead and not output.quiet and stderr.is_terminal
         done, interrupted = runner.execute(prepared, progress=progress_bar if show else runner.no_progress)
         return done.to_dict(), dest, interrupted
 
     doc, dest, interrupted = guarded(output, report)
+    if not lead:
+        raise typer.Exit(EXIT_GATE if any(row["violated"] for row in doc["gates"]) else 0)
     # An interrupted run ends with its one line; its warnings are in the report.
     guarded(output, lambda: finish(doc, output, dest, echo_warnings=interrupted is None))
     if interrupted is not None:

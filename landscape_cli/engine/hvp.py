@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 import torch
 
 from landscape_cli.batches import concatenates
+from landscape_cli.engine import distributed
 from landscape_cli.engine.host_memory import keep_freed_memory
 from landscape_cli.engine.passes import Cost, Evaluation, Passes, SavedBytes, reduce
 from landscape_cli.engine.problem import Problem
@@ -148,13 +149,12 @@ class _OverBudget(Exception):
 
 @dataclass
 class _FirstOrderGraph:
-    """Σ_g w_g ∇L_g(θ₀) with its graph (this process's groups), the dataset gradient ∇L(θ₀),
-    L(θ₀), the bytes the graph saved, and the most any one group saved."""
+    """Σ_g w_g ∇L_g(θ₀) with its graph and Σ_g w_g L_g(θ₀) over this process's groups, the
+    bytes the graph saved, and the most any one group saved."""
 
     theta: torch.Tensor
     graph: torch.Tensor
-    grad: torch.Tensor
-    loss: float
+    loss: torch.Tensor
     bytes: int
     largest_group: int
 
@@ -226,12 +226,22 @@ class HVPEngine:
 
     def _build_cache(self, budget: int | None) -> None:
         """Keep ∇L(θ₀) with its graph over all batches, joined into groups where they are small
-        (``_batch_groups``), unless it outgrows ``budget``."""
-        graph = self._first_order_graph(self._batch_groups(), budget)
-        if graph is None:
+        (``_batch_groups``), unless it outgrows ``budget``. Under torchrun every rank keeps its
+        own batches' graph, and only where every rank's fits (they agree, so that they all go
+        through the same sums); a rank without batches keeps zeros."""
+        failure = None
+        try:
+            graph = self._first_order_graph(self._batch_groups(), budget)
+        except torch.OutOfMemoryError as exc:
+            graph, failure = None, exc
+        if not distributed.all_agree(graph is not None):
+            if failure is not None:
+                raise failure
             return
+        loss, grad = reduce([graph.loss, graph.graph.detach()])
         self._theta, self._grad_graph = graph.theta, graph.graph
-        self._loss, self._grad = graph.loss, graph.grad
+        self._loss, self._grad = float(loss), grad
+        self.cost.grads += 1
         self.mode = "cached"
         self.cached_bytes = graph.bytes
         self._largest_group = graph.largest_group
@@ -239,8 +249,9 @@ class HVPEngine:
 
     def _first_order_graph(self, groups: list[tuple[float, list[int]]],
                            budget: int | None) -> _FirstOrderGraph | None:
-        """Σ_g w_g ∇L_g(θ₀) with its graph over ``groups`` of (weight, batch indices), or None
-        as soon as the tensors it saves outgrow ``budget``."""
+        """Σ_g w_g ∇L_g(θ₀) with its graph over this process's ``groups`` of (weight, batch
+        indices) and Σ_g w_g L_g(θ₀), or None as soon as the tensors it saves outgrow
+        ``budget``."""
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved = SavedBytes()
         largest_group = 0
@@ -260,10 +271,7 @@ class HVPEngine:
                 loss, grad_graph = self.passes.sum_over(term, groups, reduced=False)
         except _OverBudget:
             return None
-        loss, = reduce([loss])
-        self.cost.grads += 1
-        return _FirstOrderGraph(theta, grad_graph, reduce([grad_graph.detach()])[0], float(loss),
-                                saved.bytes, largest_group)
+        return _FirstOrderGraph(theta, grad_graph, loss, saved.bytes, largest_group)
 
     def _weighted_terms(self, theta: torch.Tensor, weight: float, batch: object,
                         create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,7 +287,7 @@ class HVPEngine:
             # vmap holds about a group's activations per row. Batches left apart keep whole
             # blocks: an H100 ResNet-18's 500-image batches took 2× a gradient per vector in
             # vmapped blocks of 8, 3× one at a time
-            if self._group_bytes and len(self._groups) < len(self.problem.batches):
+            if self._group_bytes and len(self._groups) < len(self.problem.own):
                 self._chunk = max(1, BATCHED_BYTES // self._group_bytes)
         return self._groups
 
@@ -292,28 +300,29 @@ class HVPEngine:
         the batches do not concatenate or the check fails; with 0 bytes (nothing measured) where
         there is one batch, BatchNorm uses batch statistics (``train-stats``: joining changes L)
         or the budget is 0."""
-        weights = self.problem.weights
-        per_batch = [(weight, [i]) for i, weight in enumerate(weights)]
-        if (self.problem.bn != "eval" or len(per_batch) < 2 or weights[0] <= 0
+        weights, own = self.problem.weights, self.problem.own
+        per_batch = [(weights[i], [i]) for i in own]
+        if (self.problem.bn != "eval" or len(per_batch) < 2 or weights[own[0]] <= 0
                 or self.memory_budget <= 0):
             return per_batch, 0
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved, reference, batch_of = SavedBytes(), _Terms(), self.passes.batch_of
+        first = own[0]
         self.cost.data_passes += 1  # over the first group only
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-            reference.add(*self._weighted_terms(theta, weights[0], batch_of([0]), create_graph=True))
-        bytes_per_weight = max(saved.bytes, 1) / weights[0]
+            reference.add(*self._weighted_terms(theta, weights[first], batch_of([first]), create_graph=True))
+        bytes_per_weight = max(saved.bytes, 1) / weights[first]
         limit = min(GROUP_BYTES, self.memory_budget // 4)  # an HVP's working set: a few groups
         runs: list[list[int]] = []
         run_weight = 0.0
-        for i, weight in enumerate(weights):
-            if runs and (run_weight + weight) * bytes_per_weight <= limit:
+        for i in own:
+            if runs and (run_weight + weights[i]) * bytes_per_weight <= limit:
                 runs[-1].append(i)
-                run_weight += weight
+                run_weight += weights[i]
             else:
                 runs.append([i])
-                run_weight = weight
-        apart = per_batch, int(max(weights) * bytes_per_weight)
+                run_weight = weights[i]
+        apart = per_batch, int(max(weights[i] for i in own) * bytes_per_weight)
         if len(runs) == len(per_batch) or not all(concatenates([self.problem.batches[i] for i in run])
                                                   for run in runs):
             return apart
@@ -327,8 +336,9 @@ class HVPEngine:
         return groups, int(max(weight for weight, _ in groups) * bytes_per_weight)
 
     def memory_left(self) -> int:
-        """Bytes of the memory budget the cached graph leaves for the algorithms' vectors."""
-        return max(self.memory_budget - self.cached_bytes, 0)
+        """Bytes of the memory budget the cached graph leaves for the algorithms' vectors (the
+        least over the ranks under torchrun: the algorithms' choices must be the same on all)."""
+        return distributed.all_min(max(self.memory_budget - self.cached_bytes, 0))
 
     def loss(self) -> float:
         """L(θ₀), the sample-weighted mean loss over the dataset."""
@@ -382,6 +392,8 @@ class HVPEngine:
         return self._vectorize and batches_rows(self.problem.device, max(self._largest_group, 1))
 
     def _hvp_cached(self, block: torch.Tensor) -> torch.Tensor:
+        if not self._grad_graph.requires_grad:  # a rank without batches: its share is zero
+            return torch.zeros_like(block)
         if block.shape[0] > 1 and self._cached_blocks_batched():
             try:
                 return self._batched_backward(block)

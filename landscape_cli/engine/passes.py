@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from landscape_cli.batches import concat_batches
+from landscape_cli.engine.distributed import all_sum
 from landscape_cli.engine.problem import Problem, mean_loss
 
 #: (weight, batch indices): batches joined into one forward pass, weighted by their share of N
@@ -56,8 +57,9 @@ class Cost:
 
 
 def reduce(sums: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """The sums of every process, added up: the identity in a single process."""
-    return tuple(sums)
+    """The sums of every process, added up (an all-reduce under torchrun; the identity in a
+    single process)."""
+    return tuple(all_sum([s.contiguous() for s in sums]))
 
 
 class SavedBytes:
@@ -140,7 +142,8 @@ class Passes:
     # ------------------------------------------------------------------ the one loop
 
     def per_batch(self) -> list[Group]:
-        return [(weight, [i]) for i, weight in enumerate(self.problem.weights)]
+        """This process's batches, each alone."""
+        return [(self.problem.weights[i], [i]) for i in self.problem.own]
 
     def batch_of(self, indices: list[int]) -> Any:
         """The batches ``indices`` as one batch on the device (moved one by one, then joined,
@@ -159,6 +162,8 @@ class Passes:
         for weight, indices in self.per_batch() if groups is None else groups:
             values = term(weight, self.batch_of(indices))
             total = list(values) if total is None else [a + b for a, b in zip(total, values)]
+        if total is None:  # a process without batches adds zeros of the sums' shapes
+            total = [torch.zeros_like(v) for v in term(0.0, self.batch_of([0]))]
         return reduce(total) if reduced else tuple(total)
 
     # ------------------------------------------------------------------ primitives
@@ -196,7 +201,7 @@ class Passes:
 
         with torch.no_grad():
             evaluation = self._evaluation(*self.sum_over(term))
-        self.cost.forwards += len(self.problem.batches)
+        self.cost.forwards += len(self.problem.own)
         return evaluation
 
     def value_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
@@ -209,7 +214,7 @@ class Passes:
 
         loss, grad = self.sum_over(term)
         self.cost.grads += 1
-        self.cost.forwards += len(self.problem.batches)
+        self.cost.forwards += len(self.problem.own)
         return float(loss), grad
 
     def evaluate_many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,
@@ -262,7 +267,7 @@ class Passes:
 
         with torch.no_grad():
             losses, hits = self.sum_over(term)
-        self.cost.forwards += len(thetas) * len(self.problem.batches)
+        self.cost.forwards += len(thetas) * len(self.problem.own)
         return [self._evaluation(loss, hit) for loss, hit in zip(losses, hits)]
 
     def _rows_per_forward(self) -> int:
@@ -299,7 +304,7 @@ class Passes:
 
         with torch.no_grad(), _accumulating(norms):
             *sums, count = self.sum_over(term)
-        self.cost.forwards += len(self.problem.batches)
+        self.cost.forwards += len(self.problem.own)
         out: dict[str, torch.Tensor] = {}
         for i, name in enumerate(norms):
             out[f"{name}.running_mean"] = sums[2 * i] / count

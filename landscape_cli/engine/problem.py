@@ -23,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from landscape_cli.batches import to_device
+from landscape_cli.engine import distributed
 from landscape_cli.errors import ConfigError, LandscapeError, NumericalError
 from landscape_cli.loading.data import Batches
 from landscape_cli.loading.factory import USER_CODE_ERRORS, describe_exception
@@ -149,6 +150,12 @@ class Problem:
     loss_dtype: torch.dtype | None = None
     #: whether the model calls scaled_dot_product_attention (run by its math backend)
     attention: bool = False
+    #: the batches this process passes over (under torchrun, its share; else all of them)
+    owned: list[int] | None = None
+
+    @property
+    def own(self) -> list[int]:
+        return list(range(len(self.batches))) if self.owned is None else self.owned
 
     @property
     def n(self) -> int:
@@ -207,6 +214,8 @@ def build_problem(model: nn.Module, loss_fn: LossFn, data: Batches, *, bn: str =
         classification=accuracy and all(is_classification(b) for b in batches),
     )
     problem.weights = _batch_weights(problem, data)
+    if distributed.launched():
+        problem.owned = distributed.share(len(batches))
     offsets = torch.tensor([0] + [s.numel() for s in problem.shapes]).cumsum(0).tolist()
     problem.groups = {n: slice(a, b) for n, a, b in zip(names, offsets[:-1], offsets[1:])}
     return problem

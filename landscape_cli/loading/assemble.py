@@ -29,6 +29,8 @@ class LoadOptions:
     max_batches: int | None = None
     allow_globals: Sequence[str] = ()
     trust_checkpoint: bool = False
+    #: under torchrun, how long a rank waits for the others (seconds)
+    dist_timeout: float = 600.0
 
 
 def resolve_device(name: str) -> torch.device:
