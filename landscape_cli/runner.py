@@ -9,6 +9,7 @@ builds the report, timed from the start of ``prepare``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -167,6 +168,19 @@ def command(name: str) -> Command:
     return COMMANDS[name]
 
 
+def _config(path: Path, overrides: tuple[str, ...], flags: tuple) -> Config:
+    """``load_config``, read again only when the file changed (a sweep prepares one run per
+    checkpoint, mostly with one config)."""
+    stat = path.stat()
+    return _read_config(path, stat.st_mtime_ns, stat.st_size, overrides, flags)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_config(path: Path, mtime_ns: int, size: int, overrides: tuple[str, ...],
+                 flags: tuple) -> Config:
+    return load_config(path, list(overrides), dict(flags))
+
+
 def prepare(name: str, checkpoint: str | Path | Sequence[str | Path], run_options: RunOptions,
             options: dict[str, Any]) -> Prepared:
     """Check the options and gates, find and load the config (by the first checkpoint), list
@@ -185,7 +199,7 @@ def prepare(name: str, checkpoint: str | Path | Sequence[str | Path], run_option
     gates = [parse_gate(expr) for expr in run_options.fail_if]
     check_names(gates, (*HEADLINE, *spec.result.GATES))
     config_path = find_config(str(run_options.config) if run_options.config else None, checkpoints[0])
-    config = load_config(config_path, run_options.set, run_options.flags())
+    config = _config(config_path, tuple(run_options.set), tuple(sorted(run_options.flags().items())))
     data = [Path(d.path) for d in (config.data, config.eval_data) if d is not None and d.path]
     inputs = [*map(Path, checkpoints), config_path, *data]
     return Prepared(spec, checkpoints, run_options, values, gates, config, config_path,
