@@ -144,14 +144,24 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
         if extra_file is not None:
             destination(extra_file, option, [Path(p) for p in paths])
     plot_to = None if plot is None else plots.check_destination(plot, [Path(p) for p in paths])
+    from landscape_cli.engine import distributed
+
+    # under torchrun every rank analyses every checkpoint (its share of the data), rank 0 writes
+    lead = distributed.rank() == 0
+    if jobs > 1 and distributed.launched():
+        raise LandscapeError("--jobs: under torchrun the ranks already share each checkpoint's "
+                             "work; leave -j out")
     jobs_list = [batch.Job(path, command, shared, options) for path in paths]
     sweep = batch.plan(jobs_list, output, resume)
-    show = not quiet and stderr.is_terminal
+    show = lead and not quiet and stderr.is_terminal
     no_bar = nullcontext(lambda completed, note="": None)
-    with _writer(output, [batch.as_line(line) for line in sweep.reused]) as write, \
-            (progress_bar("checkpoints", len(jobs_list)) if show else no_bar) as update:
+    writer = _writer(output, [batch.as_line(line) for line in sweep.reused]) if lead else \
+        nullcontext(lambda text: None)
+    with writer as write, (progress_bar("checkpoints", len(jobs_list)) if show else no_bar) as update:
         lines = batch.run_sweep(sweep, write, workers=jobs, fail_fast=fail_fast, progress=update)
     ordered = batch.in_order(lines, jobs_list)
+    if not lead:
+        return EXIT_BAD_INPUT if any(line["status"] == "error" for line in ordered) else 0
     if output is not None and ordered != lines:  # the finished file in the checkpoints' order
         write_file(destination(output, "-o", []), lambda path: path.write_text(
             "".join(batch.as_line(line) + "\n" for line in ordered), encoding="utf-8"))
