@@ -81,3 +81,10 @@ def to_device(batch: Any, device: torch.device, dtype: torch.dtype, pin: bool = 
         return t.pin_memory() if pin and not t.is_pinned() else t
 
     return map_tensors(batch, move)
+
+
+def tensor_bytes(batch: Any) -> int:
+    """Bytes of a batch's tensors."""
+    sizes: list[int] = []
+    map_tensors(batch, lambda t: sizes.append(t.numel() * t.element_size()))
+    return sum(sizes)

@@ -150,6 +150,9 @@ class DataSection(_FactorySection):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(default=256, gt=0)
     max_samples: int | None = Field(default=None, gt=0)
+    #: read the batches again on every pass instead of holding them; unset: only when holding
+    #: them would pass the host memory budget
+    stream: bool | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:

@@ -242,6 +242,7 @@ def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interru
                   "config": str(prepared.config_path), "config_sha256": config.sha256(),
                   "options": {name: jsonable(value) for name, value in prepared.options.items()},
                   "world_size": distributed.world_size(),
+                  **({"data_streamed": True} if problem.streamed else {}),
                   **(engine.describe() if engine is not None else {}),
                   **({"attention": "sdpa-math"} if problem.attention else {})},
         results={**headline, **result.results()},

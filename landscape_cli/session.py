@@ -13,6 +13,7 @@ from torch import nn
 
 from landscape_cli.config import Config
 from landscape_cli.engine import distributed
+from landscape_cli.engine.hvp import default_memory_budget
 from landscape_cli.engine.passes import Evaluation, Passes
 from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss
 from landscape_cli.errors import ConfigError, NumericalError
@@ -50,6 +51,12 @@ class Loaded:
     def describe(self) -> dict:
         """The report's ``checkpoint`` section."""
         return describe_checkpoint(self.checkpoint, self.match, self.n_model_params)
+
+
+def host_memory_budget() -> int:
+    """Bytes of data the host may hold before it is streamed instead: the CPU memory budget
+    (40% of the RAM the machine has)."""
+    return default_memory_budget(torch.device("cpu"))
 
 
 def build_loss(config: Config) -> LossFn:
@@ -119,7 +126,7 @@ class Session:
         dtype = DTYPES[config.dtype]
         evaluation = None
         if first:
-            data = load_batches(config, options.max_batches)
+            data = load_batches(config, options.max_batches, host_budget=host_memory_budget())
             device = distributed.initialize(resolve_device(config.device), options.dist_timeout)
             built.problem = build_problem(built.model, built.loss_fn, data, bn=config.bn,
                                           params=options.params, device=device, dtype=dtype)
@@ -154,7 +161,8 @@ class Session:
         """The problem on the config's ``eval_data`` (built once), at ``like``'s weights."""
         built = self._built
         if built.eval_problem is None:
-            data = load_batches(self.config, self.options.max_batches, section="eval_data")
+            data = load_batches(self.config, self.options.max_batches, section="eval_data",
+                                host_budget=host_memory_budget())
             built.eval_problem = build_problem(built.model, built.loss_fn, data, bn=self.config.bn,
                                                params=self.options.params,
                                                device=like.problem.device, dtype=like.problem.dtype)

@@ -298,12 +298,12 @@ class HVPEngine:
         rounding (so a loss that depends on how samples are batched keeps its batches), with the
         largest group's estimated bytes. The batches as they are where nothing would be joined,
         the batches do not concatenate or the check fails; with 0 bytes (nothing measured) where
-        there is one batch, BatchNorm uses batch statistics (``train-stats``: joining changes L)
-        or the budget is 0."""
+        there is one batch, BatchNorm uses batch statistics (``train-stats``: joining changes L),
+        the budget is 0 or the batches are streamed (read in order, one at a time)."""
         weights, own = self.problem.weights, self.problem.own
         per_batch = [(weights[i], [i]) for i in own]
         if (self.problem.bn != "eval" or len(per_batch) < 2 or weights[own[0]] <= 0
-                or self.memory_budget <= 0):
+                or self.memory_budget <= 0 or self.problem.streamed):
             return per_batch, 0
         theta = self.problem.theta0.detach().clone().requires_grad_(True)
         saved, reference, batch_of = SavedBytes(), _Terms(), self.passes.batch_of

@@ -152,6 +152,8 @@ class Problem:
     attention: bool = False
     #: the batches this process passes over (under torchrun, its share; else all of them)
     owned: list[int] | None = None
+    #: whether the batches are read again from the loader on every pass (``data.stream``)
+    streamed: bool = False
 
     @property
     def own(self) -> list[int]:
@@ -199,7 +201,9 @@ def build_problem(model: nn.Module, loss_fn: LossFn, data: Batches, *, bn: str =
     theta0 = torch.cat([named[n].detach().reshape(-1) for n in names]).clone()
     objective = Objective(model, loss_fn).to(device=device, dtype=dtype)
     host = torch.device("cpu")
-    batches = [to_device(b, host, dtype, pin=device.type == "cuda") for b in data.batches]
+    # streamed batches are moved to the device as they are read, pass after pass
+    batches = data.batches if data.streamed else [to_device(b, host, dtype, pin=device.type == "cuda")
+                                                  for b in data.batches]
     problem = Problem(
         objective=objective,
         names=names,
@@ -211,7 +215,8 @@ def build_problem(model: nn.Module, loss_fn: LossFn, data: Batches, *, bn: str =
         n_samples=data.n_samples,
         device=device,
         dtype=dtype,
-        classification=accuracy and all(is_classification(b) for b in batches),
+        classification=accuracy and all(is_classification(data.batches[i]) for i in range(len(batches))),
+        streamed=data.streamed,
     )
     problem.weights = _batch_weights(problem, data)
     if distributed.launched():
@@ -240,10 +245,10 @@ def _checked_loss(problem: Problem, index: int, source: str) -> float | None:
     first = index == 0
     theta = problem.theta0.detach().requires_grad_(first)
     # the first batch shows whether the model calls attention (watching costs per operator)
+    batch = problem.batch(index)  # a streamed loader's own errors are its own, not the model's
     with torch.set_grad_enabled(first), AttentionSeen() if first else nullcontext() as attention:
         try:
-            out = torch.func.functional_call(problem.objective, problem.unflatten(theta),
-                                             (problem.batch(index),))
+            out = torch.func.functional_call(problem.objective, problem.unflatten(theta), (batch,))
         except USER_CODE_ERRORS as exc:
             raise ConfigError(source, None, f"the forward pass (the model, then {key}) failed on "
                               f"batch {index}: {describe_exception(exc)}") from exc

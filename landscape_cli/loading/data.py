@@ -7,7 +7,7 @@ deterministic function of the weights, whatever shuffling the user's loader does
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from landscape_cli.batches import first_tensor, head
+from landscape_cli.batches import first_tensor, head, map_tensors, tensor_bytes
 from landscape_cli.config import Config
 from landscape_cli.errors import DataError
 from landscape_cli.loading.factory import USER_CODE_ERRORS, call, describe_exception
@@ -28,9 +28,11 @@ class Batches:
     """A fixed list of batches, the number of samples in each, and the config file that
     named them (what the checks of the loss on them name)."""
 
-    batches: list[Any]
+    batches: Sequence[Any]
     sizes: list[int]
     source: str = "<config>"
+    #: read again from the loader on every pass (``BatchStream``), not held
+    streamed: bool = False
 
     @property
     def n_samples(self) -> int:
@@ -109,36 +111,97 @@ def _iterate(obj: Any, size: int, source: str, section: str) -> Iterable[Any]:
                     "a DataLoader, an iterable of batches or a pair of tensors (x, y)")
 
 
-def load_batches(config: Config, max_batches: int | None = None, section: str = "data") -> Batches:
-    """Read the configured data (``section``: ``data`` or ``eval_data``) once into a fixed list
-    of batches, on the CPU."""
+def _batches(config: Config, max_batches: int | None, section: str) -> Iterator[tuple[Any, int]]:
+    """The configured data's batches with their sizes, read afresh from the file or the
+    factory, cropped to ``max_samples`` and ``max_batches``; empty batches skipped."""
     spec, source = getattr(config, section), config.source
-    if spec.path is not None:
-        stream = _slices(*_read_arrays(Path(spec.path), source, section), spec.batch_size)
-    else:
-        stream = _iterate(call(spec.factory, spec.kwargs, source, f"{section}.factory"),
-                          spec.batch_size, source, section)
-    batches, sizes = [], []
-    budget = spec.max_samples
     try:
+        if spec.path is not None:
+            stream = _slices(*_read_arrays(Path(spec.path), source, section), spec.batch_size)
+        else:
+            stream = _iterate(call(spec.factory, spec.kwargs, source, f"{section}.factory"),
+                              spec.batch_size, source, section)
+        budget, count = spec.max_samples, 0
         for batch in stream:
-            if max_batches is not None and len(batches) >= max_batches:
-                break
+            if max_batches is not None and count >= max_batches:
+                return
             n = batch_size(batch, f"{source}: {section}")
             if budget is not None and n > budget:
                 batch, n = head(batch, budget), budget
             if n == 0:
                 continue
-            batches.append(batch)
-            sizes.append(n)
+            count += 1
+            yield batch, n
             if budget is not None:
                 budget -= n
                 if budget == 0:
-                    break
+                    return
     except DataError:
         raise
     except USER_CODE_ERRORS as exc:
         raise DataError(f"{source}: reading the data failed: {describe_exception(exc)}") from exc
-    if not batches:
+
+
+class BatchStream(Sequence):
+    """The batches, read again from the loader on every pass instead of held (``data.stream``):
+    item i of a pass in order comes from one running iterator; asking for an earlier one starts
+    a new pass. Every pass must give the same batches (a fingerprint of each is compared with
+    the first pass's): a shuffling or augmenting loader would make the loss a different
+    function on each pass, and is refused."""
+
+    def __init__(self, config: Config, max_batches: int | None, section: str,
+                 fingerprints: list[tuple]):
+        self._open = lambda: _batches(config, max_batches, section)
+        self._fingerprints = fingerprints
+        self._source = f"{config.source}: {section}.stream"
+        self._iterator: Iterator[tuple[Any, int]] | None = None
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._fingerprints)
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if self._iterator is None or index < self._next:
+            self._iterator, self._next = self._open(), 0
+        while True:
+            batch, _ = next(self._iterator)
+            position, self._next = self._next, self._next + 1
+            if fingerprint(batch) != self._fingerprints[position]:
+                raise DataError(f"{self._source}: batch {position} differs from the first pass's; "
+                                "a streamed loader must give the same batches on every pass "
+                                "(no shuffling or random augmentation, a fixed seed)")
+            if position == index:
+                return batch
+
+
+def fingerprint(batch: Any) -> tuple:
+    """A batch's tensors' shapes and sums, to tell whether a loader repeats it."""
+    parts: list = []
+    map_tensors(batch, lambda t: parts.append((tuple(t.shape), float(t.double().sum()),
+                                               float(t.double().abs().sum()))))
+    return tuple(parts)
+
+
+def load_batches(config: Config, max_batches: int | None = None, section: str = "data",
+                 host_budget: int | None = None) -> Batches:
+    """The configured data (``section``: ``data`` or ``eval_data``) read once, on the CPU: as a
+    fixed list of batches, or, with ``stream: true`` or when holding it would pass
+    ``host_budget`` bytes (``stream`` unset), as a ``BatchStream`` read again on every pass."""
+    spec, source = getattr(config, section), config.source
+    held, sizes, prints, nbytes = [], [], [], 0
+    streaming = spec.stream is True
+    for batch, n in _batches(config, max_batches, section):
+        sizes.append(n)
+        prints.append(fingerprint(batch))
+        if not streaming:
+            held.append(batch)
+            nbytes += tensor_bytes(batch)
+            if spec.stream is None and host_budget is not None and nbytes > host_budget:
+                streaming, held = True, []
+    if not sizes:
         raise DataError(f"{source}: {section}: the dataset is empty")
-    return Batches(batches=batches, sizes=sizes, source=source)
+    if streaming:
+        return Batches(BatchStream(config, max_batches, section, prints), sizes, source, streamed=True)
+    return Batches(batches=held, sizes=sizes, source=source)
