@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import CNN_CKPT, ROOT, digits
+from conftest import CNN_CKPT, ROOT, digits, fit
 from torch import nn
 from torch.func import functional_call
 
@@ -72,16 +72,7 @@ def trained_mlp():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
                           nn.Linear(32, 10)).double()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(300):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
+    fit(model, x, y)
     return model.eval(), x, y
 
 

@@ -10,7 +10,15 @@ import math
 import pytest
 import torch
 from adversarial import MLP, assert_one_error, invoke, listing, write_config
-from conftest import CONFIGS, MLP_CKPT, digits, loaded, save_quadratic_checkpoint, write_quadratic_config
+from conftest import (
+    CONFIGS,
+    MLP_CKPT,
+    digits,
+    fit,
+    loaded,
+    save_quadratic_checkpoint,
+    write_quadratic_config,
+)
 from quadratic import symmetric_with_spectrum
 from torch import nn
 
@@ -147,16 +155,7 @@ def trained_relu_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     x, y = digits(200)
     model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).double()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is ~50x faster on a busy machine
-    try:
-        for _ in range(300):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
+    fit(model, x, y)
     return model, x, y
 
 
