@@ -137,11 +137,13 @@ def _run(run: Run, request, *, via: Path | None, align: bool, recalibrate: bool,
         eval_passes = Passes(run.session.eval_problem(first), cost=run.passes.cost,
                              warnings=run.passes.warnings)
     evaluator = paths.Evaluator(run.passes, eval_passes, recalibrate and has_norms)
-    own, own_eval = evaluator.at(torch.eye(len(ends), dtype=torch.float64), ends)
+
+    def endpoints():  # each end's own loss (and accuracy), once: what barriers are measured from
+        return evaluator.at(torch.eye(len(ends), dtype=torch.float64), ends)
+
     alignment, unaligned = None, None
     if align:
-        ends, alignment, unaligned = _aligned(run, request, evaluator, ends, own)
-        own, own_eval = evaluator.at(torch.eye(len(ends), dtype=torch.float64), ends)
+        ends, alignment, unaligned = _aligned(run, request, evaluator, ends, endpoints()[0])
     common = {"checkpoints": names[:len(run.checkpoints)], "recalibrate_bn": recalibrate,
               "alignment": alignment, "notes": notes}
     if request.plane and len(ends) == 3:
@@ -168,6 +170,7 @@ def _run(run: Run, request, *, via: Path | None, align: bool, recalibrate: bool,
                               normalize=found.normalize, ignore=found.ignore, seed=found.seed,
                               eigenvalues=eigenvalues)
         return InterpolateResult(path="plane", plane=plane, **common)
+    own, own_eval = endpoints()
     if len(ends) == 2 or via is not None:
         path, held_out, barriers = paths.line_or_curve(request, evaluator, ends, own)
         eval_barrier = None
