@@ -136,7 +136,13 @@ def _error_key(job: Job, prepared: runner.Prepared | None) -> str | None:
     return key_of(job, prepared.config.sha256(), prepared.config.seed)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, counter, gpus: list[str]) -> None:
+    """A worker's share of the cores, and with GPUs its own one (worker i sees the i-th GPU,
+    round robin, as ``cuda``), set before it first touches CUDA."""
+    if gpus:
+        with counter.get_lock():
+            index, counter.value = counter.value, counter.value + 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     import torch
 
     torch.set_num_threads(threads)
@@ -225,9 +231,14 @@ def _results(jobs: list[Job], workers: int, fail_fast: bool) -> Iterator[dict[st
     threads = max(1, (os.cpu_count() or 1) // workers)
     import multiprocessing
 
+    import torch
+
     context = multiprocessing.get_context("spawn")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([d.strip() for d in visible.split(",") if d.strip()] if visible is not None
+            else [str(i) for i in range(torch.cuda.device_count())])
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, context.Value("i", 0), gpus)) as pool:
         futures = [pool.submit(analyse, job) for job in jobs]
         for future in as_completed(futures):
             line = future.result()
