@@ -402,3 +402,15 @@ def test_a_gate_applies_to_lines_kept_by_resume(tmp_path):
     assert run(*args).returncode == 0
     ran = run(*args, "--fail-if", "lambda_max>0")
     assert ran.returncode == 1, ran.detail()
+
+
+def test_worker_processes_write_the_lines_one_worker_does(tmp_path):
+    """-j 2: two processes, each with its own model and data; the finished file holds the
+    same lines, in the checkpoints' order."""
+    copy(MLP[:3], tmp_path, ["w1.pt", "w2.pt", "w10.pt"])
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert run("batch", tmp_path / "w*.pt", *SPECTRUM, "-c", CONFIG, "-o", one).returncode == 0
+    ran = run("batch", tmp_path / "w*.pt", *SPECTRUM, "-c", CONFIG, "-o", two, "-j", "2")
+    assert ran.returncode == 0, ran.stderr
+    assert names(read(two)) == ["w1.pt", "w2.pt", "w10.pt"]
+    assert [stable(line) for line in read(two)] == [stable(line) for line in read(one)]
