@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from importlib import metadata
 from typing import Annotated, Any
 
 import typer
@@ -59,6 +58,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        from importlib import metadata  # 60 ms: only here
+
         # the installed torch's version, read without importing it (seconds)
         typer.echo(f"landscape {__version__} (torch {metadata.version('torch')})")
         raise typer.Exit()
