@@ -4,7 +4,6 @@ that command's own parser."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from contextlib import nullcontext
@@ -124,10 +123,10 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
         if output is None or not patterns:
             raise LandscapeError("--merge needs the shard files and -o FILE")
         files = [Path(p) for pattern in patterns for p in batch.discover([pattern])]
-        destination(output, "-o", files)
+        dest = destination(output, "-o", files)
         lines = batch.merge(files)
-        write_file(destination(output, "-o", files), lambda path: path.write_text(
-            "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)))
+        write_file(dest, lambda path: path.write_text("".join(batch.as_line(line) + "\n"
+                                                             for line in lines)))
         return 0
     if command not in SWEEPABLE:
         raise LandscapeError(f"--command {command}: choose one of {', '.join(SWEEPABLE)}"
