@@ -22,8 +22,8 @@ import time
 import torch
 from cases import CASES, build
 
+from landscape_cli.batches import first_tensor
 from landscape_cli.engine.hvp import HVPEngine
-from landscape_cli.loading.data import first_tensor
 
 
 def _rss_mb() -> float:

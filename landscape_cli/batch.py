@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,8 @@ class Job:
     command: str
     shared: dict[str, Any]
     options: dict[str, Any]
+    #: the line's key, when the plan already computed it (a resumed sweep)
+    key: str | None = None
 
 
 def key_of(job: Job, config_sha256: str, seed: int) -> str:
@@ -117,7 +119,7 @@ def analyse(job: Job) -> dict[str, Any]:
     prepared = None
     try:
         prepared = runner.prepare(job.command, job.checkpoint, RunOptions.of(job.shared), job.options)
-        key = key_of(job, prepared.config.sha256(), prepared.config.seed)
+        key = job.key or key_of(job, prepared.config.sha256(), prepared.config.seed)
         report, _ = runner.execute(prepared, session=_session(prepared))
         return {**report.to_dict(), "batch_key": key}
     except Exception as exc:  # a broken checkpoint is one line, not the end of the sweep
@@ -133,7 +135,7 @@ def _error_key(job: Job, prepared: runner.Prepared | None) -> str | None:
     something changed); None otherwise (always retried)."""
     if prepared is None:
         return None
-    return key_of(job, prepared.config.sha256(), prepared.config.seed)
+    return job.key or key_of(job, prepared.config.sha256(), prepared.config.seed)
 
 
 def _init_worker(threads: int, counter, gpus: list[str]) -> None:
@@ -169,31 +171,28 @@ def read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 @dataclass
 class Sweep:
-    """A sweep's plan and what it did."""
+    """A sweep's plan: its jobs (with the keys the plan computed) and the lines it reuses."""
 
     jobs: list[Job]
-    keys: dict[str, str | None] = field(default_factory=dict)
     reused: list[dict[str, Any]] = field(default_factory=list)
-    computed: int = 0
-    lines: list[dict[str, Any]] = field(default_factory=list)
 
 
 def plan(jobs: list[Job], output: Path | None, resume: bool) -> Sweep:
     """The sweep: which lines of an existing output are kept (their key matches a job's), in
     the jobs' order, and which jobs remain."""
-    sweep = Sweep(jobs)
+    sweep = Sweep(list(jobs))
     if output is None or not resume or not output.exists():
         return sweep
     found = {line.get("batch_key"): line for line in read_lines(output)[0] if line.get("batch_key")}
-    for job in jobs:
+    for i, job in enumerate(jobs):
         try:
             prepared = runner.prepare(job.command, job.checkpoint, RunOptions.of(job.shared), job.options)
-            key = key_of(job, prepared.config.sha256(), prepared.config.seed)
         except LandscapeError:
             continue  # computed again: its error line says why
-        sweep.keys[job.checkpoint] = key
-        if key in found:
-            sweep.reused.append(found[key])
+        sweep.jobs[i] = replace(job, key=key_of(job, prepared.config.sha256(),
+                                                             prepared.config.seed))
+        if sweep.jobs[i].key in found:
+            sweep.reused.append(found[sweep.jobs[i].key])
     return sweep
 
 
@@ -212,12 +211,10 @@ def run_sweep(sweep: Sweep, write: Callable[[str], None], *, workers: int = 1,
     for count, line in enumerate(_results(pending, workers, fail_fast), 1):
         write(as_line(line))
         lines.append(line)
-        sweep.computed += 1
         if progress is not None:
             progress(len(sweep.reused) + count, line["checkpoint"]["path"])
         if fail_fast and line["status"] == "error":
             break
-    sweep.lines = lines
     return lines
 
 

@@ -83,6 +83,13 @@ def to_device(batch: Any, device: torch.device, dtype: torch.dtype, pin: bool = 
     return map_tensors(batch, move)
 
 
+def is_classification(batch: Any) -> bool:
+    """A batch of (inputs, integer class targets of shape (N,))."""
+    return (isinstance(batch, (tuple, list)) and len(batch) == 2
+            and isinstance(batch[1], torch.Tensor) and batch[1].dim() == 1
+            and not batch[1].is_floating_point())
+
+
 def tensor_bytes(batch: Any) -> int:
     """Bytes of a batch's tensors."""
     sizes: list[int] = []

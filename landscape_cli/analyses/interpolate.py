@@ -82,7 +82,7 @@ class Evaluator:
         return out
 
 
-def grid(alphas: Sequence[float], ends: int, curve: bool = False) -> torch.Tensor:
+def grid(alphas: Sequence[float], curve: bool = False) -> torch.Tensor:
     """Weights of a line (1−α, α) or a quadratic Bézier curve ((1−t)², t², 2t(1−t)) over
     A, B (and the control C)."""
     a = torch.tensor(alphas, dtype=torch.float64)
@@ -121,7 +121,7 @@ def pairs(evaluator: Evaluator, ends: Sequence[End], own: Sequence[Evaluation],
     """The line between every pair of ends (one evaluation pass for all of them), and the
     symmetric matrix of their barriers (0 on the diagonal)."""
     m = len(ends)
-    line = grid(alphas, 2)
+    line = grid(alphas)
     pair_list = [(i, j) for i in range(m) for j in range(i + 1, m)]
     weights = torch.zeros(len(pair_list) * len(alphas), m, dtype=torch.float64)
     for p, (i, j) in enumerate(pair_list):
@@ -187,7 +187,7 @@ def line_or_curve(request: Request, evaluator: Evaluator, ends: Sequence[End],
                                                       Barriers]:
     """The path A → B (a Bézier curve through the third end for ``request.curve``), its
     evaluations (train, eval) and its barriers."""
-    path, held_out = evaluator.at(grid(request.alphas, len(ends), request.curve), ends)
+    path, held_out = evaluator.at(grid(request.alphas, request.curve), ends)
     return path, held_out, barriers(request.alphas, path, own[0], own[1])
 
 

@@ -70,13 +70,6 @@ def criterion_loss(criterion: Callable[[Any, Any], torch.Tensor]) -> LossFn:
     return CriterionLoss(criterion)
 
 
-def is_classification(batch: Any) -> bool:
-    """Batches of (inputs, integer class targets of shape (N,))."""
-    return (isinstance(batch, (tuple, list)) and len(batch) == 2
-            and isinstance(batch[1], torch.Tensor) and batch[1].dim() == 1
-            and not batch[1].is_floating_point())
-
-
 class Objective(nn.Module):
     """The model with its loss attached, so that one functional call runs both."""
 
@@ -215,7 +208,7 @@ def build_problem(model: nn.Module, loss_fn: LossFn, data: Batches, *, bn: str =
         n_samples=data.n_samples,
         device=device,
         dtype=dtype,
-        classification=accuracy and all(is_classification(data.batches[i]) for i in range(len(batches))),
+        classification=accuracy and data.classification,
         streamed=data.streamed,
     )
     problem.weights = _batch_weights(problem, data)

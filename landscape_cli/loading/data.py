@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from landscape_cli.batches import first_tensor, head, map_tensors, tensor_bytes
+from landscape_cli.batches import first_tensor, head, is_classification, map_tensors, tensor_bytes
 from landscape_cli.config import Config
 from landscape_cli.errors import DataError
 from landscape_cli.loading.factory import USER_CODE_ERRORS, call, describe_exception
@@ -33,6 +33,14 @@ class Batches:
     source: str = "<config>"
     #: read again from the loader on every pass (``BatchStream``), not held
     streamed: bool = False
+
+    @property
+    def classification(self) -> bool:
+        """Whether every batch is (inputs, integer classes): seen on the stream's first pass,
+        or looked at in the batches held."""
+        if self.streamed:
+            return self.batches.classification
+        return all(is_classification(b) for b in self.batches)
 
     @property
     def n_samples(self) -> int:
@@ -150,9 +158,10 @@ class BatchStream(Sequence):
     function on each pass, and is refused."""
 
     def __init__(self, config: Config, max_batches: int | None, section: str,
-                 fingerprints: list[tuple]):
+                 fingerprints: list[tuple], classification: bool):
         self._open = lambda: _batches(config, max_batches, section)
         self._fingerprints = fingerprints
+        self.classification = classification
         self._source = f"{config.source}: {section}.stream"
         self._iterator: Iterator[tuple[Any, int]] | None = None
         self._next = 0
@@ -191,10 +200,11 @@ def load_batches(config: Config, max_batches: int | None = None, section: str = 
     ``host_budget`` bytes (``stream`` unset), as a ``BatchStream`` read again on every pass."""
     spec, source = getattr(config, section), config.source
     held, sizes, prints, nbytes = [], [], [], 0
-    streaming = spec.stream is True
+    streaming, classes = spec.stream is True, True
     for batch, n in _batches(config, max_batches, section):
         sizes.append(n)
         prints.append(fingerprint(batch))
+        classes = classes and is_classification(batch)
         if not streaming:
             held.append(batch)
             nbytes += tensor_bytes(batch)
@@ -203,5 +213,6 @@ def load_batches(config: Config, max_batches: int | None = None, section: str = 
     if not sizes:
         raise DataError(f"{source}: {section}: the dataset is empty")
     if streaming:
-        return Batches(BatchStream(config, max_batches, section, prints), sizes, source, streamed=True)
+        return Batches(BatchStream(config, max_batches, section, prints, classes), sizes, source,
+                       streamed=True)
     return Batches(batches=held, sizes=sizes, source=source)
