@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from landscape_cli.cli.common import OUTPUT_OPTIONS, progress_bar, stderr
+from landscape_cli.cli.entry import importing
 from landscape_cli.commands import COMMANDS
 from landscape_cli.errors import EXIT_BAD_INPUT, EXIT_GATE, LandscapeError
 from landscape_cli.options import RunOptions
@@ -115,7 +116,8 @@ def register_batch(app: typer.Typer) -> None:
 def _batch(patterns: list[str], command: str | None, extra: list[str], output: Path | None,
            resume: bool, shard_spec: str | None, merging: bool, fail_fast: bool, jobs: int,
            summary: Path | None, plot: Path | None, lr: float | None, quiet: bool) -> int:
-    from landscape_cli import batch
+    with importing():
+        from landscape_cli import batch
     from landscape_cli.report import plot as plots
     from landscape_cli.report.output import destination, write_file
 

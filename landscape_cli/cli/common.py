@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from landscape_cli.cli.entry import importing
 from landscape_cli.commands import Command
 from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, LandscapeError
 from landscape_cli.options import Option, RunOptions, declared, flag, run_option_types
@@ -155,8 +156,9 @@ def run_analysis(name: str, output: OutputOptions, shared: dict[str, Any],
 
     def report() -> tuple[dict[str, Any], Destination | None, Any]:
         nonlocal lead
-        from landscape_cli import runner
-        from landscape_cli.engine import distributed
+        with importing():
+            from landscape_cli import runner
+            from landscape_cli.engine import distributed
 
         lead = distributed.rank() == 0
         prepared = runner.prepare(name, output.checkpoint, RunOptions.of(shared), options)

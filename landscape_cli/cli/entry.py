@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from landscape_cli.errors import Interrupted
 
@@ -32,6 +34,21 @@ def _interrupt(signum: int, frame: object) -> None:
 def _handle_with(handler) -> None:
     for handled in HANDLED:
         signal.signal(handled, handler)
+
+
+@contextmanager
+def importing() -> Iterator[None]:
+    """A block that imports torch (seconds; the app itself does not): a signal in it ends the
+    process at once, as during start-up, since import code may swallow an exception. Only
+    where this entry point installed its handlers (not in-process, as under a test runner)."""
+    if signal.getsignal(signal.SIGINT) is not _interrupt:
+        yield
+        return
+    _handle_with(_exit_now)
+    try:
+        yield
+    finally:
+        _handle_with(_interrupt)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from landscape_cli.cli.common import (
     guarded,
     register,
 )
+from landscape_cli.cli.entry import importing
 from landscape_cli.report.output import Destination
 
 HELP = "Show a checkpoint's format, tensors, shapes, dtypes, prefix and unsafe globals."
@@ -34,8 +35,9 @@ def inspect_checkpoint_cli(checkpoint: str, key: str = "auto", **output: object)
     options = OutputOptions(checkpoint=checkpoint, **output)
 
     def body() -> tuple[dict, Destination | None]:
-        from landscape_cli.analyses.inspect import inspect_checkpoint
-        from landscape_cli.report.document import build_report
+        with importing():
+            from landscape_cli.analyses.inspect import inspect_checkpoint
+            from landscape_cli.report.document import build_report
 
         started = time.perf_counter()
         dest = options.destination([Path(options.checkpoint)])
