@@ -54,7 +54,8 @@ def run(name: str) -> dict:
         report = landscape_cli.analyze(command, checkpoint, **options)
     finally:
         torch.set_num_threads(threads)
-    return json.loads(report.to_json())["results"]
+    # checkpoint paths appear in some results (interpolate): written relative to the project
+    return json.loads(report.to_json().replace(json.dumps(str(ROOT))[1:-1], "ROOT"))["results"]
 
 
 def dumps(results: dict) -> str:
