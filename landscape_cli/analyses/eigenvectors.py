@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from landscape_cli.analyses.directions import Plane, save_plane
 from landscape_cli.linalg.lanczos import RitzPairs
@@ -65,7 +66,7 @@ def save_ritz_vectors(top: RitzPairs, bottom: RitzPairs | None, to: VectorsFile)
             save_plane(plane, Destination(to.dest.option, to.dest.path, path, atomic=False))
             with safe_open(str(path), framework="pt") as plane_file:
                 metadata.update(plane_file.metadata())
-                tensors.update({key: plane_file.get_tensor(key) for key in plane_file.keys()})
+            tensors.update(load_file(path))
         path.write_bytes(safetensors_bytes(tensors, metadata))
 
     write_file(to.dest, write)
