@@ -11,10 +11,12 @@ import math
 import pytest
 import torch
 from conftest import CONFIGS, MLP_CKPT, digits, full_batch_loss, loaded
+from quadratic import symmetric_with_spectrum
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import landscape_cli
+from landscape_cli.linalg.lanczos import lanczos
 
 SAMPLES = 400
 SMALL = f"data.max_samples={SAMPLES}"
@@ -27,6 +29,23 @@ def exact():
     problem = loaded("mlp.yaml", MLP_CKPT, SMALL).problem
     x, y = digits(SAMPLES)
     return problem, full_batch_loss(problem.objective.model, problem, x, y)
+
+
+def test_lanczos_returns_the_eigenvectors_of_the_reported_values():
+    """Rows in the order of ``values``, unit norm, ±the exact eigenvectors of a chosen spectrum."""
+    eigenvalues = [-3.0, -1.0, *[0.01 * i for i in range(40)], 2.0, 5.0]
+    A = symmetric_with_spectrum(eigenvalues, seed=1)
+    exact_values, exact_vectors = torch.linalg.eigh(A)
+    found = lanczos(lambda v: v @ A, len(eigenvalues), top=2, bottom=2, tol=1e-12,
+                    generator=torch.Generator().manual_seed(0))
+    for pairs, columns in ((found.top, [-1, -2]), (found.bottom, [0, 1])):
+        assert pairs.vectors.shape == (2, len(eigenvalues))
+        for value, residual, vector, column in zip(pairs.values, pairs.residuals, pairs.vectors,
+                                                   columns):
+            assert abs(value - float(exact_values[column])) < 1e-12
+            assert abs(float(vector.norm()) - 1) < 1e-14
+            assert abs(abs(float(vector @ exact_vectors[:, column])) - 1) < 1e-12
+            assert float((A @ vector - value * vector).norm()) <= residual + 1e-14
 
 
 def _flat(tensors: dict[str, torch.Tensor], prefix: str, names: list[str]) -> torch.Tensor:
@@ -165,3 +184,13 @@ def test_bad_destination_one_line_exit_2_nothing_written(cli, tmp_path, case, me
     assert line == line.splitlines()[0] and line.startswith(f"error: --save-vectors {target}: ")
     assert message in line
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_batch_refuses_one_vectors_file_for_many_checkpoints(cli, tmp_path):
+    out = tmp_path / "v.safetensors"
+    code, doc, result = cli("batch", MLP_CKPT, MLP_CKPT.with_name("seed1_epoch100.pt"),
+                            "--command", "spectrum", "--save-vectors", out)
+    assert code == 2 and doc is None and not out.exists()
+    assert result.stderr.strip() == ("error: --save-vectors: a sweep would write every "
+                                     "checkpoint's vectors to one file; run spectrum "
+                                     "--save-vectors on each checkpoint")
