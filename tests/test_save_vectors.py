@@ -31,6 +31,16 @@ def exact():
     return problem, full_batch_loss(problem.objective.model, problem, x, y)
 
 
+def _float32_deviation(problem, v: torch.Tensor) -> float:
+    """‖H₃₂v − H₆₄v‖: what one float32 product of the dense loss is off by (issue 26, defect 5:
+    a float32 residual is measured against float32 products, not the exact Hessian)."""
+    x, y = digits(SAMPLES)
+    loss32 = full_batch_loss(problem.objective.model, problem, x.float(), y)
+    hv32 = torch.autograd.functional.hvp(loss32, problem.theta0.float(), v.float())[1]
+    loss64 = full_batch_loss(problem.objective.model, problem, x, y)
+    return float((hv32.double() - _hvp(loss64, problem.theta0, v)).norm())
+
+
 def test_lanczos_returns_the_eigenvectors_of_the_reported_values():
     """Rows in the order of ``values``, unit norm, ±the exact eigenvectors of a chosen spectrum."""
     eigenvalues = [-3.0, -1.0, *[0.01 * i for i in range(40)], 2.0, 5.0]
@@ -59,8 +69,8 @@ def _hvp(loss, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, tol", [("float64", "1e-9"), ("float32", "1e-4")])
 def test_saved_vectors_are_eigenvectors_within_their_residuals(cli, tmp_path, exact, dtype, tol):
-    """float64: residuals of 1e-16 (top) to 1e-10 (bottom); float32: 1e-7 (top) to 1e-5, and
-    the Rayleigh quotients through the float64 Hessian within them all the same."""
+    """float64: residuals of 1e-16 (top) to 1e-10 (bottom); float32: 1e-7 (top) to 1e-5, which
+    bound the float64 Hessian's quotients once a float32 product's own error is added."""
     problem, loss = exact
     out = tmp_path / "out.safetensors"
     code, doc, result = cli("spectrum", MLP_CKPT, "--set", SMALL, "--dtype", dtype, "--top", "3",
@@ -89,12 +99,13 @@ def test_saved_vectors_are_eigenvectors_within_their_residuals(cli, tmp_path, ex
         v = _flat(tensors, name, problem.names)
         assert v.dtype == torch.float64 and abs(float(v.norm()) - 1) < 1e-12
         hv = _hvp(loss, theta, v)
-        # |vᵀHv − θ| = |vᵀ(Hv − θv)| ≤ ‖Hv − θv‖ ≤ the reported residual (unit v); the slack
-        # is the float64 HVP's own rounding
+        # |vᵀHv − θ| = |vᵀ(Hv − θv)| ≤ ‖Hv − θv‖ ≤ the reported residual (unit v), plus the
+        # float64 HVP's own rounding, and in float32 what a float32 product is off by
         slack = 1e-12 * abs(results["top_eigenvalues"][0])
+        if dtype == "float32":
+            slack += _float32_deviation(problem, v)
         assert abs(float(v @ hv) - about["eigenvalue"]) <= about["residual"] + slack
-        if dtype == "float64":  # float32's residual is against the float32 products (defect 5)
-            assert float((hv - about["eigenvalue"] * v).norm()) <= about["residual"] + slack
+        assert float((hv - about["eigenvalue"] * v).norm()) <= about["residual"] + slack
 
 
 def test_interpolate_draws_the_plane_of_the_top_two_vectors(cli, tmp_path, exact):
