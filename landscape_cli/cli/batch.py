@@ -55,6 +55,9 @@ def _command_values(name: str, extra: list[str]) -> tuple[dict[str, Any], dict[s
     if given_output:
         raise LandscapeError(f"--{given_output[0].replace('_', '-')}: batch writes JSON lines "
                              "itself (-o FILE, or stdout)")
+    if values.get("save_vectors") is not None:  # one path for every checkpoint: the last wins
+        raise LandscapeError("--save-vectors: a sweep would write every checkpoint's vectors to "
+                             "one file; run spectrum --save-vectors on each checkpoint")
     shared = {k: values.pop(k) for k in list(values) if k in RunOptions.__dataclass_fields__}
     return shared, {k: v for k, v in values.items() if k not in output}
 

@@ -209,7 +209,7 @@ def _hessian_plane(run: Run, names, shapes):
     found = lanczos(run.engine.hvp, problem.n, top=2, max_steps=problem.n,
                     generator=torch.Generator().manual_seed(run.seed), dtype=problem.dtype,
                     device=problem.device)
-    u, v = found.top_vectors.to(problem.theta0)
+    u, v = found.top.vectors.to(problem.theta0)
     return Plane(origin=problem.theta0, u=u, v=v, basis="hessian", names=tuple(names),
                  shapes=tuple(shapes)), found.top.values
 

@@ -35,6 +35,12 @@ def spectrum(
     sigma: Annotated[float | None, Option(
         "Gaussian broadening width; default (λmax − λmin)/steps, the quadrature's resolution.",
         panel=_DENSITY)] = None,
+    save_vectors: Annotated[Path | None, Option(
+        "Write the Ritz vectors of the reported eigenvalues to FILE (.safetensors): one tensor "
+        "per vector and parameter, top_1/<name> ... bottom_1/<name> (only the analysed ones "
+        "under --params), eigenvalue and residual in the metadata; with --top 2 or more also "
+        "the plane of the top two for interpolate --plane --load-directions.",
+        metavar="FILE")] = None,
     plot: Annotated[Path | None, Option(
         "Write a log-scale density plot (.png, .svg or .pdf; needs matplotlib). Implies "
         "--density.", metavar="FILE", panel=_DENSITY)] = None,
@@ -55,13 +61,22 @@ def spectrum(
     from landscape_cli.report.document import sanitize
 
     plot_to = None if plot is None else density_plot.check_destination(plot, run.inputs)
+    vectors_to = None if save_vectors is None else _vectors_destination(save_vectors, run.inputs)
     density = density or plot_to is not None
     problem = run.loaded.problem
     budget = min(problem.n, max_hvps or problem.n)
+    vectors_file = None
+    if vectors_to is not None:
+        from landscape_cli.analyses.eigenvectors import VectorsFile
+
+        model = problem.objective.model
+        vectors_file = VectorsFile(vectors_to, problem.names, problem.shapes, problem.theta0,
+                                   sum(p.numel() for p in model.parameters() if p.requires_grad))
     with run.converging("Lanczos", total=None) as callback:
         result = lanczos_spectrum(run.engine.hvp, problem.n, top=top, bottom=bottom, tol=tol,
                                   max_hvps=budget, seed=run.seed, dtype=problem.dtype,
-                                  device=problem.device, callback=callback)
+                                  device=problem.device, callback=callback,
+                                  save_vectors=vectors_file)
     if not density:
         return result
     density_so_far, so_far = SoFar(), SoFar()
@@ -82,6 +97,20 @@ def spectrum(
     return result
 
 
+def _vectors_destination(path: Path, inputs: list[Path]):
+    """``--save-vectors``' file, checked before any loading: a new or regular .safetensors file
+    that the run does not read, in a folder it may write."""
+    from landscape_cli.report.output import destination
+
+    if path.suffix.lower() != ".safetensors":
+        raise LandscapeError(f"--save-vectors {path}: the file name must end in .safetensors "
+                             f"(got {path.suffix or 'no suffix'})")
+    dest = destination(path, "--save-vectors", inputs)
+    if not dest.atomic:
+        raise dest.error("is not a regular file; give a file name")
+    return dest
+
+
 COMMAND = Command(
     name="spectrum",
     run=spectrum,
@@ -96,6 +125,8 @@ COMMAND = Command(
   landscape spectrum ckpt.pt --params 'layer3.*' --fail-if 'lambda_max>50'
 
   landscape spectrum ckpt.pt --density --plot density.png --fail-if 'negative_mass>0.01'
+
+  landscape spectrum ckpt.pt --top 2 --save-vectors top2.safetensors
 """,
     result=SpectrumResult,
 )

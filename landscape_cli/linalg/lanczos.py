@@ -39,6 +39,8 @@ class RitzPairs:
     values: list[float]
     residuals: list[float]
     converged: list[bool]
+    #: the Ritz vectors Q_m·sᵢ (rows, unit norm, in the order of ``values``; float64)
+    vectors: torch.Tensor | None = None
 
 
 @dataclass
@@ -51,8 +53,6 @@ class LanczosResult:
     scale: float
     #: what the rounding of a product alone adds to every residual (measured, see _measured)
     rounding: float = 0.0
-    #: the top Ritz vectors (rows, unit norm, in the order of ``top.values``; float64)
-    top_vectors: torch.Tensor | None = None
 
     @property
     def converged(self) -> bool:
@@ -232,11 +232,12 @@ def _measured(result: LanczosResult, product: Matvec, basis: torch.Tensor,
     measured = (residuals + rounding).tolist()
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
 
-    def pairs(old: RitzPairs, residuals: list[float]) -> RitzPairs:
+    def pairs(old: RitzPairs, residuals: list[float], vectors: torch.Tensor) -> RitzPairs:
         return RitzPairs(values=old.values, residuals=residuals,
-                         converged=[r <= limit for r in residuals])
+                         converged=[r <= limit for r in residuals], vectors=vectors)
 
-    vectors_top = s[:, :top].T.to(device=basis.device) @ basis
-    vectors_top = vectors_top / torch.linalg.vector_norm(vectors_top, dim=1, keepdim=True)
-    return LanczosResult(pairs(result.top, measured[:top]), pairs(result.bottom, measured[top:]),
-                         result.steps, result.scale, rounding, vectors_top)
+    ritz = s.T.to(device=basis.device) @ basis
+    ritz = ritz / torch.linalg.vector_norm(ritz, dim=1, keepdim=True)
+    return LanczosResult(pairs(result.top, measured[:top], ritz[:top]),
+                         pairs(result.bottom, measured[top:], ritz[top:]),
+                         result.steps, result.scale, rounding)

@@ -35,6 +35,8 @@ class SpectrumResult(Result):
     #: True when the step budget ran out; else the products' precision stopped convergence
     budget_spent: bool = internal()
     density: DensityResult | None = reported(omit_none=True, default=None)
+    #: the file --save-vectors wrote the Ritz vectors to (the vectors stay out of the report)
+    saved_vectors: str | None = reported(omit_none=True, default=None)
     notes: list[str] = internal(default_factory=list)
 
     def derived_scalars(self) -> dict[str, float]:
