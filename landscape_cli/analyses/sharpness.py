@@ -11,16 +11,17 @@ per-weight scale of the set: 1, |θ|, or ε(|θ|+1)), where the projection is ex
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from landscape_cli.analyses.spectrum import spectrum
 from landscape_cli.analyses.trace import trace
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.errors import LandscapeError
+from landscape_cli.linalg.lanczos import LanczosResult, lanczos
 from landscape_cli.linalg.trace import t975
 from landscape_cli.results.sharpness import MEASURES, NEEDS, Measure, SharpnessResult
 from landscape_cli.search.ascent import Ball, Box, Set, ascend
@@ -106,12 +107,19 @@ class _Measurer:
 
     # ------------------------------------------------------------------ curvature
 
-    def lambda_max(self) -> Measure:
+    @functools.cached_property
+    def top(self) -> LanczosResult:
+        """The top Ritz pair by Lanczos (as ``spectrum --top 1``): λ_max and, for the ascent's
+        warm starts, its vector."""
         o = self.options
-        top = spectrum(self.engine.hvp, self.n, top=1, tol=o.tol, max_hvps=self.n, seed=o.seed,
-                       dtype=self.problem.dtype, device=self.problem.device)
-        return self.measure("lambda_max", top.top_eigenvalues[0], residual=top.top_residuals[0],
-                            converged=top.top_converged[0])
+        return lanczos(self.engine.hvp, self.n, top=1, tol=o.tol, max_steps=self.n,
+                       generator=torch.Generator().manual_seed(o.seed), dtype=self.problem.dtype,
+                       device=self.problem.device)
+
+    def lambda_max(self) -> Measure:
+        top = self.top.top
+        return self.measure("lambda_max", top.values[0], residual=top.residuals[0],
+                            converged=top.converged[0])
 
     def trace_per_param(self) -> Measure:
         o = self.options
@@ -132,10 +140,11 @@ class _Measurer:
     # ------------------------------------------------------------------ ascent
 
     def _ascent(self, name: str, region: Set, scale: torch.Tensor | float,
-                **fields: object) -> tuple[float, Measure]:
-        """max over the set of L(θ + s⊙u) − L(θ), the best of ``restarts`` ascents, and the
-        measure's fields (the loss gain is re-evaluated at the best point by ``evaluate``, as
-        L(θ) is)."""
+                warm: Sequence[torch.Tensor] = (), **fields: object) -> tuple[float, Measure]:
+        """max over the set of L(θ + s⊙u) − L(θ), the best of ``restarts`` ascents from random
+        starts and of one ascent from each ``warm`` start, and the measure's fields. Gains are
+        re-evaluated by ``evaluate``, as L(θ) is, at each ascent's best point and at the warm
+        starts themselves, and the largest is the value: never below a warm start's."""
         o = self.options
         generator = self.generator(name)
 
@@ -143,16 +152,34 @@ class _Measurer:
             loss, grad = self.passes.value_and_grad(self.theta + scale * u)
             return loss - self.base.loss, scale * grad  # the gain, whose rise says convergence
 
+        def gain(u: torch.Tensor) -> float:
+            return self.passes.evaluate(self.theta + scale * u).loss - self.base.loss
+
         runs = [ascend(f, region, self.n, steps=o.steps, generator=generator, like=self.theta)
                 for _ in range(o.restarts)]
         best = max(runs, key=lambda run: run.value)
-        gain = self.passes.evaluate(self.theta + scale * best.best).loss - self.base.loss
-        return gain, self.measure(name, gain, converged=best.converged, steps=o.steps,
-                                  restarts=o.restarts, grad_evals=sum(r.grad_evals for r in runs),
-                                  **fields)
+        value, converged = gain(best.best), best.converged
+        extra: dict[str, object] = {}
+        if warm:
+            warmed = [ascend(f, region, self.n, steps=o.steps, like=self.theta, start=u) for u in warm]
+            at_starts = [gain(u) for u in warm]
+            candidates = [(value, converged), *((gain(r.best), r.converged) for r in warmed),
+                          *zip(at_starts, (r.converged for r in warmed), strict=True)]
+            extra = {"random_start_value": value, "warm_start_value": max(at_starts)}
+            value, converged = max(candidates, key=lambda candidate: candidate[0])
+            runs += warmed
+        return value, self.measure(name, value, converged=converged, steps=o.steps,
+                                   restarts=o.restarts, grad_evals=sum(r.grad_evals for r in runs),
+                                   **extra, **fields)
 
     def worst_case(self) -> Measure:
-        return self._ascent("worst_case", Ball(self.options.rho), 1.0, rho=self.options.rho)[1]
+        """The ascent from the random start(s) and from ±ρ·v_max (the top Ritz vector), beside
+        the second-order model's bound ρ‖g‖ + ½ρ²λ_max."""
+        rho = self.options.rho
+        v = self.top.top_vectors[0].to(self.theta)
+        lam, grad_norm = self.done["lambda_max"].value, self.done["grad_norm"].value
+        return self._ascent("worst_case", Ball(rho), 1.0, warm=(rho * v, -rho * v), rho=rho,
+                            second_order_estimate=rho * grad_norm + 0.5 * rho**2 * lam)[1]
 
     def worst_case_adaptive(self) -> Measure:
         rho = self.options.rho_adaptive
