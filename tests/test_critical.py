@@ -145,3 +145,28 @@ def test_spectrum_bottom_reports_the_condition_number_where_positive_definite(cl
         assert "not positive definite" in results["condition_number_note"]
     code, doc, _ = cli("spectrum", ckpt, "-c", config, "--top", "1", "--json")
     assert code == 0 and not any(key.startswith("condition") for key in doc["results"])
+
+
+def test_an_interrupt_during_the_density_reports_the_verdict(monkeypatch, tmp_path):
+    """``Interrupted`` (as the SIGINT handler raises it) inside SLQ: the report holds the
+    verdict and the Lanczos numbers, no negative_fraction, status interrupted."""
+    from landscape_cli import runner
+    from landscape_cli.analyses import critical
+    from landscape_cli.errors import Interrupted
+    from landscape_cli.options import RunOptions
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted(2, "SIGINT")
+
+    monkeypatch.setattr(critical, "spectral_density", interrupted)
+    eigenvalues, _, _ = CASES["minimum"]
+    config = write_quadratic_config(tmp_path, eigenvalues, seed=2, gradient_scale=0.0)
+    ckpt = save_quadratic_checkpoint(tmp_path, eigenvalues, seed=2, gradient_scale=0.0)
+    prepared = runner.prepare("classify-critical-point", ckpt, RunOptions.of({"config": config}), {})
+    report, stop = runner.execute(prepared)
+    doc = report.to_dict()
+    assert stop is not None and stop.exit_code == 130 and doc["status"] == "interrupted"
+    results = doc["results"]
+    assert results["verdict"] == "minimum" and results["negative_fraction"] is None
+    assert results["condition_number"] == pytest.approx(20.0, rel=1e-6)
+    assert any(w.startswith("interrupted during the SLQ density") for w in doc["warnings"])

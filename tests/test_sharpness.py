@@ -4,8 +4,15 @@ search, determinism, and bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
+import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -27,6 +34,7 @@ import landscape_cli
 from landscape_cli.analyses.sharpness import SharpnessOptions, sharpness
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.problem import build_problem, criterion_loss
+from landscape_cli.estimate import CostEstimate
 from landscape_cli.linalg.lanczos import lanczos
 from landscape_cli.loading.data import Batches
 from landscape_cli.results.sharpness import MEASURES
@@ -350,3 +358,84 @@ def test_gates_use_the_measure_names(world):
     assert failed.returncode == 1, failed.detail()
     passed = invoke(_sharpness(world, *args, "--fail-if", "eps_sharpness>1e9"), cwd=world["dir"])
     assert passed.returncode == 0, passed.detail()
+
+
+# ----------------------------------------------------------------------------- interruptions, cost
+
+
+def test_an_interrupted_run_reports_the_measures_it_finished(monkeypatch):
+    """SIGINT/SIGTERM (``Interrupted``, as the signal handler raises it) inside the third
+    measure's first product: the report holds the two finished measures, status interrupted."""
+    from landscape_cli import runner
+    from landscape_cli.errors import Interrupted
+    from landscape_cli.options import RunOptions
+
+    current = []
+
+    @contextlib.contextmanager
+    def progress(label, total):
+        yield lambda done, note="": current.append(note)
+
+    hvp = HVPEngine.hvp
+
+    def interrupting(self, vectors):
+        if current[-1] == "trace_per_param":
+            raise Interrupted(15, "SIGTERM")
+        return hvp(self, vectors)
+
+    monkeypatch.setattr(HVPEngine, "hvp", interrupting)
+    prepared = runner.prepare("sharpness", MLP_CKPT, RunOptions.of(
+        {"config": MLP_CONFIG, "set": SMALL}), {"measures": "lambda_max,trace_per_param,"
+                                                "grad_norm,average_case", "samples": 8})
+    report, interrupted = runner.execute(prepared, progress=progress)
+    doc = report.to_dict()
+    assert interrupted is not None and interrupted.exit_code == 143
+    assert doc["status"] == "interrupted"
+    assert list(doc["results"]["measures"]) == ["lambda_max"]
+    assert doc["results"]["measures"]["lambda_max"]["value"] > 0
+    assert ("interrupted: 1 measure(s) finished; not computed: trace_per_param, grad_norm, "
+            "average_case") in doc["warnings"]
+
+
+def test_the_cost_estimate_is_told_once_from_the_first_timed_product_and_changes_no_number():
+    """A fake clock that advances 1 s per reading: the base pass and the first product take
+    1 s each, so the plan of 50 + 50 HVPs and 64 data passes reads ≈ 3 min."""
+    engine = quadratic_engine(symmetric_with_spectrum(CLUSTERED, seed=3), star(50, seed=4))
+    options = SharpnessOptions(measures=("lambda_max", "trace_per_param", "average_case"))
+    notes = []
+    estimate = CostEstimate("sharpness", notes.append, "fewer, please", clock=itertools.count().__next__)
+    told = sharpness(engine, options, estimate=estimate)
+    assert notes == ["sharpness: about 100 HVPs and 64 data passes ≈ 3 min at 1 s per product and "
+                     "1 s per pass (measured); average_case dominates; fewer, please"]
+    assert told == sharpness(engine, options)  # the timing only prints
+    quick = []
+    sharpness(engine, SharpnessOptions(measures=("grad_norm",)), estimate=CostEstimate(
+        "sharpness", quick.append, "", clock=itertools.count().__next__))
+    assert quick == []  # 3 passes of 1 s: under the 30 s worth telling
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_writes_the_finished_measures(tmp_path):
+    """A real process: grad_norm finishes at once, then a 100,000-step ascent runs. Once the
+    estimate is on stderr, SIGTERM: exit 143 and ``-o`` holds the whole interrupted report."""
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landscape_cli", "sharpness", str(MLP_CKPT), "-c", str(MLP_CONFIG),
+         "--set", "data.max_samples=100", "--measures", "grad_norm,worst_case_adaptive",
+         "--steps", "100000", "-o", str(out), "--json"],
+        stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        first = proc.stderr.readline()
+        assert first.startswith("sharpness: about 300004 data passes"), first
+        assert "worst_case_adaptive dominates" in first
+        time.sleep(2)  # grad_norm, one gradient of 100 samples, is done long before
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, rest
+    assert rest.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM"), rest
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "interrupted"
+    assert list(doc["results"]["measures"]) == ["grad_norm"]
+    assert any("not computed: worst_case_adaptive" in w for w in doc["warnings"])

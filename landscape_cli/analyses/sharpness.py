@@ -21,7 +21,9 @@ import torch
 from landscape_cli.analyses.trace import trace
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.errors import LandscapeError
+from landscape_cli.estimate import PASSES_PER_GRADIENT, CostEstimate
 from landscape_cli.linalg.lanczos import LanczosResult, lanczos
+from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.linalg.trace import t975
 from landscape_cli.results.sharpness import MEASURES, NEEDS, Measure, SharpnessResult
 from landscape_cli.search.ascent import Ball, Box, Set, ascend
@@ -31,6 +33,10 @@ from landscape_cli.search.bisection import largest_within
 PERTURBATION_BYTES = 256 << 20
 #: the std a weight of 0 keeps in the magnitude-aware PAC-Bayes search (Jiang et al. 2020)
 MAGNITUDE_FLOOR = 1e-3
+#: for the cost estimate alone: Lanczos steps to λ_max (it stops at convergence), and the
+#: σ evaluations of the two PAC-Bayes searches
+LANCZOS_STEPS_GUESS = 100
+PAC_BAYES_EVALUATIONS_GUESS = 16
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,25 @@ def with_needs(names: tuple[str, ...]) -> list[str]:
     return [name for name in MEASURES if name in wanted]
 
 
+def planned(name: str, options: SharpnessOptions, n: int) -> tuple[int, int]:
+    """About what the measure spends: (HVPs, data passes), a gradient counting
+    ``PASSES_PER_GRADIENT`` passes and each perturbed weight vector one (for the estimate)."""
+    o = options
+    ascent = PASSES_PER_GRADIENT * o.steps * o.restarts + 1
+    pairs = 2 * ((o.samples + 1) // 2)
+    return {
+        "lambda_max": (min(n, LANCZOS_STEPS_GUESS), 0),
+        "trace_per_param": (min(o.max_hvps, n), 0),
+        "grad_norm": (0, PASSES_PER_GRADIENT),
+        "eps_sharpness": (0, ascent),
+        "worst_case": (0, ascent + PASSES_PER_GRADIENT * 2 * o.steps + 4),
+        "worst_case_adaptive": (0, ascent),
+        "average_case": (0, pairs),
+        "average_case_adaptive": (0, pairs),
+        "pac_bayes_sigma": (0, PAC_BAYES_EVALUATIONS_GUESS * pairs),
+    }.get(name, (0, 0))
+
+
 @dataclass(frozen=True)
 class _Sample:
     """A Monte Carlo mean with its standard error and 95% interval."""
@@ -86,14 +111,28 @@ def _sample(values: torch.Tensor) -> _Sample:
 class _Measurer:
     """Computes the measures on one engine, sharing what several need (L(θ), λ_max, tr H)."""
 
-    def __init__(self, engine: HVPEngine, options: SharpnessOptions):
+    def __init__(self, engine: HVPEngine, options: SharpnessOptions,
+                 estimate: CostEstimate | None = None):
         self.engine, self.options = engine, options
         self.passes = engine.passes
         self.problem = engine.problem
         self.theta = self.problem.theta0
         self.n = self.problem.n
-        self.base = self.passes.evaluate()
+        self.names = with_needs(options.measures)
         self.done: dict[str, Measure] = {}
+        self.estimate = estimate
+        self.hvp = engine.hvp
+        if estimate is None:
+            self.base = self.passes.evaluate()
+        else:
+            self.base = estimate.timed_pass(self.passes.evaluate)
+            self.hvp = estimate.timed_products(engine.hvp, then=self.announce)
+
+    def announce(self) -> None:
+        """The estimate of the measures not done yet (the one under way included)."""
+        if self.estimate is not None:
+            self.estimate.announce({name: planned(name, self.options, self.n)
+                                    for name in self.names if name not in self.done})
 
     def generator(self, name: str) -> torch.Generator:
         """Each measure's own random stream from the seed, so that asking for fewer measures
@@ -112,7 +151,7 @@ class _Measurer:
         """The top Ritz pair by Lanczos (as ``spectrum --top 1``): λ_max and, for the ascent's
         warm starts, its vector."""
         o = self.options
-        return lanczos(self.engine.hvp, self.n, top=1, tol=o.tol, max_steps=self.n,
+        return lanczos(self.hvp, self.n, top=1, tol=o.tol, max_steps=self.n,
                        generator=torch.Generator().manual_seed(o.seed), dtype=self.problem.dtype,
                        device=self.problem.device)
 
@@ -123,7 +162,7 @@ class _Measurer:
 
     def trace_per_param(self) -> Measure:
         o = self.options
-        t = trace(self.engine.hvp, self.n, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed,
+        t = trace(self.hvp, self.n, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed,
                   dtype=self.problem.dtype, device=self.problem.device)
         return self.measure("trace_per_param", t.trace / self.n, stderr=t.stderr / self.n,
                             ci95=(t.ci95[0] / self.n, t.ci95[1] / self.n), converged=t.converged)
@@ -292,12 +331,24 @@ def _inverse_square(sigma: float) -> float | None:
 
 
 def sharpness(engine: HVPEngine, options: SharpnessOptions,
-              callback: Callable[[int, str], None] | None = None) -> SharpnessResult:
-    """Every measure of ``options.measures`` (and those they are computed from)."""
-    measurer = _Measurer(engine, options)
-    names = with_needs(options.measures)
+              callback: Callable[[int, str], None] | None = None, *,
+              so_far: SoFar | None = None, estimate: CostEstimate | None = None) -> SharpnessResult:
+    """Every measure of ``options.measures`` (and those they are computed from). ``so_far``
+    holds the measures finished so far, for an interrupted run's report; ``estimate`` tells
+    the cost once the first product is timed (or at the start, where no measure needs one)."""
+    measurer = _Measurer(engine, options, estimate)
+    names = measurer.names
+    if not any(planned(name, options, measurer.n)[0] for name in names):
+        measurer.announce()
     for i, name in enumerate(names):
+        if so_far is not None:
+            so_far.result = functools.partial(_interrupted, dict(measurer.done), names[i:])
         if callback is not None:
             callback(i, name)
         measurer.done[name] = getattr(measurer, name)()
     return SharpnessResult(measures=dict(measurer.done))
+
+
+def _interrupted(done: dict[str, Measure], left: list[str]) -> SharpnessResult:
+    return SharpnessResult(measures=done, notes=[
+        f"interrupted: {len(done)} measure(s) finished; not computed: {', '.join(left)}"])

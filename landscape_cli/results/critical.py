@@ -41,6 +41,7 @@ class CriticalPointResult(Result):
     negative_weight_ratio: float | None = reported(omit_none=True, init=False)
     negative_threshold: float | None = reported(omit_none=True, init=False)
     density: DensityResult | None = internal()
+    notes: list[str] = internal(default_factory=list)
 
     def __post_init__(self) -> None:
         d = self.density
@@ -61,7 +62,7 @@ class CriticalPointResult(Result):
         return {"condition_number": self.condition_number}  # None: a gate on it fails
 
     def warnings(self) -> list[str]:
-        notes = [] if self.density is None else self.density.warnings()
+        notes = [*self.notes, *([] if self.density is None else self.density.warnings())]
         if self.lanczos_converged:
             return notes
         return ["Lanczos did not converge at both ends within the budget; the verdict rests on "
