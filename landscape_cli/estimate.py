@@ -28,7 +28,7 @@ def duration(seconds: float) -> str:
 
 @dataclass
 class CostEstimate:
-    """Times the first product (per row of its block) and the first data pass it is shown, then
+    """Times a product (per row of its block) and the first data pass it is shown, then
     ``announce`` prints what a plan of {part: (HVPs, data passes)} will cost."""
 
     label: str
@@ -42,10 +42,14 @@ class CostEstimate:
 
     def timed_products(self, matvec: Callable[[torch.Tensor], torch.Tensor],
                        then: Callable[[], None]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``matvec``, with its first call timed; ``then()`` runs once that is known."""
+        """``matvec``, with its second call timed (the first may build what later ones reuse,
+        such as a cached graph); ``then()`` runs once that is known."""
+        calls = 0
 
         def timed(vectors: torch.Tensor) -> torch.Tensor:
-            if self.per_product is not None:
+            nonlocal calls
+            calls += 1
+            if self.per_product is not None or calls == 1:
                 return matvec(vectors)
             start = self.clock()
             out = matvec(vectors)
