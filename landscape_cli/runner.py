@@ -74,6 +74,8 @@ class Run:
     config: Config
     inputs: list[Path]
     progress_factory: ProgressFactory = no_progress
+    #: a one-line note to the user before long work (stderr unless -q; never in the report)
+    notify: Callable[[str], None] = lambda text: None
 
     @property
     def seed(self) -> int:
@@ -207,12 +209,13 @@ def prepare(name: str, checkpoint: str | Path | Sequence[str | Path], run_option
 
 
 def execute(prepared: Prepared, *, session: Session | None = None,
-            progress: ProgressFactory = no_progress) -> tuple[Report, Interrupted | None]:
+            progress: ProgressFactory = no_progress,
+            notify: Callable[[str], None] = lambda text: None) -> tuple[Report, Interrupted | None]:
     """Run the analysis and build the report; with the interruption when the run was stopped
     with a result so far (the report then has ``status: interrupted``). ``session``: one whose
     config is ``prepared.config``, to load the checkpoint onto its model."""
     session = session or Session(prepared.config, prepared.load_options())
-    run = Run(session, prepared.checkpoints, prepared.config, prepared.inputs, progress)
+    run = Run(session, prepared.checkpoints, prepared.config, prepared.inputs, progress, notify)
     interrupted = None
     try:
         result = prepared.command.run(run, **prepared.options)

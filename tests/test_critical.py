@@ -96,3 +96,77 @@ def test_sensible_explained_verdict_on_each_sample(cli, sample, verdict):
     assert 0 <= results["negative_fraction"] <= 1
     explanation = results["evidence"][0]
     assert ("flat directions" in explanation) == (verdict == "degenerate")
+
+
+@pytest.mark.parametrize("name", ["minimum", "saddle"])
+def test_condition_number_of_a_minimum_and_none_with_the_reason_otherwise(cli, tmp_path, name):
+    """κ = λ_max/λ_min = 20/1 on the minimum of CASES, with its first-order error from the two
+    residuals; a saddle has none, and says why. A gate on it passes, fails, or fails on null."""
+    eigenvalues, gradient_scale, verdict = CASES[name]
+    config = write_quadratic_config(tmp_path, eigenvalues, seed=2, gradient_scale=gradient_scale)
+    ckpt = save_quadratic_checkpoint(tmp_path, eigenvalues, seed=2, gradient_scale=gradient_scale)
+    code, doc, result = cli("classify-critical-point", ckpt, "-c", config, "--no-density", "--json",
+                            "--fail-if", "condition_number>25")
+    results = doc["results"]
+    assert results["verdict"] == verdict
+    if verdict == "minimum":
+        assert code == 0, result.output
+        kappa = max(eigenvalues) / min(eigenvalues)
+        assert results["condition_number"] == pytest.approx(kappa, rel=1e-6)
+        assert results["condition_number"] == pytest.approx(
+            results["lambda_max"] / results["lambda_min"], rel=1e-12)
+        assert results["condition_number_error"] == pytest.approx(results["condition_number"] * (
+            results["lambda_max_residual"] / results["lambda_max"]
+            + results["lambda_min_residual"] / results["lambda_min"]), rel=1e-9)
+        assert results["condition_number_note"] is None
+        code, doc, _ = cli("classify-critical-point", ckpt, "-c", config, "--no-density",
+                           "--json", "--fail-if", "condition_number>19")
+        assert code == 1 and doc["gates"][0]["value"] == results["condition_number"]
+    else:
+        assert code == 1, result.output  # no number to compare: the gate fails
+        assert results["condition_number"] is None and results["condition_number_error"] is None
+        assert "saddle, not a minimum" in results["condition_number_note"]
+        assert doc["gates"] == [{"expr": "condition_number>25", "value": None, "violated": True}]
+
+
+@pytest.mark.parametrize("name", ["minimum", "saddle"])
+def test_spectrum_bottom_reports_the_condition_number_where_positive_definite(cli, tmp_path, name):
+    eigenvalues, _, _ = CASES[name]
+    config = write_quadratic_config(tmp_path, eigenvalues, seed=2, gradient_scale=0.0)
+    ckpt = save_quadratic_checkpoint(tmp_path, eigenvalues, seed=2, gradient_scale=0.0)
+    code, doc, result = cli("spectrum", ckpt, "-c", config, "--top", "1", "--bottom", "1", "--json")
+    assert code == 0, result.output
+    results = doc["results"]
+    if name == "minimum":
+        assert results["condition_number"] == pytest.approx(20.0, rel=1e-6)
+        assert results["condition_number_error"] > 0 and "condition_number_note" not in results
+    else:
+        assert "condition_number" not in results
+        assert "not positive definite" in results["condition_number_note"]
+    code, doc, _ = cli("spectrum", ckpt, "-c", config, "--top", "1", "--json")
+    assert code == 0 and not any(key.startswith("condition") for key in doc["results"])
+
+
+def test_an_interrupt_during_the_density_reports_the_verdict(monkeypatch, tmp_path):
+    """``Interrupted`` (as the SIGINT handler raises it) inside SLQ: the report holds the
+    verdict and the Lanczos numbers, no negative_fraction, status interrupted."""
+    from landscape_cli import runner
+    from landscape_cli.analyses import critical
+    from landscape_cli.errors import Interrupted
+    from landscape_cli.options import RunOptions
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted(2, "SIGINT")
+
+    monkeypatch.setattr(critical, "spectral_density", interrupted)
+    eigenvalues, _, _ = CASES["minimum"]
+    config = write_quadratic_config(tmp_path, eigenvalues, seed=2, gradient_scale=0.0)
+    ckpt = save_quadratic_checkpoint(tmp_path, eigenvalues, seed=2, gradient_scale=0.0)
+    prepared = runner.prepare("classify-critical-point", ckpt, RunOptions.of({"config": config}), {})
+    report, stop = runner.execute(prepared)
+    doc = report.to_dict()
+    assert stop is not None and stop.exit_code == 130 and doc["status"] == "interrupted"
+    results = doc["results"]
+    assert results["verdict"] == "minimum" and results["negative_fraction"] is None
+    assert results["condition_number"] == pytest.approx(20.0, rel=1e-6)
+    assert any(w.startswith("interrupted during the SLQ density") for w in doc["warnings"])

@@ -4,13 +4,21 @@ search, determinism, and bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
+import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from adversarial import MLP, assert_one_error, invoke, listing, write_config
 from conftest import (
+    CNN_CKPT,
     CONFIGS,
     MLP_CKPT,
     digits,
@@ -26,8 +34,11 @@ import landscape_cli
 from landscape_cli.analyses.sharpness import SharpnessOptions, sharpness
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.problem import build_problem, criterion_loss
+from landscape_cli.estimate import CostEstimate
+from landscape_cli.linalg.lanczos import lanczos
 from landscape_cli.loading.data import Batches
 from landscape_cli.results.sharpness import MEASURES
+from landscape_cli.search.ascent import Ball, ascend, checkpoints
 
 MLP_CONFIG = CONFIGS / "mlp.yaml"
 SMALL = ["data.max_samples=300"]
@@ -83,7 +94,8 @@ def test_quadratic_worst_case_average_case_and_noise_consistency_match_closed_fo
     expected = 0.5 * rho**2 * float(GAPPED.max())
     assert worst.value == pytest.approx(expected, rel=1e-4), (worst.value, expected)
     assert worst.value <= expected * (1 + 1e-12)  # a point of the ball: never above the max
-    assert worst.converged is True and worst.grad_evals == 20 and worst.rho == rho
+    assert worst.converged is True and worst.rho == rho
+    assert worst.grad_evals == 3 * 20  # the random start and ±ρ·v_max, 20 steps each
 
     average = m["average_case"]
     exact = 0.5 * sigma**2 * float(GAPPED.sum())
@@ -95,9 +107,62 @@ def test_quadratic_worst_case_average_case_and_noise_consistency_match_closed_fo
     assert abs(ratio.value - 1) <= 2 * ratio.stderr, (ratio.value, ratio.stderr)
     assert ratio.ci95[0] <= 1 <= ratio.ci95[1], ratio.ci95
     # computed from the two measures it needs, which are reported too
-    assert set(m) == {"trace_per_param", "worst_case", "average_case", "noise_consistency"}
+    assert set(m) == {"lambda_max", "trace_per_param", "grad_norm", "worst_case", "average_case",
+                      "noise_consistency"}
     predicted = sigma**2 / 2 * m["trace_per_param"].value * 20
     assert ratio.value == pytest.approx(average.value / predicted, rel=1e-12)
+
+
+#: λ_max = 100 at the head of a cluster 100, 99.2, ..., 92.8 above 40 eigenvalues in [0.1, 1]:
+#: from a random start, 20 steps of Auto-PGD reach 0.1229 of ½ρ²λ_max = 0.125 (1.7% below);
+#: from ±ρ·v_max the ascent starts at the maximum.
+CLUSTERED = torch.cat([100 - 0.8 * torch.arange(10.0), torch.linspace(0.1, 1.0, 40)]).double()
+
+
+def test_worst_case_on_a_clustered_quadratic_is_the_closed_form_at_the_default_options():
+    engine = quadratic_engine(symmetric_with_spectrum(CLUSTERED, seed=3), star(50, seed=4))
+    m = sharpness(engine, SharpnessOptions(measures=("worst_case",))).measures
+    worst, rho = m["worst_case"], SharpnessOptions.rho
+    expected = 0.5 * rho**2 * 100
+    assert worst.value == pytest.approx(expected, rel=1e-3), (worst.value, expected)
+    assert worst.value <= expected * (1 + 1e-12)  # a point of the ball: never above the max
+    assert worst.converged is True and worst.steps == 20
+    # the warm start made the difference: the random start alone stays 1.7% below
+    assert worst.random_start_value < expected * (1 - 1e-2), worst.random_start_value
+    assert worst.warm_start_value == pytest.approx(expected, rel=1e-5)
+    # ρ‖∇L‖ + ½ρ²λ_max with ∇L = 0 at the minimum, from the two measures reported beside it
+    assert m["grad_norm"].value == 0.0
+    assert worst.second_order_estimate == pytest.approx(0.5 * rho**2 * m["lambda_max"].value,
+                                                        rel=1e-12)
+    assert worst.second_order_estimate == pytest.approx(expected, rel=1e-6)
+
+
+def test_ascent_converged_says_the_best_rose_by_at_most_0_1_percent_over_the_last_interval():
+    """f(u) = ½uᵀAu on the ball ‖u‖ ≤ 0.05, A with the clustered spectrum: 20 steps from a random
+    start are still rising (false), from the top eigenvector nothing is left to gain (true);
+    each verdict is checked against the best values recorded at Auto-PGD's checkpoints."""
+    matrix = symmetric_with_spectrum(CLUSTERED, seed=3)
+    like = torch.zeros(50, dtype=torch.float64)
+    top = torch.linalg.eigh(matrix).eigenvectors[:, -1]
+
+    def run(**start):
+        values = []
+
+        def f(u):
+            values.append(float(0.5 * u @ matrix @ u))
+            return values[-1], matrix @ u
+
+        found = ascend(f, Ball(0.05), 50, steps=20, like=like, **start)
+        marks = checkpoints(20)
+        best_at = [max(values[:mark]) for mark in marks]
+        assert found.value == best_at[-1] and len(values) == found.grad_evals == 20
+        assert found.converged == (best_at[-1] - best_at[-2] <= 1e-3 * best_at[-1])
+        return found
+
+    rising = run(generator=torch.Generator().manual_seed(0))
+    assert rising.converged is False and rising.value < 0.1215
+    settled = run(start=0.05 * top)
+    assert settled.converged is True and settled.value == pytest.approx(0.125, rel=1e-12)
 
 
 def test_quadratic_eps_sharpness_is_the_corner_of_the_box():
@@ -225,6 +290,29 @@ def test_worst_case_ascent_beats_random_points_on_the_sphere():
     assert worst.value > 0
 
 
+def test_worst_case_on_the_sample_cnn_is_at_least_each_kind_of_start():
+    """The value is the best of the random-start ascent and of the ascents from ±ρ·v_max; the
+    warm start's gain is checked against L(θ ± ρv) − L(θ) for a v_max found independently
+    (Lanczos from another seed to a tighter tolerance)."""
+    problem = loaded("cnn_bn.yaml", CNN_CKPT, "data.max_samples=128").problem
+    engine = HVPEngine(problem)
+    rho = 0.05
+    m = sharpness(engine, SharpnessOptions(measures=("worst_case",), rho=rho, steps=8)).measures
+    worst = m["worst_case"]
+    assert worst.value >= worst.random_start_value and worst.value >= worst.warm_start_value
+    assert worst.value > 0 and worst.grad_evals == 3 * 8
+    independent = lanczos(engine.hvp, problem.n, top=1, tol=1e-8,
+                          generator=torch.Generator().manual_seed(7))
+    assert independent.top.values[0] == pytest.approx(m["lambda_max"].value, rel=1e-4)
+    v = independent.top.vectors[0].to(problem.theta0)
+    base = engine.passes.evaluate().loss
+    at_warm = max(engine.passes.evaluate(problem.theta0 + s * rho * v).loss - base for s in (1, -1))
+    assert worst.warm_start_value == pytest.approx(at_warm, rel=1e-4), (worst.warm_start_value, at_warm)
+    assert worst.value >= at_warm * (1 - 1e-4)
+    assert worst.second_order_estimate == pytest.approx(
+        rho * m["grad_norm"].value + 0.5 * rho**2 * m["lambda_max"].value, rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- determinism, CLI
 
 
@@ -270,3 +358,84 @@ def test_gates_use_the_measure_names(world):
     assert failed.returncode == 1, failed.detail()
     passed = invoke(_sharpness(world, *args, "--fail-if", "eps_sharpness>1e9"), cwd=world["dir"])
     assert passed.returncode == 0, passed.detail()
+
+
+# ----------------------------------------------------------------------------- interruptions, cost
+
+
+def test_an_interrupted_run_reports_the_measures_it_finished(monkeypatch):
+    """SIGINT/SIGTERM (``Interrupted``, as the signal handler raises it) inside the third
+    measure's first product: the report holds the two finished measures, status interrupted."""
+    from landscape_cli import runner
+    from landscape_cli.errors import Interrupted
+    from landscape_cli.options import RunOptions
+
+    current = []
+
+    @contextlib.contextmanager
+    def progress(label, total):
+        yield lambda done, note="": current.append(note)
+
+    hvp = HVPEngine.hvp
+
+    def interrupting(self, vectors):
+        if current[-1] == "trace_per_param":
+            raise Interrupted(15, "SIGTERM")
+        return hvp(self, vectors)
+
+    monkeypatch.setattr(HVPEngine, "hvp", interrupting)
+    prepared = runner.prepare("sharpness", MLP_CKPT, RunOptions.of(
+        {"config": MLP_CONFIG, "set": SMALL}), {"measures": "lambda_max,trace_per_param,"
+                                                "grad_norm,average_case", "samples": 8})
+    report, interrupted = runner.execute(prepared, progress=progress)
+    doc = report.to_dict()
+    assert interrupted is not None and interrupted.exit_code == 143
+    assert doc["status"] == "interrupted"
+    assert list(doc["results"]["measures"]) == ["lambda_max"]
+    assert doc["results"]["measures"]["lambda_max"]["value"] > 0
+    assert ("interrupted: 1 measure(s) finished; not computed: trace_per_param, grad_norm, "
+            "average_case") in doc["warnings"]
+
+
+def test_the_cost_estimate_is_told_once_from_the_first_timed_product_and_changes_no_number():
+    """A fake clock that advances 1 s per reading: the base pass and the first product take
+    1 s each, so the plan of 50 + 50 HVPs and 64 data passes reads ≈ 3 min."""
+    engine = quadratic_engine(symmetric_with_spectrum(CLUSTERED, seed=3), star(50, seed=4))
+    options = SharpnessOptions(measures=("lambda_max", "trace_per_param", "average_case"))
+    notes = []
+    estimate = CostEstimate("sharpness", notes.append, "fewer, please", clock=itertools.count().__next__)
+    told = sharpness(engine, options, estimate=estimate)
+    assert notes == ["sharpness: about 100 HVPs and 64 data passes ≈ 3 min at 1 s per product and "
+                     "1 s per pass (measured); average_case dominates; fewer, please"]
+    assert told == sharpness(engine, options)  # the timing only prints
+    quick = []
+    sharpness(engine, SharpnessOptions(measures=("grad_norm",)), estimate=CostEstimate(
+        "sharpness", quick.append, "", clock=itertools.count().__next__))
+    assert quick == []  # 3 passes of 1 s: under the 30 s worth telling
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_writes_the_finished_measures(tmp_path):
+    """A real process: grad_norm finishes at once, then a 100,000-step ascent runs. Once the
+    estimate is on stderr, SIGTERM: exit 143 and ``-o`` holds the whole interrupted report."""
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landscape_cli", "sharpness", str(MLP_CKPT), "-c", str(MLP_CONFIG),
+         "--set", "data.max_samples=100", "--measures", "grad_norm,worst_case_adaptive",
+         "--steps", "100000", "-o", str(out), "--json"],
+        stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        first = proc.stderr.readline()
+        assert first.startswith("sharpness: about 300004 data passes"), first
+        assert "worst_case_adaptive dominates" in first
+        time.sleep(2)  # grad_norm, one gradient of 100 samples, is done long before
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, rest
+    assert rest.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM"), rest
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "interrupted"
+    assert list(doc["results"]["measures"]) == ["grad_norm"]
+    assert any("not computed: worst_case_adaptive" in w for w in doc["warnings"])

@@ -14,12 +14,14 @@ The SLQ spectral density adds the fraction of negative eigenvalues, an estimate 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
 from landscape_cli.analyses.density import spectral_density
 from landscape_cli.linalg.lanczos import lanczos
+from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.results.critical import CriticalPointResult
 
 
@@ -52,9 +54,10 @@ def classify(hvp: Callable[[torch.Tensor], torch.Tensor], grad: torch.Tensor, th
              runs: int = 4, steps: int = 60, seed: int = 0, dtype: torch.dtype = torch.float64,
              device: torch.device | str = "cpu",
              callback: Callable[[int, int, int], None] | None = None,
-             memory_budget: int | None = None) -> CriticalPointResult:
+             memory_budget: int | None = None, so_far: SoFar | None = None) -> CriticalPointResult:
     """Gradient norm, extreme eigenvalues by Lanczos, negative spectral mass by SLQ (within
-    ``memory_budget`` bytes for its vectors, see :func:`spectral_density`)."""
+    ``memory_budget`` bytes for its vectors, see :func:`spectral_density`). ``so_far`` holds
+    the verdict without the density while SLQ runs, for an interrupted run's report."""
     n = theta.numel()
     run = lanczos(hvp, n, top=1, bottom=1, tol=tol, max_steps=max_hvps,
                   generator=torch.Generator().manual_seed(seed), dtype=dtype, device=device,
@@ -74,17 +77,22 @@ def classify(hvp: Callable[[torch.Tensor], torch.Tensor], grad: torch.Tensor, th
     evidence.append(f"Lanczos ({run.products} HVPs): λ_max = {theta_max:.6g} (residual {r_max:.2g}), "
                     f"λ_min = {theta_min:.6g} (residual {r_min:.2g}); τ = {eig_rtol:g}·|λ|max = "
                     f"{tau:.3g}")
-    result_density = None
-    if density:
-        result_density = spectral_density(hvp, n, runs=runs, steps=min(steps, n), seed=seed,
-                                          dtype=dtype, device=device, memory_budget=memory_budget)
-        evidence.append(
-            f"SLQ ({runs} runs × {min(steps, n)} steps): an estimated "
-            f"{100 * result_density.negative_mass:.3g}% of eigenvalues lie below "
-            f"−{result_density.negative_threshold:.3g} (index estimate), and negative eigenvalues "
-            f"carry {100 * result_density.negative_weight_ratio:.3g}% of Σ|λ|")
-    return CriticalPointResult(
-        verdict=verdict, grad_norm=grad_norm, grad_threshold=grad_threshold, theta_norm=theta_norm,
-        lambda_min=theta_min, lambda_min_residual=r_min, lambda_max=theta_max,
-        lambda_max_residual=r_max, eig_threshold=tau, lanczos_converged=run.converged,
-        density=result_density, evidence=evidence)
+    result = functools.partial(
+        CriticalPointResult, verdict=verdict, grad_norm=grad_norm, grad_threshold=grad_threshold,
+        theta_norm=theta_norm, lambda_min=theta_min, lambda_min_residual=r_min,
+        lambda_max=theta_max, lambda_max_residual=r_max, eig_threshold=tau,
+        lanczos_converged=run.converged)
+    if not density:
+        return result(density=None, evidence=evidence)
+    if so_far is not None:
+        so_far.result = lambda: result(density=None, evidence=evidence, notes=[
+            "interrupted during the SLQ density: the verdict is complete, negative_fraction "
+            "was not measured"])
+    result_density = spectral_density(hvp, n, runs=runs, steps=min(steps, n), seed=seed,
+                                      dtype=dtype, device=device, memory_budget=memory_budget)
+    evidence.append(
+        f"SLQ ({runs} runs × {min(steps, n)} steps): an estimated "
+        f"{100 * result_density.negative_mass:.3g}% of eigenvalues lie below "
+        f"−{result_density.negative_threshold:.3g} (index estimate), and negative eigenvalues "
+        f"carry {100 * result_density.negative_weight_ratio:.3g}% of Σ|λ|")
+    return result(density=result_density, evidence=evidence)

@@ -11,16 +11,19 @@ per-weight scale of the set: 1, |θ|, or ε(|θ|+1)), where the projection is ex
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from landscape_cli.analyses.spectrum import spectrum
 from landscape_cli.analyses.trace import trace
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.errors import LandscapeError
+from landscape_cli.estimate import PASSES_PER_GRADIENT, CostEstimate
+from landscape_cli.linalg.lanczos import LanczosResult, lanczos
+from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.linalg.trace import t975
 from landscape_cli.results.sharpness import MEASURES, NEEDS, Measure, SharpnessResult
 from landscape_cli.search.ascent import Ball, Box, Set, ascend
@@ -30,6 +33,10 @@ from landscape_cli.search.bisection import largest_within
 PERTURBATION_BYTES = 256 << 20
 #: the std a weight of 0 keeps in the magnitude-aware PAC-Bayes search (Jiang et al. 2020)
 MAGNITUDE_FLOOR = 1e-3
+#: for the cost estimate alone: Lanczos steps to λ_max (it stops at convergence), and the
+#: σ evaluations of the two PAC-Bayes searches
+LANCZOS_STEPS_GUESS = 100
+PAC_BAYES_EVALUATIONS_GUESS = 16
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,25 @@ def with_needs(names: tuple[str, ...]) -> list[str]:
     return [name for name in MEASURES if name in wanted]
 
 
+def planned(name: str, options: SharpnessOptions, n: int) -> tuple[int, int]:
+    """About what the measure spends: (HVPs, data passes), a gradient counting
+    ``PASSES_PER_GRADIENT`` passes and each perturbed weight vector one (for the estimate)."""
+    o = options
+    ascent = PASSES_PER_GRADIENT * o.steps * o.restarts + 1
+    pairs = 2 * ((o.samples + 1) // 2)
+    return {
+        "lambda_max": (min(n, LANCZOS_STEPS_GUESS), 0),
+        "trace_per_param": (min(o.max_hvps, n), 0),
+        "grad_norm": (0, PASSES_PER_GRADIENT),
+        "eps_sharpness": (0, ascent),
+        "worst_case": (0, ascent + PASSES_PER_GRADIENT * 2 * o.steps + 4),
+        "worst_case_adaptive": (0, ascent),
+        "average_case": (0, pairs),
+        "average_case_adaptive": (0, pairs),
+        "pac_bayes_sigma": (0, PAC_BAYES_EVALUATIONS_GUESS * pairs),
+    }.get(name, (0, 0))
+
+
 @dataclass(frozen=True)
 class _Sample:
     """A Monte Carlo mean with its standard error and 95% interval."""
@@ -85,14 +111,28 @@ def _sample(values: torch.Tensor) -> _Sample:
 class _Measurer:
     """Computes the measures on one engine, sharing what several need (L(θ), λ_max, tr H)."""
 
-    def __init__(self, engine: HVPEngine, options: SharpnessOptions):
+    def __init__(self, engine: HVPEngine, options: SharpnessOptions,
+                 estimate: CostEstimate | None = None):
         self.engine, self.options = engine, options
         self.passes = engine.passes
         self.problem = engine.problem
         self.theta = self.problem.theta0
         self.n = self.problem.n
-        self.base = self.passes.evaluate()
+        self.names = with_needs(options.measures)
         self.done: dict[str, Measure] = {}
+        self.estimate = estimate
+        self.hvp = engine.hvp
+        if estimate is None:
+            self.base = self.passes.evaluate()
+        else:
+            self.base = estimate.timed_pass(self.passes.evaluate)
+            self.hvp = estimate.timed_products(engine.hvp, then=self.announce)
+
+    def announce(self) -> None:
+        """The estimate of the measures not done yet (the one under way included)."""
+        if self.estimate is not None:
+            self.estimate.announce({name: planned(name, self.options, self.n)
+                                    for name in self.names if name not in self.done})
 
     def generator(self, name: str) -> torch.Generator:
         """Each measure's own random stream from the seed, so that asking for fewer measures
@@ -106,16 +146,23 @@ class _Measurer:
 
     # ------------------------------------------------------------------ curvature
 
-    def lambda_max(self) -> Measure:
+    @functools.cached_property
+    def top(self) -> LanczosResult:
+        """The top Ritz pair by Lanczos (as ``spectrum --top 1``): λ_max and, for the ascent's
+        warm starts, its vector."""
         o = self.options
-        top = spectrum(self.engine.hvp, self.n, top=1, tol=o.tol, max_hvps=self.n, seed=o.seed,
-                       dtype=self.problem.dtype, device=self.problem.device)
-        return self.measure("lambda_max", top.top_eigenvalues[0], residual=top.top_residuals[0],
-                            converged=top.top_converged[0])
+        return lanczos(self.hvp, self.n, top=1, tol=o.tol, max_steps=self.n,
+                       generator=torch.Generator().manual_seed(o.seed), dtype=self.problem.dtype,
+                       device=self.problem.device)
+
+    def lambda_max(self) -> Measure:
+        top = self.top.top
+        return self.measure("lambda_max", top.values[0], residual=top.residuals[0],
+                            converged=top.converged[0])
 
     def trace_per_param(self) -> Measure:
         o = self.options
-        t = trace(self.engine.hvp, self.n, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed,
+        t = trace(self.hvp, self.n, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed,
                   dtype=self.problem.dtype, device=self.problem.device)
         return self.measure("trace_per_param", t.trace / self.n, stderr=t.stderr / self.n,
                             ci95=(t.ci95[0] / self.n, t.ci95[1] / self.n), converged=t.converged)
@@ -132,10 +179,11 @@ class _Measurer:
     # ------------------------------------------------------------------ ascent
 
     def _ascent(self, name: str, region: Set, scale: torch.Tensor | float,
-                **fields: object) -> tuple[float, Measure]:
-        """max over the set of L(θ + s⊙u) − L(θ), the best of ``restarts`` ascents, and the
-        measure's fields (the loss gain is re-evaluated at the best point by ``evaluate``, as
-        L(θ) is)."""
+                warm: Sequence[torch.Tensor] = (), **fields: object) -> tuple[float, Measure]:
+        """max over the set of L(θ + s⊙u) − L(θ), the best of ``restarts`` ascents from random
+        starts and of one ascent from each ``warm`` start, and the measure's fields. Gains are
+        re-evaluated by ``evaluate``, as L(θ) is, at each ascent's best point and at the warm
+        starts themselves, and the largest is the value: never below a warm start's."""
         o = self.options
         generator = self.generator(name)
 
@@ -143,16 +191,34 @@ class _Measurer:
             loss, grad = self.passes.value_and_grad(self.theta + scale * u)
             return loss - self.base.loss, scale * grad  # the gain, whose rise says convergence
 
+        def gain(u: torch.Tensor) -> float:
+            return self.passes.evaluate(self.theta + scale * u).loss - self.base.loss
+
         runs = [ascend(f, region, self.n, steps=o.steps, generator=generator, like=self.theta)
                 for _ in range(o.restarts)]
         best = max(runs, key=lambda run: run.value)
-        gain = self.passes.evaluate(self.theta + scale * best.best).loss - self.base.loss
-        return gain, self.measure(name, gain, converged=best.converged, steps=o.steps,
-                                  restarts=o.restarts, grad_evals=sum(r.grad_evals for r in runs),
-                                  **fields)
+        value, converged = gain(best.best), best.converged
+        extra: dict[str, object] = {}
+        if warm:
+            warmed = [ascend(f, region, self.n, steps=o.steps, like=self.theta, start=u) for u in warm]
+            at_starts = [gain(u) for u in warm]
+            candidates = [(value, converged), *((gain(r.best), r.converged) for r in warmed),
+                          *zip(at_starts, (r.converged for r in warmed), strict=True)]
+            extra = {"random_start_value": value, "warm_start_value": max(at_starts)}
+            value, converged = max(candidates, key=lambda candidate: candidate[0])
+            runs += warmed
+        return value, self.measure(name, value, converged=converged, steps=o.steps,
+                                   restarts=o.restarts, grad_evals=sum(r.grad_evals for r in runs),
+                                   **extra, **fields)
 
     def worst_case(self) -> Measure:
-        return self._ascent("worst_case", Ball(self.options.rho), 1.0, rho=self.options.rho)[1]
+        """The ascent from the random start(s) and from ±ρ·v_max (the top Ritz vector), beside
+        the second-order model's bound ρ‖g‖ + ½ρ²λ_max."""
+        rho = self.options.rho
+        v = self.top.top.vectors[0].to(self.theta)
+        lam, grad_norm = self.done["lambda_max"].value, self.done["grad_norm"].value
+        return self._ascent("worst_case", Ball(rho), 1.0, warm=(rho * v, -rho * v), rho=rho,
+                            second_order_estimate=rho * grad_norm + 0.5 * rho**2 * lam)[1]
 
     def worst_case_adaptive(self) -> Measure:
         rho = self.options.rho_adaptive
@@ -265,12 +331,24 @@ def _inverse_square(sigma: float) -> float | None:
 
 
 def sharpness(engine: HVPEngine, options: SharpnessOptions,
-              callback: Callable[[int, str], None] | None = None) -> SharpnessResult:
-    """Every measure of ``options.measures`` (and those they are computed from)."""
-    measurer = _Measurer(engine, options)
-    names = with_needs(options.measures)
+              callback: Callable[[int, str], None] | None = None, *,
+              so_far: SoFar | None = None, estimate: CostEstimate | None = None) -> SharpnessResult:
+    """Every measure of ``options.measures`` (and those they are computed from). ``so_far``
+    holds the measures finished so far, for an interrupted run's report; ``estimate`` tells
+    the cost once the first product is timed (or at the start, where no measure needs one)."""
+    measurer = _Measurer(engine, options, estimate)
+    names = measurer.names
+    if not any(planned(name, options, measurer.n)[0] for name in names):
+        measurer.announce()
     for i, name in enumerate(names):
+        if so_far is not None:
+            so_far.result = functools.partial(_interrupted, dict(measurer.done), names[i:])
         if callback is not None:
             callback(i, name)
         measurer.done[name] = getattr(measurer, name)()
     return SharpnessResult(measures=dict(measurer.done))
+
+
+def _interrupted(done: dict[str, Measure], left: list[str]) -> SharpnessResult:
+    return SharpnessResult(measures=done, notes=[
+        f"interrupted: {len(done)} measure(s) finished; not computed: {', '.join(left)}"])

@@ -164,7 +164,10 @@ def run_analysis(name: str, output: OutputOptions, shared: dict[str, Any],
         prepared = runner.prepare(name, output.checkpoint, RunOptions.of(shared), options)
         dest = output.destination(prepared.inputs) if lead else None
         show = lead and not output.quiet and stderr.is_terminal
-        done, interrupted = runner.execute(prepared, progress=progress_bar if show else runner.no_progress)
+        done, interrupted = runner.execute(
+            prepared, progress=progress_bar if show else runner.no_progress,
+            notify=lambda text: stderr.print(escape(text), soft_wrap=True)
+            if lead and not output.quiet else None)
         return done.to_dict(), dest, interrupted
 
     doc, dest, interrupted = guarded(output, report)

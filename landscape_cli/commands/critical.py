@@ -38,15 +38,17 @@ def classify_critical_point(
     if steps < 2:
         raise LandscapeError(f"--steps {steps}: SLQ needs at least 2 Lanczos steps")
     from landscape_cli.analyses.critical import classify
+    from landscape_cli.linalg.so_far import SoFar
 
     problem = run.loaded.problem
     budget = min(problem.n, max_hvps or problem.n)
-    with run.converging("Lanczos", total=None) as callback:
+    so_far = SoFar()
+    with run.converging("Lanczos", total=None) as callback, run.partial_on_interrupt(so_far):
         return classify(run.engine.hvp, run.engine.grad(), problem.theta0, grad_rtol=grad_rtol,
                         grad_tol=grad_tol, eig_rtol=eig_rtol, tol=tol, max_hvps=budget,
                         density=density, runs=runs, steps=steps, seed=run.seed,
                         dtype=problem.dtype, device=problem.device, callback=callback,
-                        memory_budget=run.engine.memory_left())
+                        memory_budget=run.engine.memory_left(), so_far=so_far)
 
 
 COMMAND = Command(

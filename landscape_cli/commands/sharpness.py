@@ -77,9 +77,15 @@ def sharpness(
         sigma_adaptive=sigma_adaptive, samples=samples, steps=steps, restarts=restarts,
         pac_bayes_target=pac_bayes_target, pac_bayes_deviation=pac_bayes_deviation, lr=lr,
         tol=tol, rtol=rtol, max_hvps=max_hvps, seed=run.seed)
+    from landscape_cli.estimate import CostEstimate
+    from landscape_cli.linalg.so_far import SoFar
+
     total = len(with_needs(chosen))
-    with run.progress("sharpness", total=total) as update:
-        result = measure(run.engine, options, callback=lambda done, name: update(done, name))
+    so_far = SoFar()
+    estimate = CostEstimate("sharpness", run.notify, "--measures / --max-hvps to spend less")
+    with run.progress("sharpness", total=total) as update, run.partial_on_interrupt(so_far):
+        result = measure(run.engine, options, callback=lambda done, name: update(done, name),
+                         so_far=so_far, estimate=estimate)
         update(total, "")
     return result
 

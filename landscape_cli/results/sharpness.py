@@ -32,7 +32,12 @@ MEASURES: dict[str, Definition] = {
                                 "L(θ+δ) − L(θ)) / (1 + L(θ)) × 100 (the +1 makes the box "
                                 "absolute for small weights: not scale-invariant)", False),
     "worst_case": Definition("max over ‖δ‖₂ ≤ ρ of L(θ+δ) − L(θ) (Auto-PGD ascent, "
-                             "Andriushchenko et al. 2023)", False),
+                             "Andriushchenko et al. 2023), the best of the ascents from the "
+                             "random start(s) and from ±ρ·v_max (v_max the top Hessian "
+                             "eigenvector); converged: the best value rose by at most 0.1% over "
+                             "Auto-PGD's last checkpoint interval; second_order_estimate = "
+                             "ρ‖∇L‖ + ½ρ²λ_max, the most the second-order Taylor model can rise "
+                             "on the ball", False),
     "worst_case_adaptive": Definition("max over ‖δ/|θ|‖₂ ≤ ρ of L(θ+δ) − L(θ) (Kwon et al. "
                                       "2021)", True),
     "average_case": Definition("E[L(θ+δ)] − L(θ), δ ~ N(0, σ²I) (Monte Carlo, antithetic "
@@ -47,6 +52,7 @@ MEASURES: dict[str, Definition] = {
 }
 #: the measures a measure is computed from
 NEEDS: dict[str, tuple[str, ...]] = {"stability_lr": ("lambda_max",),
+                                     "worst_case": ("lambda_max", "grad_norm"),
                                      "noise_consistency": ("average_case", "trace_per_param")}
 
 
@@ -76,6 +82,10 @@ class Measure(Result):
     lr: float | None = reported(omit_none=True, default=None)
     eta_lambda_max: float | None = reported(omit_none=True, default=None)
     residual: float | None = reported(omit_none=True, default=None)
+    #: worst_case: ρ‖∇L‖ + ½ρ²λ_max, and the values of the ascents' two kinds of start
+    second_order_estimate: float | None = reported(omit_none=True, default=None)
+    random_start_value: float | None = reported(omit_none=True, default=None)
+    warm_start_value: float | None = reported(omit_none=True, default=None)
 
 
 #: numbers besides the measures' values that gates may use

@@ -9,6 +9,14 @@ from landscape_cli.results.density import DensityResult
 from landscape_cli.results.rows import Ranked, Rows
 
 
+def condition_number(lambda_max: float, r_max: float, lambda_min: float,
+                     r_min: float) -> tuple[float, float]:
+    """κ = λ_max/λ_min of a positive definite H, and its first-order error from the two Ritz
+    residuals, δκ = κ·(r_max/λ_max + r_min/λ_min)."""
+    kappa = lambda_max / lambda_min
+    return kappa, kappa * (r_max / lambda_max + r_min / lambda_min)
+
+
 def _eigenpairs(end: str) -> Ranked:
     """One row per eigenvalue at the ``top`` or ``bottom`` end of the spectrum."""
     return Ranked(fixed={"end": end}, lists={"eigenvalue": f"{end}_eigenvalues",
@@ -19,7 +27,8 @@ def _eigenpairs(end: str) -> Ranked:
 class SpectrumResult(Result):
     """Top-k (descending) and bottom-k (ascending) Hessian eigenvalues with residual bounds."""
 
-    DERIVED_GATES: ClassVar[tuple[str, ...]] = ("lambda_max", "top_N", "lambda_min", "bottom_N")
+    DERIVED_GATES: ClassVar[tuple[str, ...]] = ("lambda_max", "top_N", "lambda_min", "bottom_N",
+                                                "condition_number")
     ROWS: ClassVar[tuple[Rows, ...]] = (_eigenpairs("top"), _eigenpairs("bottom"))
 
     top_eigenvalues: list[float] = reported(required=True)
@@ -37,13 +46,32 @@ class SpectrumResult(Result):
     density: DensityResult | None = reported(omit_none=True, default=None)
     #: the file --save-vectors wrote the Ritz vectors to (the vectors stay out of the report)
     saved_vectors: str | None = reported(omit_none=True, default=None)
+    #: with --bottom: λ_max/λ_min and its error where λ_min exceeds its residual (positive
+    #: definite as far as measured), else the note that says why there is none
+    condition_number: float | None = reported(omit_none=True, init=False)
+    condition_number_error: float | None = reported(omit_none=True, init=False)
+    condition_number_note: str | None = reported(omit_none=True, init=False)
     notes: list[str] = internal(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.condition_number = self.condition_number_error = self.condition_number_note = None
+        if not self.bottom_eigenvalues:
+            return
+        low, r_low = self.bottom_eigenvalues[0], self.bottom_residuals[0]
+        if low > r_low:
+            self.condition_number, self.condition_number_error = condition_number(
+                self.top_eigenvalues[0], self.top_residuals[0], low, r_low)
+        else:
+            self.condition_number_note = (
+                f"λ_min = {low:.6g} is not above its residual {r_low:.2g}: the Hessian is not "
+                "positive definite as far as measured, so λ_max/λ_min is no condition number")
 
     def derived_scalars(self) -> dict[str, float]:
         out = {"lambda_max": self.top_eigenvalues[0], **numbered("top", self.top_eigenvalues)}
         if self.bottom_eigenvalues:
             out.update(lambda_min=self.bottom_eigenvalues[0],
-                       **numbered("bottom", self.bottom_eigenvalues))
+                       **numbered("bottom", self.bottom_eigenvalues),
+                       condition_number=self.condition_number)  # None: a gate on it fails
         return out
 
     def warnings(self) -> list[str]:

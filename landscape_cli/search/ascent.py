@@ -87,10 +87,13 @@ def checkpoints(steps: int) -> list[int]:
     return sorted({math.ceil(q * steps) for q in p if 0 < q < 1} | {steps})
 
 
-def ascend(f: ValueAndGrad, region: Set, n: int, *, steps: int, generator: torch.Generator,
-           like: torch.Tensor, momentum: float = 0.75, rtol: float = 1e-3) -> Ascent:
-    """Maximise ``f`` over ``region`` from a random start in ``steps`` gradient evaluations."""
-    x = region.start(n, generator, like)
+def ascend(f: ValueAndGrad, region: Set, n: int, *, steps: int,
+           generator: torch.Generator | None = None, like: torch.Tensor,
+           start: torch.Tensor | None = None, momentum: float = 0.75,
+           rtol: float = 1e-3) -> Ascent:
+    """Maximise ``f`` over ``region`` in ``steps`` gradient evaluations, from ``start`` (a point
+    of the region) or else from a random start drawn from ``generator``."""
+    x = region.start(n, generator, like) if start is None else start
     previous = x
     eta = region.step
     best, best_value = x, -math.inf
