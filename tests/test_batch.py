@@ -18,7 +18,7 @@ import pytest
 from adversarial import Ran, assert_one_error, clean_env, listing
 from typer.testing import CliRunner
 
-import landscape_cli.batch as batch_module
+import landscape_cli.sweep.workers as batch_module
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP_DIR = ROOT / "sample_checkpoints" / "mlp"
@@ -87,7 +87,7 @@ def local_config(folder: Path, extra: str = "") -> Path:
 
 @pytest.fixture
 def analysed(monkeypatch):
-    """The names of the checkpoints ``landscape_cli.batch.analyse`` is called on (in-process
+    """The names of the checkpoints ``landscape_cli.sweep.workers.analyse`` is called on (in-process
     runs with one worker)."""
     calls: list[str] = []
     real = batch_module.analyse
