@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,6 +56,8 @@ def _command_values(name: str, extra: list[str]) -> tuple[dict[str, Any], dict[s
     if given_output:
         raise LandscapeError(f"--{given_output[0].replace('_', '-')}: batch writes JSON lines "
                              "itself (-o FILE, or stdout)")
+    # a choice is an Enum made by the parser, which worker processes cannot unpickle: its string
+    values = {k: v.value if isinstance(v, Enum) else v for k, v in values.items()}
     shared = {k: values.pop(k) for k in list(values) if k in RunOptions.__dataclass_fields__}
     return shared, {k: v for k, v in values.items() if k not in output}
 
