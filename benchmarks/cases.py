@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from landscape_cli.batches import map_tensors
 from landscape_cli.config import load_config
+from landscape_cli.data_batches import map_tensors
 from landscape_cli.engine.problem import Problem, build_problem, criterion_loss
 from landscape_cli.loading.assemble import resolve_device
 from landscape_cli.loading.data import Batches

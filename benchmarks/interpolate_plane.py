@@ -43,7 +43,7 @@ def theirs(steps: int) -> tuple[float, torch.Tensor]:
     from loss_landscapes import planar_interpolation
     from loss_landscapes.metrics import Loss
 
-    from landscape_cli.analyses.directions import load_plane
+    from landscape_cli.analyses.plane_file import load_plane
     from landscape_cli.config import load_config
     from landscape_cli.session import Session
 

@@ -22,7 +22,7 @@ import time
 import torch
 from cases import CASES, build
 
-from landscape_cli.batches import first_tensor
+from landscape_cli.data_batches import first_tensor
 from landscape_cli.engine.hvp import HVPEngine
 
 

@@ -4,8 +4,10 @@ midpoint's loss, and the refusal of models outside the supported structure."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
+import re
 
 import pytest
 import torch
@@ -468,3 +470,55 @@ def test_unsupported_models_are_refused_naming_the_layer(model, shape, names):
         assert name in message, message
     assert torch.autograd.Function.__dict__["apply"] is ORIGINAL_APPLY     # the trace's patch is undone
     assert Straight.apply(torch.tensor([-2.0])).item() == -1.0
+
+
+def _wrapped(forward):
+    """A decorator as transformers puts on forwards: ``*args, **kwargs`` around the method,
+    which torch.fx cannot read (``code: co_varnames is too small``)."""
+
+    @functools.wraps(forward)
+    def call(*args, **kwargs):
+        return forward(*args, **kwargs)
+
+    return call
+
+
+class Middle(Branchy):
+    @_wrapped
+    def forward(self, x, **options):
+        return super().forward(x)
+
+
+class Decorated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 4)
+        self.middle = Middle()
+        self.out = nn.Linear(4, 2)
+
+    @_wrapped
+    def forward(self, x, **options):
+        return self.out(self.middle(self.inp(x)))
+
+
+def test_a_model_whose_own_forward_stops_the_tracer_is_refused_naming_the_deepest_layer():
+    """The root's forward fails before any layer runs; tracing each layer alone (its own layers
+    as leaves) finds ``middle`` (decorated, so it fails too) and, deeper, ``middle.gate`` (data-
+    dependent control flow): the message names the deepest, and the root's own error."""
+    with pytest.raises(LandscapeError) as error:
+        permutation_spec(Decorated(), torch.randn(2, 4))
+    message = str(error.value)
+    assert "\n" not in message and SUPPORTED in message
+    assert "layer 'middle.gate' (Gate)" in message, message
+    assert "control flow" in message and "co_varnames" in message, message
+    assert "the forward of Decorated" not in message
+
+
+def test_gpt2_is_refused_naming_a_layer_not_the_model():
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, n_positions=8, vocab_size=16)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with pytest.raises(LandscapeError) as error:
+        permutation_spec(model, torch.randint(0, 16, (2, 5)))
+    message = str(error.value)
+    assert re.search(r"layer 'transformer\.[\w.]+' \(GPT2\w+\)", message), message

@@ -18,7 +18,7 @@ import pytest
 from adversarial import Ran, assert_one_error, clean_env, listing
 from typer.testing import CliRunner
 
-import landscape_cli.batch as batch_module
+import landscape_cli.sweep.workers as batch_module
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP_DIR = ROOT / "sample_checkpoints" / "mlp"
@@ -87,7 +87,7 @@ def local_config(folder: Path, extra: str = "") -> Path:
 
 @pytest.fixture
 def analysed(monkeypatch):
-    """The names of the checkpoints ``landscape_cli.batch.analyse`` is called on (in-process
+    """The names of the checkpoints ``landscape_cli.sweep.workers.analyse`` is called on (in-process
     runs with one worker)."""
     calls: list[str] = []
     real = batch_module.analyse
@@ -414,3 +414,113 @@ def test_worker_processes_write_the_lines_one_worker_does(tmp_path):
     assert ran.returncode == 0, ran.stderr
     assert names(read(two)) == ["w1.pt", "w2.pt", "w10.pt"]
     assert [stable(line) for line in read(two)] == [stable(line) for line in read(one)]
+
+
+# ----------------------------------------------------------------------------- stopped sweeps
+
+#: a trace that runs until a signal stops it, estimating as it goes
+ENDLESS_TRACE = ("--command", "trace", "--rtol", "1e-12", "--max-hvps", "100000000",
+                 "--set", "data.max_samples=200", "-q")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a zombie has ended: nothing left to reap it
+    in some containers)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _until(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_sigterm_writes_the_checkpoint_in_progress_as_interrupted(tmp_path):
+    folder = tmp_path / "ckpts"
+    copy(MLP[:2], folder, ["ck1.pt", "ck2.pt"])
+    local_config(folder)
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", "batch", str(folder / "*.pt"),
+                             *ENDLESS_TRACE, "-o", str(out)], cwd=tmp_path, env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _until(lambda: proc.poll() is not None or _cpu_seconds(proc.pid) >= 8, 120,
+               "the sweep did not get going within 120 s")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM"), stderr
+    (line,) = read(out)  # the first checkpoint, stopped part-way, and nothing after it
+    assert Path(line["checkpoint"]["path"]).name == "ck1.pt"
+    assert line["status"] == "interrupted" and line["batch_key"]
+    assert line["results"]["probes"] > 0 and line["results"]["converged"] is False
+    assert any(w.startswith("interrupted: the estimate after") for w in line["warnings"])
+
+
+def test_a_resumed_sweep_computes_an_interrupted_line_again(tmp_path, analysed):
+    folder = tmp_path / "ckpts"
+    copy(MLP[:2], folder, ["ck1.pt", "ck2.pt"])
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(folder / "*.pt"), *SPECTRUM, "-c", CONFIG, "-q", "-o", out]
+    assert run(*args).returncode == 0
+    first, second = read(out)
+    out.write_text(json.dumps(first) + "\n" + json.dumps({**second, "status": "interrupted"}) + "\n")
+    analysed.clear()
+    assert run(*args).returncode == 0
+    assert analysed == ["ck2.pt"]
+    assert [stable(line) for line in read(out)] == [stable(first), stable(second)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_end_with_their_parent_killed_by_sigkill(tmp_path):
+    folder = tmp_path / "ckpts"
+    copy(MLP[:3], folder, ["ck1.pt", "ck2.pt", "ck3.pt"])
+    local_config(folder)
+    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", "batch", str(folder / "*.pt"),
+                             *ENDLESS_TRACE, "-j", "2", "-o", str(tmp_path / "out.jsonl")],
+                            cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def busy_workers() -> list[int]:
+            assert proc.poll() is None, "the sweep ended by itself"
+            return [p for p in _children(proc.pid) if _alive(p) and _cpu_seconds(p) >= 4]
+
+        _until(lambda: len(busy_workers()) >= 2, 180, "two workers did not start within 180 s")
+        children = _children(proc.pid)  # the two workers and multiprocessing's resource tracker
+        assert len(children) >= 3, children
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        _until(lambda: not any(_alive(p) for p in children), 10,
+               f"still running 10 s after their parent: {[p for p in children if _alive(p)]}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever the test left of the session it started
+        proc.wait(timeout=30)

@@ -11,7 +11,7 @@ from conftest import dense_hessian, digits
 from torch import nn
 
 import landscape_cli.engine.hvp as hvp_module
-from landscape_cli.batches import concat_batches, concatenates
+from landscape_cli.data_batches import concat_batches, concatenates
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.problem import build_problem, criterion_loss
 from landscape_cli.loading.data import Batches

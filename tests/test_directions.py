@@ -15,15 +15,14 @@ from safetensors.torch import save_file
 
 from landscape_cli.analyses.directions import (
     Plane,
-    load_plane,
-    parse_grid,
     plane_through,
     points,
     random_direction,
     random_plane,
-    save_plane,
 )
+from landscape_cli.analyses.plane_file import load_plane, save_plane
 from landscape_cli.errors import LandscapeError
+from landscape_cli.grids import parse_grid
 
 MLP_DIR = ROOT / "sample_checkpoints" / "mlp"
 

@@ -455,6 +455,83 @@ def test_recalibrate_bn_statistics_at_a_point_match_cumulative_pass(bn_pair):
                               weights["features.0.1.running_mean"], atol=1e-4)
 
 
+def test_extrapolated_batchnorm_with_negative_variance_has_no_accuracy(bn_pair):
+    """B's running variances are 1.5× A's, so on the line they are (1 + α/2)·var_A: negative
+    for α < −2, where BatchNorm's √(var + ε) is NaN. Those points have a null loss, no accuracy
+    (not what NaN logits score) and a warning naming the cause and --recalibrate-bn; the others
+    match the float64 reference, accuracy included."""
+    a_path, b_path = bn_pair
+    alphas = [-3.0, -1.5, 0.0, 1.5]
+    report = interpolate([a_path, b_path], config=CNN_CONFIG, alphas="-3:1.5:4")
+    x, y = digits(N)
+    model, sa, sb = cnn(), state_of(a_path), state_of(b_path)
+    points = report.results["points"]
+    assert [p["alpha"] for p in points] == alphas
+    negative = [a for a in alphas
+                if min(float(mix([1 - a, a], [sa, sb])[k].min()) for k in sa if "running_var" in k) < 0]
+    assert negative == [-3.0]
+    for p in points:
+        loss, accuracy = reference(model, mix([1 - p["alpha"], p["alpha"]], [sa, sb]), x, y)
+        if p["alpha"] in negative:
+            assert np.isnan(loss) and p["loss"] is None and p.get("accuracy") is None, p
+        else:
+            assert close(p["loss"], loss) and p["accuracy"] == pytest.approx(accuracy, abs=1e-12), p
+    why = [w for w in report.warnings if "not finite" in w]
+    assert len(why) == 1 and "α=-3" in why[0] and "α=-1.5" not in why[0], report.warnings
+    assert "running variance is negative" in why[0] and "--recalibrate-bn" in why[0]
+    assert "features.0.1.running_var" in why[0]
+
+
+def _interrupted_after(monkeypatch, calls: int):
+    """``Passes.evaluate_many`` raises SIGTERM's interruption at its call number ``calls``, one
+    point per call (``POINTS_BYTES`` of one weight vector)."""
+    from landscape_cli.analyses import paths
+    from landscape_cli.errors import Interrupted
+
+    monkeypatch.setattr(paths, "POINTS_BYTES", 1)
+    evaluate_many, seen = Passes.evaluate_many, []
+
+    def counting(self, *args, **kwargs):
+        seen.append(1)
+        if len(seen) == calls:
+            raise Interrupted(15, "SIGTERM")
+        return evaluate_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(Passes, "evaluate_many", counting)
+
+
+def _run_interpolate(checkpoints, **options):
+    from landscape_cli import runner
+    from landscape_cli.options import RunOptions
+
+    prepared = runner.prepare("interpolate", [str(c) for c in checkpoints], RunOptions.of(
+        {"config": str(MLP_CONFIG), "set": SET, "dtype": "float64", "device": "cpu"}), options)
+    report, interrupted = runner.execute(prepared)
+    return json.loads(report.to_json()), interrupted
+
+
+def test_an_interrupted_line_reports_the_points_finished(monkeypatch):
+    whole, _ = _run_interpolate([A, B], alphas="0:1:5")
+    # calls 1-2: the endpoints, one each; 3-4: the line's first two points; 5: stopped
+    _interrupted_after(monkeypatch, 5)
+    doc, interrupted = _run_interpolate([A, B], alphas="0:1:5")
+    assert interrupted is not None and interrupted.exit_code == 143
+    assert doc["status"] == "interrupted"
+    assert doc["results"]["points"] == whole["results"]["points"][:2]
+    assert doc["results"]["loss_a"] == whole["results"]["loss_a"]
+    assert "interrupted: 2 of 5 points evaluated" in doc["warnings"]
+
+
+def test_an_interrupted_plane_has_null_where_it_did_not_reach(monkeypatch):
+    whole, _ = _run_interpolate([A], plane=True, grid="-1:1:3")
+    _interrupted_after(monkeypatch, 5)  # no endpoints around one checkpoint: 4 nodes done
+    doc, _ = _run_interpolate([A], plane=True, grid="-1:1:3")
+    assert doc["status"] == "interrupted"
+    loss, full = doc["results"]["plane"]["loss"], whole["results"]["plane"]["loss"]
+    assert loss == [full[0], [full[1][0], None, None], [None, None, None]]
+    assert "interrupted: 4 of 9 points evaluated" in doc["warnings"]
+
+
 # ----------------------------------------------------------------------------- 5. pairs, globs
 
 

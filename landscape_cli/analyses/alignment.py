@@ -231,16 +231,52 @@ def _refusing_autograd_functions() -> Iterator[None]:
         function.apply = original
 
 
+class _Alone(_Tracer):
+    """A tracer of one module's own forward: every submodule is a leaf."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return m is not self.root
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     tracer = _Tracer()
     try:
         with _refusing_autograd_functions():
             graph = tracer.trace(model)
     except Exception as error:
-        where = tracer.failed_in or f"the forward of {type(model).__name__}"
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _refuse(where, f"torch.fx cannot trace it ({message}{_user_line(error)})") from error
+        why = f"torch.fx cannot trace it ({_first_line(error)}{_user_line(error)})"
+        if tracer.failed_in is not None:
+            raise _refuse(tracer.failed_in, why) from error
+        # the root's own forward stopped the tracer before any layer ran (a decorated forward,
+        # a signature fx cannot read): name the layer whose own code fx cannot trace
+        deepest = _deepest_untraceable(model)
+        if deepest is None:
+            raise _refuse(f"the forward of {type(model).__name__}", why) from error
+        path, module, inner = deepest
+        raise _refuse(f"layer '{path}' ({type(module).__name__})",
+                      f"torch.fx cannot trace it ({_first_line(inner)}{_user_line(inner)}); the "
+                      f"model's own forward fails first ({_first_line(error)})") from error
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _deepest_untraceable(model: nn.Module) -> tuple[str, nn.Module, Exception] | None:
+    """The deepest submodule (the first in ``named_modules`` order among the deepest) whose own
+    forward, traced alone with its submodules as leaves, fx cannot trace; with the error."""
+    found = None
+    leaf = fx.Tracer().is_leaf_module
+    for path, module in model.named_modules():
+        if not path or leaf(module, path) or (found and found[0].count(".") >= path.count(".")):
+            continue
+        try:
+            with _refusing_autograd_functions():
+                _Alone().trace(module)
+        except Exception as error:
+            found = (path, module, error)
+    return found
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _user_line(error: BaseException) -> str:
@@ -261,9 +297,8 @@ def _propagate_shapes(model: nn.Module, graph_module: fx.GraphModule, inputs: tu
         with torch.no_grad():
             ShapeProp(graph_module).propagate(*inputs)
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LandscapeError(f"cannot align weights: the traced model does not run on the example "
-                             f"inputs ({type(error).__name__}: {message})") from error
+                             f"inputs ({type(error).__name__}: {_first_line(error)})") from error
     finally:
         for module, mode in modes:
             module.training = mode

@@ -9,26 +9,21 @@ with shapes ``shapes``, flattened and concatenated in that order (``Problem.unfl
   generator, so that a seed names the same direction on every device and in every dtype.
 * ``Plane``: an origin and two axes ``u``, ``v``; ``plane_through`` (Garipov et al. 2018's plane
   through three checkpoints, by Gram-Schmidt), ``random_plane`` (two random directions around
-  one checkpoint), ``points`` (the weights at the nodes of a grid), ``save_plane`` and
-  ``load_plane`` (a safetensors file, so that a plane can be redrawn or compared across
-  checkpoints).
-* ``parse_grid``: the ``start:stop:num`` syntax of ``--grid`` and ``--alphas``.
+  one checkpoint), ``points`` (the weights at the nodes of a grid).
+
+Planes are saved and loaded by ``analyses.plane_file``; ``--grid`` is parsed by ``grids``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
 
 from landscape_cli.errors import LandscapeError
-from landscape_cli.report.output import Destination, destination, write_file
 from landscape_cli.results.interpolate import IGNORES, NORMALIZATIONS
 
 #: What spans a plane: three checkpoints, random directions, top Hessian eigenvectors.
@@ -36,11 +31,6 @@ BASES = ("checkpoints", "random", "hessian")
 
 #: Li et al.'s guard against a zero direction filter (``d.norm() + 1e-10``).
 _FILTER_EPS = 1e-10
-#: ``format`` in the metadata of a file ``save_plane`` writes.
-_FORMAT = "landscape-directions"
-_VERSION = "1"
-#: ``parse_grid`` refuses more points than this per axis (a typo, not a grid).
-MAX_GRID_POINTS = 1_000_000
 
 Shapes = Sequence[Sequence[int]]
 
@@ -60,7 +50,7 @@ def check_options(normalize: str, ignore: str) -> None:
     _check_option(ignore, "--ignore", IGNORES)
 
 
-def _sizes(names: Sequence[str], shapes: Shapes) -> list[int]:
+def sizes(names: Sequence[str], shapes: Shapes) -> list[int]:
     if len(names) != len(shapes):
         raise ValueError(f"{len(names)} parameter names but {len(shapes)} shapes")
     return [math.prod(shape) for shape in shapes]
@@ -89,12 +79,12 @@ def random_direction(names: Sequence[str], shapes: Shapes, weights: torch.Tensor
     Returns a flat tensor in ``dtype`` on ``device`` (by default those of ``weights``).
     """
     check_options(normalize, ignore)
-    sizes = _sizes(names, shapes)
-    if weights.dim() != 1 or weights.numel() != sum(sizes):
-        raise ValueError(f"weights of shape {list(weights.shape)} for {sum(sizes)} parameters")
+    counts = sizes(names, shapes)
+    if weights.dim() != 1 or weights.numel() != sum(counts):
+        raise ValueError(f"weights of shape {list(weights.shape)} for {sum(counts)} parameters")
     host = weights.detach().to(device="cpu", dtype=torch.float64)
     pieces = []
-    for shape, w in zip(shapes, host.split(sizes)):
+    for shape, w in zip(shapes, host.split(counts)):
         w = w.view(tuple(shape))
         d = torch.randn(tuple(shape), generator=generator, dtype=torch.float64)
         pieces.append(_normalized(d, w, normalize, ignore).reshape(-1))
@@ -157,13 +147,17 @@ class Plane:
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         object.__setattr__(self, "shapes", tuple(tuple(int(s) for s in shape)
                                                  for shape in self.shapes))
-        if self.names and sum(_sizes(self.names, self.shapes)) != self.origin.numel():
+        if self.names and sum(sizes(self.names, self.shapes)) != self.origin.numel():
             raise ValueError(f"{self.origin.numel()} coordinates for parameters of "
-                             f"{sum(_sizes(self.names, self.shapes))} elements")
+                             f"{sum(sizes(self.names, self.shapes))} elements")
 
     @property
     def n(self) -> int:
         return self.origin.numel()
+
+    def around(self, origin: torch.Tensor) -> Plane:
+        """The same directions through ``origin``."""
+        return dataclasses.replace(self, origin=origin)
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -242,159 +236,3 @@ def points(plane: Plane, xs: Sequence[float] | torch.Tensor,
     gx = x.repeat(len(y)).to(device=origin.device, dtype=origin.dtype)
     gy = y.repeat_interleave(len(x)).to(device=origin.device, dtype=origin.dtype)
     return origin + gx[:, None] * plane.u + gy[:, None] * plane.v
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def save_plane(plane: Plane, path: Path | str | Destination,
-               inputs: Iterable[Path | str] = ()) -> None:
-    """Write ``plane`` as a safetensors file: tensors ``origin``, ``u``, ``v`` and metadata
-    ``format``, ``version``, ``basis``, ``seed``, ``normalize``, ``ignore``, ``names`` and
-    ``shapes`` (JSON). ``path`` may be a ``Destination`` already checked (by
-    ``destination(path, "--save-directions", inputs)``, before any work); the file is written
-    atomically (``report.output.write_file``)."""
-    if not plane.names:
-        raise ValueError("a plane without parameter names cannot be saved")
-    dest = path if isinstance(path, Destination) else \
-        destination(Path(path), "--save-directions", inputs)
-    # copies: safetensors refuses tensors that share storage (views of one buffer)
-    tensors = {k: t.detach().to("cpu", copy=True).contiguous() for k, t in
-               (("origin", plane.origin), ("u", plane.u), ("v", plane.v))}
-    metadata = {
-        "format": _FORMAT,
-        "version": _VERSION,
-        "basis": plane.basis,
-        "seed": json.dumps(plane.seed),
-        "normalize": json.dumps(plane.normalize),
-        "ignore": json.dumps(plane.ignore),
-        "names": json.dumps(list(plane.names)),
-        "shapes": json.dumps([list(s) for s in plane.shapes]),
-    }
-    data = safetensors_bytes(tensors, metadata)
-    write_file(dest, lambda target: target.write_bytes(data))
-
-
-def _describe_parameter(name: str, shape: Sequence[int]) -> str:
-    return f"{name} {list(shape)}"
-
-
-def load_plane(path: Path | str, names: Sequence[str], shapes: Shapes, *,
-               option: str = "--load-directions", device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None) -> Plane:
-    """Read a plane written by ``save_plane`` and check it against the problem's parameters
-    ``names`` and ``shapes``. An unreadable or foreign file, or one for other parameters, is
-    refused with a LandscapeError naming ``option``, the file and the first mismatching
-    parameter (one line). The tensors come back as stored, or in ``dtype`` on ``device``."""
-    path = Path(path)
-
-    def error(message: str) -> LandscapeError:
-        return LandscapeError(f"{option} {path}: {message}")
-
-    if path.is_dir():
-        raise error("is a folder; give a directions file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            keys = set(handle.keys())
-            if metadata.get("format") != _FORMAT:
-                raise error("is not a directions file written by --save-directions "
-                            "(no landscape metadata)")
-            missing = [k for k in ("origin", "u", "v") if k not in keys]
-            if missing:
-                raise error(f"has no tensor {missing[0]}; it is not a complete directions file")
-            tensors = {k: handle.get_tensor(k) for k in ("origin", "u", "v")}
-    except FileNotFoundError:
-        raise error("does not exist") from None
-    except OSError as exc:
-        raise error(f"cannot read: {exc.strerror or exc}") from None
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise error(f"is not a safetensors file ({exc})") from None
-    if metadata.get("version") != _VERSION:
-        raise error(f"has version {metadata.get('version')!r}; this tool reads version {_VERSION}")
-    try:
-        file_names = json.loads(metadata["names"])
-        file_shapes = json.loads(metadata["shapes"])
-        seed, normalize, ignore = (json.loads(metadata[k]) for k in ("seed", "normalize", "ignore"))
-        basis = metadata["basis"]
-        if not (isinstance(file_names, list) and all(isinstance(n, str) for n in file_names)
-                and isinstance(file_shapes, list) and len(file_shapes) == len(file_names)
-                and all(isinstance(s, list) and all(isinstance(k, int) and k >= 0 for k in s)
-                        for s in file_shapes)
-                and basis in BASES and (seed is None or isinstance(seed, int))
-                and (normalize is None or normalize in NORMALIZATIONS)
-                and (ignore is None or ignore in IGNORES)):
-            raise ValueError
-    except (KeyError, ValueError, TypeError):
-        raise error("has damaged metadata (basis, seed, normalize, ignore, names, shapes)") from None
-    _check_parameters(error, file_names, file_shapes, names, shapes)
-    n = sum(_sizes(names, shapes))
-    for key, t in tensors.items():
-        if t.dim() != 1 or t.numel() != n or not t.is_floating_point():
-            raise error(f"tensor {key} is {t.dtype} of shape {list(t.shape)}, not a flat "
-                        f"floating-point vector of the {n} parameters")
-    moved = {k: t.to(device=t.device if device is None else device,
-                     dtype=t.dtype if dtype is None else dtype) for k, t in tensors.items()}
-    return Plane(origin=moved["origin"], u=moved["u"], v=moved["v"], basis=basis, seed=seed,
-                 normalize=normalize, ignore=ignore, names=tuple(names),
-                 shapes=tuple(tuple(s) for s in shapes))
-
-
-def _check_parameters(error, file_names: list[str], file_shapes: list[list[int]],
-                      names: Sequence[str], shapes: Shapes) -> None:
-    """Refuse directions for other parameters, naming the first one that differs."""
-    model = [(str(n), [int(k) for k in s]) for n, s in zip(names, shapes)]
-    stored = list(zip(file_names, file_shapes))
-    for index, (mine, theirs) in enumerate(zip(model, stored)):
-        if mine != theirs:
-            raise error(f"the directions are for other parameters: parameter {index} is "
-                        f"{_describe_parameter(*theirs)} in the file but "
-                        f"{_describe_parameter(*mine)} in the model")
-    if len(stored) < len(model):
-        raise error(f"the directions are for other parameters: the model's parameter "
-                    f"{len(stored)} ({_describe_parameter(*model[len(stored)])}) is not in the "
-                    f"file ({len(stored)} parameters, the model has {len(model)})")
-    if len(stored) > len(model):
-        raise error(f"the directions are for other parameters: the file's parameter "
-                    f"{len(model)} ({_describe_parameter(*stored[len(model)])}) is not in the "
-                    f"model ({len(model)} parameters, the file has {len(stored)})")
-
-
-# ----------------------------------------------------------------------------- grids
-
-
-def parse_grid(text: str, option: str) -> list[float]:
-    """``start:stop:num``: ``num`` ≥ 2 evenly spaced points from ``start`` to ``stop``
-    inclusive, ``start`` < ``stop``, both finite. Anything else is refused with a LandscapeError
-    naming ``option`` and the text, one line (``--grid 1:0:5: start must be less than stop``)."""
-
-    def error(message: str) -> LandscapeError:
-        return LandscapeError(f"{option} {text}: {message}")
-
-    parts = text.strip().split(":")
-    if len(parts) != 3:
-        raise error("expected start:stop:num (for example -1:1:21)")
-    bounds = []
-    for label, part in zip(("start", "stop"), parts[:2]):
-        try:
-            value = float(part)
-        except ValueError:
-            raise error(f"{label} {part.strip()!r} is not a number") from None
-        if not math.isfinite(value):
-            raise error(f"{label} must be a finite number")
-        bounds.append(value)
-    try:
-        num = int(parts[2])
-    except ValueError:
-        raise error(f"num {parts[2].strip()!r} is not a whole number of points") from None
-    start, stop = bounds
-    if num < 2:
-        raise error("at least 2 points")
-    if num > MAX_GRID_POINTS:
-        raise error(f"at most {MAX_GRID_POINTS} points")
-    if not start < stop:
-        raise error("start must be less than stop")
-    step = (stop - start) / (num - 1)
-    if not math.isfinite(step):
-        raise error("the range is too wide")
-    return [start + (stop - start) * i / (num - 1) for i in range(num - 1)] + [stop]

@@ -21,7 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from landscape_cli.analyses.directions import Plane, save_plane
+from landscape_cli.analyses.directions import Plane
+from landscape_cli.analyses.plane_file import save_plane
 from landscape_cli.linalg.lanczos import RitzPairs
 from landscape_cli.report.output import Destination, write_file
 from landscape_cli.report.tensor_file import safetensors_bytes

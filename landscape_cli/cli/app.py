@@ -14,9 +14,9 @@ except ImportError:  # pragma: no cover
     import click
 
 from landscape_cli import __version__
-from landscape_cli.cli import batch as batch_cli
 from landscape_cli.cli import inspect as inspect_cli
 from landscape_cli.cli import schema as schema_cli
+from landscape_cli.cli import sweep as sweep_cli
 from landscape_cli.cli.common import analysis_command
 from landscape_cli.commands import COMMANDS
 from landscape_cli.errors import EXIT_BAD_INPUT
@@ -75,6 +75,6 @@ def _root(
 
 for spec in COMMANDS.values():
     analysis_command(app, spec)
-batch_cli.register_batch(app)
+sweep_cli.register_batch(app)
 inspect_cli.register_inspect(app)
 schema_cli.register_schema(app)

@@ -60,8 +60,7 @@ def interpolate(
         "the barrier matrix.", metavar="FILE")] = None,
 ):
     """Exact evaluation at every point, many points per forward pass."""
-    from landscape_cli.analyses import directions as planes
-    from landscape_cli.analyses.interpolate import Request
+    from landscape_cli.grids import parse_grid
     from landscape_cli.report import plot as plots
     from landscape_cli.report.output import destination
 
@@ -80,15 +79,24 @@ def interpolate(
                              "plane around one checkpoint (--plane with one checkpoint)")
     if plane and align != "none":
         raise LandscapeError("--align is for lines, curves and pairs, not planes")
-    request = Request(alphas=planes.parse_grid(alphas, "--alphas"),
-                      grid=None if grid is None else planes.parse_grid(grid, "--grid"),
-                      curve=via is not None, plane=plane, directions=directions,
-                      normalize=normalize, ignore=ignore, seed=run.seed)
+    if recalibrate_bn and run.config.bn != "eval":
+        raise LandscapeError("--recalibrate-bn recomputes running statistics; with bn: "
+                             f"{run.config.bn} the model uses batch statistics and keeps none")
+    alphas_, grid_ = parse_grid(alphas, "--alphas"), None if grid is None else parse_grid(grid, "--grid")
     save_to = None if save_directions is None else destination(save_directions,
                                                                "--save-directions", run.inputs)
     plot_to = None if plot is None else plots.check_destination(plot, run.inputs)
-    result = _run(run, request, via=via, align=align == "weights", recalibrate=recalibrate_bn,
-                  load_from=load_directions, save_to=save_to)
+    from landscape_cli.analyses.interpolate import Request
+    from landscape_cli.analyses.interpolate import interpolate as measure
+    from landscape_cli.linalg.so_far import SoFar
+
+    request = Request(alphas=alphas_, grid=grid_, curve=via is not None, plane=plane,
+                      directions=directions, normalize=normalize, ignore=ignore, seed=run.seed,
+                      align=align == "weights", recalibrate=recalibrate_bn,
+                      load_directions=load_directions, save_directions=save_to)
+    so_far = SoFar()
+    with run.partial_on_interrupt(so_far):
+        result = measure(_inputs(run, via), request, so_far)
     if plot_to is not None:
         from landscape_cli.report.document import sanitize
 
@@ -98,14 +106,11 @@ def interpolate(
     return result
 
 
-def _run(run: Run, request, *, via: Path | None, align: bool, recalibrate: bool,
-         load_from: Path | None, save_to) -> InterpolateResult:
-    """Load the checkpoints onto one model, then evaluate the path or plane asked for."""
-    import torch
-
-    from landscape_cli.analyses import interpolate as paths
-    from landscape_cli.analyses.directions import Plane, load_plane, random_plane, save_plane
-    from landscape_cli.engine.passes import Passes, batch_norms
+def _inputs(run: Run, via: Path | None):
+    """The checkpoints (and ``via``'s control point) loaded onto one model, and the passes."""
+    from landscape_cli.analyses.interpolate import Inputs
+    from landscape_cli.analyses.paths import End
+    from landscape_cli.engine.passes import Passes
 
     first = run.loaded
     problem = first.problem
@@ -116,131 +121,15 @@ def _run(run: Run, request, *, via: Path | None, align: bool, recalibrate: bool,
     if via is not None:
         loads.append(run.load(via))
     names = [*run.checkpoints, *([str(via)] if via is not None else [])]
-    ends = [paths.End(name, loaded.problem.theta0, loaded.buffers) for name, loaded in zip(names, loads)]
-    notes = []
-    has_norms = bool(batch_norms(model))
-    if recalibrate and run.config.bn != "eval":
-        raise LandscapeError("--recalibrate-bn recomputes running statistics; with bn: "
-                             f"{run.config.bn} the model uses batch statistics and keeps none")
-    if recalibrate:
-        notes.append("--recalibrate-bn: BatchNorm statistics were recomputed at every point, the "
-                     "endpoints included, so loss_a and loss_b are the recalibrated checkpoints'"
-                     if has_norms else "--recalibrate-bn: the model has no BatchNorm with running "
-                     "statistics; nothing was recalibrated")
-    elif has_norms and run.config.bn == "eval":
-        notes.append("the model has BatchNorm and its statistics are interpolated with the weights "
-                     "(each checkpoint keeps its own at its end); interpolated weights usually need "
-                     "their own statistics: --recalibrate-bn recomputes them at every point "
-                     "(Jordan et al. 2023)")
     eval_passes = None
     if run.config.eval_data is not None:
         eval_passes = Passes(run.session.eval_problem(first), cost=run.passes.cost,
                              warnings=run.passes.warnings)
-    evaluator = paths.Evaluator(run.passes, eval_passes, recalibrate and has_norms)
-
-    def endpoints():  # each end's own loss (and accuracy), once: what barriers are measured from
-        return evaluator.at(torch.eye(len(ends), dtype=torch.float64), ends)
-
-    alignment, unaligned = None, None
-    if align:
-        ends, alignment, unaligned = _aligned(run, request, evaluator, ends, endpoints()[0])
-    common = {"checkpoints": names[:len(run.checkpoints)], "recalibrate_bn": recalibrate,
-              "alignment": alignment, "notes": notes}
-    if request.plane and len(ends) == 3:
-        xs, ys, evaluated, coordinates = paths.plane_through_ends(request, evaluator, ends)
-        plane = _plane_result(xs, ys, evaluated, coordinates, "checkpoints")
-        return InterpolateResult(path="plane", plane=plane, **common)
-    if request.plane:
-        names_, shapes = problem.names, [tuple(s) for s in problem.shapes]
-        eigenvalues = None
-        if load_from is not None:
-            found = load_plane(load_from, names_, shapes, device=problem.device, dtype=problem.dtype)
-        elif request.directions == "hessian":
-            found, eigenvalues = _hessian_plane(run, names_, shapes)
-        else:
-            found = random_plane(problem.theta0, names_, shapes, request.seed, request.normalize,
-                                 request.ignore)
-        if save_to is not None:
-            save_plane(Plane(origin=problem.theta0, u=found.u, v=found.v, basis=found.basis,
-                             seed=found.seed, normalize=found.normalize, ignore=found.ignore,
-                             names=tuple(names_), shapes=tuple(shapes)), save_to)
-        xs, ys, evaluated = paths.plane_around(request, evaluator, ends[0], found.u.to(problem.theta0),
-                                               found.v.to(problem.theta0))
-        plane = _plane_result(xs, ys, evaluated, {names[0]: (0.0, 0.0)}, found.basis,
-                              normalize=found.normalize, ignore=found.ignore, seed=found.seed,
-                              eigenvalues=eigenvalues)
-        return InterpolateResult(path="plane", plane=plane, **common)
-    own, own_eval = endpoints()
-    if len(ends) == 2 or via is not None:
-        path, held_out, barriers = paths.line_or_curve(request, evaluator, ends, own)
-        eval_barrier = None
-        if held_out is not None:
-            eval_barrier = paths.barriers(request.alphas, held_out, own_eval[0], own_eval[1]).barrier
-        return InterpolateResult(
-            path="curve" if via is not None else "line", via=None if via is None else str(via),
-            barriers=barriers, points=paths.points(request.alphas, path),
-            eval_points=None if held_out is None else paths.points(request.alphas, held_out),
-            eval_barrier=eval_barrier,
-            barrier_unaligned=unaligned, **common)
-    curves, matrix = paths.pairs(evaluator, ends, own, request.alphas)
-    return InterpolateResult(path="pairs", curves=curves, barrier_matrix=matrix, **common)
-
-
-def _plane_result(xs, ys, evaluated, coordinates, directions, **extra):
-    from landscape_cli.analyses.interpolate import as_grid
-    from landscape_cli.results.interpolate import Plane
-
-    accuracy = None
-    if evaluated and evaluated[0].accuracy is not None:
-        accuracy = as_grid([e.accuracy for e in evaluated], len(xs))
-    return Plane(x=list(xs), y=list(ys), loss=as_grid([e.loss for e in evaluated], len(xs)),
-                 accuracy=accuracy, coordinates=coordinates, directions=directions, **extra)
-
-
-def _hessian_plane(run: Run, names, shapes):
-    """The plane of the top two Hessian eigenvectors at the first checkpoint (Lanczos), and
-    their eigenvalues."""
-    import torch
-
-    from landscape_cli.analyses.directions import Plane
-    from landscape_cli.linalg.lanczos import lanczos
-
-    problem = run.loaded.problem
-    found = lanczos(run.engine.hvp, problem.n, top=2, max_steps=problem.n,
-                    generator=torch.Generator().manual_seed(run.seed), dtype=problem.dtype,
-                    device=problem.device)
-    u, v = found.top.vectors.to(problem.theta0)
-    return Plane(origin=problem.theta0, u=u, v=v, basis="hessian", names=tuple(names),
-                 shapes=tuple(shapes)), found.top.values
-
-
-def _aligned(run: Run, request, evaluator, ends, own):
-    """Every end after the first with its hidden units permuted to match the first's (weight
-    matching), the alignment's summary (permutation groups, coordinate-descent sweeps), and
-    the barrier of the unaligned line or curve (None for pairs)."""
-    import torch
-
-    from landscape_cli.analyses import interpolate as paths
-    from landscape_cli.analyses.alignment import align
-
-    problem = run.loaded.problem
-    example = problem.batch(0)
-    inputs = example[0] if isinstance(example, (tuple, list)) else example
-    unaligned = None
-    if len(ends) == 2 or request.curve:
-        unaligned = paths.line_or_curve(request, evaluator, ends, own)[2].barrier
-
-    def state(end):
-        return {**problem.unflatten(end.theta, prefix=""), **end.buffers}
-
-    out, sweeps, groups = [ends[0]], 0, 0
-    for end in ends[1:]:
-        done = align(problem.objective.model, inputs, state(ends[0]), state(end), seed=run.seed)
-        theta = torch.cat([done.state[name].reshape(-1) for name in problem.names])
-        out.append(paths.End(end.name, theta.to(end.theta),
-                             {k: done.state[k] for k in end.buffers}))
-        sweeps, groups = max(sweeps, done.sweeps), len(done.perms)
-    return out, {"groups": groups, "sweeps": sweeps}, unaligned
+    return Inputs(problem=problem, checkpoints=list(run.checkpoints),
+                  ends=[End(name, loaded.problem.theta0, loaded.buffers)
+                        for name, loaded in zip(names, loads)],
+                  passes=run.passes, eval_passes=eval_passes, bn=run.config.bn,
+                  hvp=lambda: run.engine.hvp, via=None if via is None else str(via))
 
 
 COMMAND = Command(

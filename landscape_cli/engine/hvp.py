@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from landscape_cli.batches import concatenates
+from landscape_cli.data_batches import concatenates
 from landscape_cli.engine import distributed
 from landscape_cli.engine.host_memory import keep_freed_memory
 from landscape_cli.engine.passes import Cost, Evaluation, Passes, SavedBytes, reduce

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape_cli.batches import concat_batches
+from landscape_cli.data_batches import concat_batches
 from landscape_cli.engine.distributed import all_sum
 from landscape_cli.engine.problem import Problem, mean_loss
 

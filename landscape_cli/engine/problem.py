@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
-from landscape_cli.batches import to_device
+from landscape_cli.data_batches import to_device
 from landscape_cli.engine import distributed
 from landscape_cli.errors import ConfigError, LandscapeError, NumericalError
 from landscape_cli.loading.data import Batches

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from landscape_cli.batches import first_tensor, head, is_classification, map_tensors, tensor_bytes
 from landscape_cli.config import Config
+from landscape_cli.data_batches import first_tensor, head, is_classification, map_tensors, tensor_bytes
 from landscape_cli.errors import DataError
 from landscape_cli.loading.factory import USER_CODE_ERRORS, call, describe_exception
 

@@ -15,7 +15,8 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,31 @@ def write_file(dest: Destination, write: Callable[[Path], None]) -> None:
             raise
     except OSError as exc:
         raise dest.error(f"cannot write: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def appending(dest: Destination, head: str) -> Iterator[Callable[[str], None]]:
+    """A file that grows: ``head`` as its whole content (a regular file replaced at once, as
+    ``write_file`` does, so that a kill before leaves the old file whole), then a function that
+    appends text, flushed at each call, so that a killed run keeps every piece written."""
+    if dest.atomic:
+        write_file(dest, lambda path: path.write_text(head, encoding="utf-8"))
+    try:
+        handle = dest.target.open("a" if dest.atomic else "w", encoding="utf-8")
+    except OSError as exc:
+        raise dest.error(f"cannot write: {exc.strerror or exc}") from None
+
+    def append(text: str) -> None:
+        try:
+            handle.write(text)
+            handle.flush()
+        except OSError as exc:
+            raise dest.error(f"cannot write: {exc.strerror or exc}") from None
+
+    with handle:
+        if not dest.atomic:
+            append(head)
+        yield append
 
 
 def _silence_stdout() -> None:

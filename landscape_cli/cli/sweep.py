@@ -1,12 +1,13 @@
-"""``landscape batch``: one analysis command over a set of checkpoints, one JSON line each
-(DESIGN §8). The command's own options and the shared ones follow ``--command``, parsed by
-that command's own parser."""
+"""``landscape batch``: a sweep of one analysis command over a set of checkpoints, one JSON line
+each (DESIGN §8; ``landscape_cli.sweep``). The command's own options and the shared ones follow
+``--command``, parsed by that command's own parser."""
 
 from __future__ import annotations
 
-import os
 import sys
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,6 +56,8 @@ def _command_values(name: str, extra: list[str]) -> tuple[dict[str, Any], dict[s
     if given_output:
         raise LandscapeError(f"--{given_output[0].replace('_', '-')}: batch writes JSON lines "
                              "itself (-o FILE, or stdout)")
+    # a choice is an Enum made by the parser, which worker processes cannot unpickle: its string
+    values = {k: v.value if isinstance(v, Enum) else v for k, v in values.items()}
     if values.get("save_vectors") is not None:  # one path for every checkpoint: the last wins
         raise LandscapeError("--save-vectors: a sweep would write every checkpoint's vectors to "
                              "one file; run spectrum --save-vectors on each checkpoint")
@@ -120,18 +123,21 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
            resume: bool, shard_spec: str | None, merging: bool, fail_fast: bool, jobs: int,
            summary: Path | None, plot: Path | None, lr: float | None, quiet: bool) -> int:
     with importing():
-        from landscape_cli import batch
+        from landscape_cli.sweep import plan, trend, workers
     from landscape_cli.report import plot as plots
-    from landscape_cli.report.output import destination, write_file
+    from landscape_cli.report.output import appending, destination, write_file
+    from landscape_cli.report.trend_view import markdown_summary
+
+    def as_file(lines: list[dict[str, Any]]) -> str:
+        return "".join(plan.as_line(line) + "\n" for line in lines)
 
     if merging:
         if output is None or not patterns:
             raise LandscapeError("--merge needs the shard files and -o FILE")
-        files = [Path(p) for pattern in patterns for p in batch.discover([pattern])]
+        files = [Path(p) for pattern in patterns for p in plan.discover([pattern])]
         dest = destination(output, "-o", files)
-        lines = batch.merge(files)
-        write_file(dest, lambda path: path.write_text("".join(batch.as_line(line) + "\n"
-                                                             for line in lines)))
+        merged = as_file(plan.merge(files))
+        write_file(dest, lambda path: path.write_text(merged, encoding="utf-8"))
         return 0
     if command not in SWEEPABLE:
         raise LandscapeError(f"--command {command}: choose one of {', '.join(SWEEPABLE)}"
@@ -141,13 +147,13 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
     if not patterns:
         raise LandscapeError("no checkpoints given (paths, quoted globs, or - for stdin)")
     shared, options = _command_values(command, extra)
-    paths = batch.shard(batch.discover(patterns, sys.stdin if "-" in patterns else ()), shard_spec)
+    paths = plan.shard(plan.discover(patterns, sys.stdin if "-" in patterns else ()), shard_spec)
     if not paths:
         raise LandscapeError(f"--shard {shard_spec}: this shard holds no checkpoint")
-    for extra_file, option in ((summary, "--summary"), (output, "-o")):
-        if extra_file is not None:
-            destination(extra_file, option, [Path(p) for p in paths])
-    plot_to = None if plot is None else plots.check_destination(plot, [Path(p) for p in paths])
+    inputs = [Path(p) for p in paths]
+    summary_to = None if summary is None else destination(summary, "--summary", inputs)
+    output_to = None if output is None else destination(output, "-o", inputs)
+    plot_to = None if plot is None else plots.check_destination(plot, inputs)
     from landscape_cli.engine import distributed
 
     # under torchrun every rank analyses every checkpoint (its share of the data), rank 0 writes
@@ -155,63 +161,42 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
     if jobs > 1 and distributed.launched():
         raise LandscapeError("--jobs: under torchrun the ranks already share each checkpoint's "
                              "work; leave -j out")
-    jobs_list = [batch.Job(path, command, shared, options) for path in paths]
-    sweep = batch.plan(jobs_list, output, resume)
+    jobs_list = [plan.Job(path, command, shared, options) for path in paths]
+    sweep = plan.plan(jobs_list, output, resume)
     show = lead and not quiet and stderr.is_terminal
     no_bar = nullcontext(lambda completed, note="": None)
-    writer = _writer(output, [batch.as_line(line) for line in sweep.reused]) if lead else \
-        nullcontext(lambda text: None)
+    kept = as_file(sweep.reused)
+    writer = (nullcontext(lambda text: None) if not lead else _stdout(kept) if output_to is None
+              else appending(output_to, kept))
     with writer as write, (progress_bar("checkpoints", len(jobs_list)) if show else no_bar) as update:
-        lines = batch.run_sweep(sweep, write, workers=jobs, fail_fast=fail_fast, progress=update)
-    ordered = batch.in_order(lines, jobs_list)
+        lines = workers.run_sweep(sweep, lambda text: write(text + "\n"), workers=jobs,
+                                  fail_fast=fail_fast, progress=update)
+    ordered = plan.in_order(lines, jobs_list)
     if not lead:
         return EXIT_BAD_INPUT if any(line["status"] == "error" for line in ordered) else 0
-    if output is not None and ordered != lines:  # the finished file in the checkpoints' order
-        write_file(destination(output, "-o", []), lambda path: path.write_text(
-            "".join(batch.as_line(line) + "\n" for line in ordered), encoding="utf-8"))
-    rows = batch.trend(ordered)
-    if summary is not None:
-        text = batch.markdown_summary(rows, command)
-        write_file(destination(summary, "--summary", []), lambda path: path.write_text(text))
+    if output_to is not None and ordered != lines:  # the finished file in the checkpoints' order
+        finished = as_file(ordered)
+        write_file(output_to, lambda path: path.write_text(finished, encoding="utf-8"))
+    rows = trend.trend(ordered)
+    text = markdown_summary(rows, command, trend.metric_of(rows, command))
+    if summary_to is not None:
+        write_file(summary_to, lambda path: path.write_text(text, encoding="utf-8"))
     if plot_to is not None:
         plots.write_trend_plot(rows, command, lr, plot_to)
     if show:
-        stderr.print(escape(batch.markdown_summary(rows, command)), soft_wrap=True)
+        stderr.print(escape(text), soft_wrap=True)
     if any(line["status"] == "error" for line in ordered):
         return EXIT_BAD_INPUT
     return EXIT_GATE if any(row["failed"] for row in rows) else 0
 
 
-class _writer:
-    """Appends one line at a time to FILE, flushed, so that a killed run keeps every line it
-    wrote; the lines kept from a previous run are written first, into a new file that replaces
-    the old one at once (a kill before that leaves the old file whole). Or prints to stdout."""
+@contextmanager
+def _stdout(kept: str) -> Iterator[Callable[[str], None]]:
+    """The lines on stdout, the kept ones first, each flushed as it comes."""
 
-    def __init__(self, output: Path | None, kept: list[str]):
-        self.output, self.kept = output, kept
-        self.handle = None
+    def echo(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
-    def __enter__(self):
-        if self.output is None:
-            for text in self.kept:
-                sys.stdout.write(text + "\n")
-
-            def echo(text: str) -> None:
-                sys.stdout.write(text + "\n")
-                sys.stdout.flush()
-
-            return echo
-        temporary = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
-        temporary.write_text("".join(text + "\n" for text in self.kept), encoding="utf-8")
-        os.replace(temporary, self.output)
-        self.handle = open(self.output, "a", encoding="utf-8")
-
-        def write(text: str) -> None:
-            self.handle.write(text + "\n")
-            self.handle.flush()
-
-        return write
-
-    def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            self.handle.close()
+    echo(kept)
+    yield echo

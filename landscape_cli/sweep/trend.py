@@ -1,0 +1,57 @@
+"""A sweep's trend: the main number of each checkpoint's line, in training order."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from landscape_cli.paths import natural
+
+#: the number a sweep's trend follows, by command (sharpness: its first measure)
+MAIN = {"spectrum": "lambda_max", "trace": "trace", "classify-critical-point": "lambda_min"}
+#: metadata keys that order checkpoints in training, most precise first
+STEP_KEYS = ("global_step", "step", "epoch")
+
+
+def main_metric(line: dict[str, Any]) -> tuple[str, float | None]:
+    """The number a line's trend follows, and its name."""
+    results = line.get("results") or {}
+    if line.get("command") == "sharpness":
+        measures = results.get("measures") or {}
+        name = next(iter(measures), "lambda_max")
+        return name, (measures.get(name) or {}).get("value")
+    name = MAIN.get(line.get("command", ""), "loss")
+    value = results.get(name)
+    if value is None and name == "lambda_max":
+        value = (results.get("top_eigenvalues") or [None])[0]
+    return name, value
+
+
+def step_of(line: dict[str, Any]) -> float | None:
+    """A checkpoint's place in training: its metadata's global_step / step / epoch, else the
+    last number in its path."""
+    checkpoint = line.get("checkpoint") or {}
+    for key in STEP_KEYS:
+        if isinstance(checkpoint.get(key), (int, float)):
+            return float(checkpoint[key])
+    numbers = re.findall(r"\d+", Path(checkpoint.get("path", "")).name)
+    return float(numbers[-1]) if numbers else None
+
+
+def trend(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per checkpoint, in training order: path, step, status, the main number, the
+    gates it failed."""
+    rows = []
+    for line in lines:
+        name, value = main_metric(line) if line.get("status") == "ok" else (None, None)
+        rows.append({"checkpoint": line.get("checkpoint", {}).get("path"), "step": step_of(line),
+                     "status": line.get("status"), "metric": name, "value": value,
+                     "failed": [g["expr"] for g in line.get("gates", []) if g.get("violated")],
+                     "error": line.get("error")})
+    return sorted(rows, key=lambda r: (r["step"] is None, r["step"] or 0, natural(r["checkpoint"] or "")))
+
+
+def metric_of(rows: list[dict[str, Any]], command: str) -> str:
+    """The name of the number the trend of ``rows`` follows (the command's, when no row has one)."""
+    return next((r["metric"] for r in rows if r["metric"]), MAIN.get(command, "value"))
