@@ -40,10 +40,13 @@ class _Stdout(io.FileIO):
 
 
 def _guard_stdout() -> None:
+    """Put ``_Stdout`` under ``sys.stdout``, with the same encoding and line buffering."""
     given = sys.stdout
-    if given is None:  # started with fd 1 closed: nothing is printed
+    try:
+        fd = given.fileno()
+    except (AttributeError, OSError, ValueError):  # fd 1 closed, or stdout is no file
         return
-    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Stdout(given.fileno(), "w", closefd=False)),
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Stdout(fd, "w", closefd=False)),
                                   encoding=given.encoding, errors=given.errors,
                                   line_buffering=given.line_buffering)
 
