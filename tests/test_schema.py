@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from contextlib import contextmanager
 from typing import Annotated
 
 import jsonschema
 import pytest
 import typer.main
-from cheap_runs import CHECKPOINTS, SHARED, cheap, cheap_args
+from cheap_runs import CHECKPOINTS, ROOT, SHARED, cheap, cheap_args
 from typer.testing import CliRunner
 
 import landscape_cli
@@ -187,3 +189,14 @@ def test_a_command_registered_in_one_place_is_in_the_cli_the_api_and_the_schema(
     assert _errors(validator, doc) == []
     doc["results"]["total"] = "large"
     assert _errors(validator, doc)
+
+
+@pytest.mark.parametrize("args", [["schema"], ["--help"], ["--version"]])
+def test_schema_help_and_version_start_without_torch(args):
+    """The registry and the schema are torch-free: these answer at once."""
+    code = ("import sys\nfrom landscape_cli.cli.entry import main\n"
+            f"sys.argv = ['landscape', *{args!r}]\n"
+            "try:\n    main()\nexcept SystemExit as end:\n    assert end.code in (0, None), end.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert ran.returncode == 0 and ran.stdout, ran.stderr
