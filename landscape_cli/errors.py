@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_GATE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
+#: the reader of stdout went away (``| head``): 128 + SIGPIPE, as for any Unix filter
+EXIT_BROKEN_PIPE = 141
 
 
 def one_line(text: str) -> str:
@@ -13,6 +14,15 @@ def one_line(text: str) -> str:
     global names and file names come from checkpoints, configs and the file system, and a
     newline or a terminal escape in one of them must not break an error's single line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def describe(exc: BaseException) -> str:
+    """What a user reads of a failure, as one line: bad input (a ``LandscapeError``) is its
+    own message; anything else is ``internal error: TYPE: MESSAGE``, a bug to report. The CLI
+    prints it (bad input after ``error:``); a batch line holds it under ``error``."""
+    if isinstance(exc, LandscapeError):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {one_line(' '.join(str(exc).split()))}"
 
 
 class LandscapeError(Exception):

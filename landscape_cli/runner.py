@@ -11,38 +11,28 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import torch
+
 from landscape_cli.commands import COMMANDS, Command
+from landscape_cli.commands.context import ProgressFactory, Run, no_progress
 from landscape_cli.config import Config, find_config, load_config
 from landscape_cli.engine import distributed
-from landscape_cli.engine.hvp import NONFINITE, HVPEngine
-from landscape_cli.engine.passes import Passes
+from landscape_cli.engine.hvp import NONFINITE
 from landscape_cli.errors import Interrupted, LandscapeError, NumericalError
-from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.loading.assemble import LoadOptions
 from landscape_cli.options import RunOptions, checked, jsonable
 from landscape_cli.paths import expand
 from landscape_cli.report.document import Report, build_report
 from landscape_cli.report.gates import Gate, check_names, parse_gate
-from landscape_cli.session import Loaded, Session
+from landscape_cli.session import Session
 
 #: Numbers every analysis report has, whatever the command.
 HEADLINE = ("loss", "accuracy")
-
-#: ``progress(label, total)`` → a context giving ``update(completed, note)``; total None: the
-#: need is not known in advance (Lanczos stops at convergence)
-ProgressFactory = Callable[[str, int | None], Any]
-
-
-@contextmanager
-def no_progress(label: str, total: int | None) -> Iterator[Callable[..., None]]:
-    yield lambda completed, note="": None
 
 
 class Analysis(Protocol):
@@ -59,88 +49,6 @@ class Analysis(Protocol):
 
     def warnings(self) -> list[str]:
         """What the user should know about how far to trust the numbers."""
-
-
-@dataclass
-class Run:
-    """What a command's function gets: the loaded checkpoint, the passes over its data and the
-    HVP engine (made when first asked for), more checkpoints on the same model (``load``), a
-    progress hook, and the files the run reads (which no output of it may overwrite). The
-    checkpoint, model and data are loaded when the function first asks for them, so that it
-    checks its own options first: a bad option fails in a second, not after the loading."""
-
-    session: Session
-    checkpoints: list[str]
-    config: Config
-    inputs: list[Path]
-    progress_factory: ProgressFactory = no_progress
-    #: a one-line note to the user before long work (stderr unless -q; never in the report)
-    notify: Callable[[str], None] = lambda text: None
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
-    @cached_property
-    def _opened(self) -> tuple[Loaded, float]:
-        loaded = self.session.load(self.checkpoints[0])
-        return loaded, time.perf_counter()
-
-    @property
-    def started(self) -> float:
-        """When the analysis began: after the loading (``cost.wall_s`` counts from here)."""
-        return self._opened[1]
-
-    @property
-    def loaded(self) -> Loaded:
-        return self._opened[0]
-
-    @cached_property
-    def passes(self) -> Passes:
-        return Passes(self.loaded.problem)
-
-    @cached_property
-    def engine(self) -> HVPEngine:
-        engine = self.config.engine
-        return HVPEngine(self.loaded.problem, strategy=engine.strategy,
-                         memory_budget=engine.memory_budget, compile=engine.compile,
-                         evaluation=self.loaded.evaluation, passes=self.passes)
-
-    def load(self, checkpoint: str | Path) -> Loaded:
-        """Another checkpoint on the same model (its weights, buffers and checks); the model is
-        left holding the first one's."""
-        loaded = self.session.load(checkpoint)
-        self.session.restore(self.loaded)
-        return loaded
-
-    def evaluation(self) -> tuple[float, float | None]:
-        """L(θ₀) and the accuracy at the first checkpoint: the engine's where it ran (its loss
-        may come from its gradient pass), else one pass (none where the load measured them)."""
-        if "engine" in self.__dict__:
-            return self.engine.evaluate()
-        found = self.loaded.evaluation or self.passes.evaluate()
-        return found.loss, found.accuracy
-
-    def progress(self, label: str, total: int | None):
-        """A context giving a callback ``(completed, note)`` for the caller's progress display."""
-        return self.progress_factory(label, total)
-
-    @contextmanager
-    def converging(self, label: str, total: int | None) -> Iterator[Callable[[int, int, int], None]]:
-        """``progress`` for the Krylov algorithms' callback ``(step, converged, wanted)``."""
-        with self.progress(label, total) as update:
-            yield lambda step, done, wanted: update(step, f"{done}/{wanted} converged")
-
-    @contextmanager
-    def partial_on_interrupt(self, so_far: SoFar) -> Iterator[None]:
-        """On SIGINT/SIGTERM inside the block, attach the result so far (marked not
-        converged; None if there is none yet) to the interruption, so that the report is
-        still written."""
-        try:
-            yield
-        except Interrupted as stop:
-            stop.partial = so_far.value()
-            raise
 
 
 @dataclass
@@ -245,6 +153,8 @@ def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interru
                   "config": str(prepared.config_path), "config_sha256": config.sha256(),
                   "options": {name: jsonable(value) for name, value in prepared.options.items()},
                   "world_size": distributed.world_size(),
+                  # the same threads give the same numbers; others, the same within their errors
+                  "threads": torch.get_num_threads(),
                   **({"data_streamed": True} if problem.streamed else {}),
                   **(engine.describe() if engine is not None else {}),
                   **({"attention": "sdpa-math"} if problem.attention else {})},

@@ -404,16 +404,39 @@ def test_a_gate_applies_to_lines_kept_by_resume(tmp_path):
     assert ran.returncode == 1, ran.detail()
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_lines_one_worker_does(tmp_path):
-    """-j 2: two processes, each with its own model and data; the finished file holds the
-    same lines, in the checkpoints' order."""
+    """-j 2: two processes, each with its own model and data and its share of the cores; the
+    finished file holds the lines in the checkpoints' order. The numbers' contract (README,
+    Determinism), on any machine: ``settings.threads`` says how many threads each line ran on;
+    the same threads give the same line byte for byte, and other threads the same numbers
+    within their reported errors (float32 sums in another order)."""
+    import torch
+
     copy(MLP[:3], tmp_path, ["w1.pt", "w2.pt", "w10.pt"])
-    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    assert run("batch", tmp_path / "w*.pt", *SPECTRUM, "-c", CONFIG, "-o", one).returncode == 0
+    two = tmp_path / "two.jsonl"
     ran = run("batch", tmp_path / "w*.pt", *SPECTRUM, "-c", CONFIG, "-o", two, "-j", "2")
     assert ran.returncode == 0, ran.stderr
     assert names(read(two)) == ["w1.pt", "w2.pt", "w10.pt"]
-    assert [stable(line) for line in read(two)] == [stable(line) for line in read(one)]
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert [line["settings"]["threads"] for line in read(two)] == [share] * 3
+
+    threads = torch.get_num_threads()
+    same, own = tmp_path / "same.jsonl", tmp_path / "own.jsonl"
+    try:
+        torch.set_num_threads(share)
+        assert run("batch", tmp_path / "w*.pt", *SPECTRUM, "-c", CONFIG, "-o", same).returncode == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert [stable(line) for line in read(same)] == [stable(line) for line in read(two)]
+
+    assert run("batch", tmp_path / "w*.pt", *SPECTRUM, "-c", CONFIG, "-o", own).returncode == 0
+    assert [line["settings"]["threads"] for line in read(own)] == [threads] * 3
+    for alone, worker in zip(read(own), read(two)):
+        a, b = alone["results"], worker["results"]
+        for value, other, error, other_error in zip(a["top_eigenvalues"], b["top_eigenvalues"],
+                                                    a["top_residuals"], b["top_residuals"]):
+            assert abs(value - other) <= error + other_error, (value, other, error, other_error)
 
 
 # ----------------------------------------------------------------------------- stopped sweeps

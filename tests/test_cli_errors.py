@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cheap_runs import cheap_args
 from typer.testing import CliRunner
 
 import landscape_cli
 from landscape_cli.cli.app import app
+from landscape_cli.commands import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "sample_checkpoints" / "mlp" / "seed0_epoch100.pt"
@@ -313,6 +315,54 @@ def test_python_m_help(runs):
     assert "spectrum" in ran.stdout and "inspect" in ran.stdout
     assert "Usage" in ran.stdout
     assert ran.stderr == ""
+
+
+# ----------------------------------------------------------------------------- stdout fails
+
+
+def _writers() -> dict[str, list[str]]:
+    """Every way of writing to stdout, from the registry: each analysis command (cheaply, ``-q``
+    so that its warnings stay off stderr), inspect, schema, a batch, the help and the version."""
+    runs = {name: [*cheap_args(name), "-q"] for name in COMMANDS}
+    return {**runs, "inspect": ["inspect", str(MLP)], "schema": ["schema"],
+            "batch": ["batch", "-q", str(MLP), "--command", *cheap_args("spectrum")[:1],
+                      *cheap_args("spectrum")[2:]],
+            "help": ["--help"], "command help": ["spectrum", "--help"], "version": ["--version"]}
+
+
+WRITERS = _writers()
+
+
+@pytest.fixture(scope="module")
+def full_stdout() -> dict[str, subprocess.CompletedProcess]:
+    """Each writer run as ``python -m landscape_cli ... > /dev/full``, two at a time."""
+
+    def one(args: list[str]) -> subprocess.CompletedProcess:
+        with open("/dev/full", "w") as full:
+            return subprocess.run([sys.executable, "-m", "landscape_cli", *args], cwd=ROOT,
+                                  env=_clean_env(), stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(WRITERS, pool.map(one, WRITERS.values())))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WRITERS)
+def test_a_full_stdout_ends_every_command_with_one_line_and_exit_2(full_stdout, name):
+    ran = full_stdout[name]
+    assert (ran.returncode, ran.stderr) == (
+        2, "error: cannot write to stdout: No space left on device\n"), (WRITERS[name], ran.stderr)
+
+
+@pytest.mark.parametrize("name", ["help", "version", "schema"])
+def test_a_closed_pipe_is_the_quiet_141_for_what_click_prints_too(name):
+    """Click's own handler would end a closed pipe with 1, a violated gate's code."""
+    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *WRITERS[name]], cwd=ROOT,
+                            env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (141, b"")
 
 
 # ----------------------------------------------------------------------------- in-process

@@ -14,6 +14,7 @@ import pytest
 from landscape_cli.report import curve_view
 from landscape_cli.report.curve_view import interpolate_extras, short_names
 from landscape_cli.report.render import render
+from landscape_cli.results.interpolate import InterpolateResult
 
 A, B, C, D = "runs/seed0/final.pt", "runs/seed1/final.pt", "runs/curve/control.pt", "runs/seed2/final.pt"
 ALPHAS = [-0.25 + 0.125 * i for i in range(13)]  # -0.25 … 1.25, 0 and 1 among them
@@ -108,7 +109,7 @@ KINDS = {"line": line_doc, "curve": curve_doc, "pairs": pairs_doc, "plane": plan
 
 
 def table(doc: dict) -> str:
-    return render(doc, "table")
+    return render(doc, "table", result=InterpolateResult)
 
 
 # ----------------------------------------------------------------------------- the terminal view
@@ -184,7 +185,7 @@ def test_nulls_render_without_a_crash(kind):
     if kind == "pairs":
         assert "barrier null" in out
     for fmt in ("json", "md", "csv"):
-        render(doc, fmt)
+        render(doc, fmt, result=InterpolateResult)
 
 
 def test_a_document_without_the_extras_keys_still_renders():
@@ -281,6 +282,6 @@ def test_a_large_plane_is_shown_on_a_coarser_map_in_colour():
     rows = [line.split("│", 1)[1] for line in drawing if "│" in line]
     assert len(rows) == curve_view.MAP_ROWS and len(rows[0]) == curve_view.MAP_COLUMNS
     assert sum(row.count(mark) for row in rows for mark in "ABC") == 3
-    out = render(doc, "table", color=True)
+    out = render(doc, "table", color=True, result=InterpolateResult)
     assert "\x1b[" in out and "random directions, 61 × 51 grid" in out
     assert "loss from 1 to 3 (log scale)" not in out and "loss from 1 to 3:" in out  # 3× is linear

@@ -43,19 +43,6 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-app = typer.Typer(
-    cls=OneLineErrors,
-    name="landscape",
-    help="Loss-landscape geometry of saved PyTorch checkpoints: Hessian eigen-spectrum and "
-         "density, trace, sharpness measures, and whether a checkpoint sits at a minimum, a "
-         "saddle or a maximum.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
 def _version(value: bool) -> None:
     if value:
         from importlib import metadata  # 60 ms: only here
@@ -65,7 +52,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[bool | None, typer.Option(
         "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
@@ -73,8 +59,27 @@ def _root(
     """Loss-landscape geometry of saved PyTorch checkpoints."""
 
 
-for spec in COMMANDS.values():
-    analysis_command(app, spec)
-sweep_cli.register_batch(app)
-inspect_cli.register_inspect(app)
-schema_cli.register_schema(app)
+def build_app() -> typer.Typer:
+    """``landscape``: a subcommand for each command of the registry, then batch, inspect and
+    schema."""
+    app = typer.Typer(
+        cls=OneLineErrors,
+        name="landscape",
+        help="Loss-landscape geometry of saved PyTorch checkpoints: Hessian eigen-spectrum and "
+             "density, trace, sharpness measures, and whether a checkpoint sits at a minimum, a "
+             "saddle or a maximum.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    for spec in COMMANDS.values():
+        analysis_command(app, spec)
+    sweep_cli.register_batch(app)
+    inspect_cli.register_inspect(app)
+    schema_cli.register_schema(app)
+    return app
+
+
+app = build_app()

@@ -13,16 +13,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from landscape_cli.cli.entry import importing
-from landscape_cli.commands import Command
-from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, LandscapeError
+from landscape_cli.cli.signals import importing
+from landscape_cli.commands import Command, result_types
+from landscape_cli.errors import EXIT_GATE, EXIT_INTERNAL, LandscapeError, describe
 from landscape_cli.options import Option, RunOptions, declared, flag, run_option_types
 from landscape_cli.report.output import Destination, destination, emit
 from landscape_cli.report.render import FORMATS, render
@@ -115,14 +115,16 @@ def progress_bar(label: str, total: int | None) -> Iterator[Callable[[int, str],
         yield lambda completed, note="": bar.update(task, completed=completed, note=note)
 
 
-def _fail(exc: BaseException, debug: bool) -> None:
+def fail(exc: Exception, debug: bool = False) -> NoReturn:
+    """End the command on ``exc``: its one line (``errors.describe``) and exit code; with
+    ``debug``, its traceback first."""
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, LandscapeError):
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(describe(exc))}", soft_wrap=True)
         raise typer.Exit(exc.exit_code)
-    stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
-                 "(rerun with --debug for a traceback, and please report it)", soft_wrap=True)
+    stderr.print(f"[bold red]{escape(describe(exc))}[/] (rerun with --debug for a traceback, and "
+                 "please report it)", soft_wrap=True)
     raise typer.Exit(EXIT_INTERNAL)
 
 
@@ -131,7 +133,8 @@ def finish(doc: dict[str, Any], options: OutputOptions, dest: Destination | None
     """Render the document in the chosen format and write it to ``dest`` (stdout if None);
     warnings also go to stderr unless the table shows them or ``echo_warnings`` is off."""
     fmt = options.output_format()
-    text = render(doc, fmt, color=fmt == "table" and options.output is None and sys.stdout.isatty())
+    text = render(doc, fmt, color=fmt == "table" and options.output is None and sys.stdout.isatty(),
+                  result=result_types()[doc["command"]])
     if echo_warnings and not options.quiet and not (fmt == "table" and options.output is None):
         for warning in doc.get("warnings", []):
             stderr.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
@@ -145,7 +148,7 @@ def guarded(options: OutputOptions, body: Callable[[], Any]) -> Any:
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as exc:
-        _fail(exc, options.debug)
+        fail(exc, options.debug)
 
 
 def run_analysis(name: str, output: OutputOptions, shared: dict[str, Any],
@@ -210,3 +213,10 @@ def analysis_command(app: typer.Typer, spec: Command) -> None:
     register(app, spec.name, help=spec.help, epilog=spec.epilog,
              params=[CHECKPOINTS if spec.many else CHECKPOINT, *own, *shared, *OUTPUT_OPTIONS],
              run=run)
+
+
+def command_parser(spec: Command) -> typer.core.TyperCommand:
+    """``landscape NAME``'s parser alone (``batch`` reads the options of its command with it)."""
+    app = typer.Typer()
+    analysis_command(app, spec)
+    return typer.main.get_command(app)

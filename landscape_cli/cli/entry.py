@@ -1,63 +1,74 @@
-"""The process entry point (``landscape``, ``python -m landscape_cli``). Signal handlers are
-installed before anything heavy is imported, so that Ctrl-C or SIGTERM at any moment, the
-seconds of importing torch included, end the process with one line and 128 + the signal's
-number (130, 143), never a traceback. While importing, nothing has been written, so the
-process ends at once: an exception raised into import machinery can be swallowed by a
-library's ``except BaseException`` and the run would go on. Once the app is imported, the
-signal raises ``Interrupted``, which unwinds the stack like KeyboardInterrupt: ``finally``
-blocks run, an atomic ``-o`` write removes its temporary file, and an analysis can report its
-result so far."""
+"""The process entry point (``landscape``, ``python -m landscape_cli``): signal handlers first
+(``cli/signals.py``), before anything heavy is imported, then the app, whose writes to stdout
+all end here when stdout cannot take them.
+
+A write to stdout fails when its reader went away (``| head``: exit 141, quietly, as for any
+Unix filter) or when the file behind it cannot grow (``> /dev/full``, a full disk: one line
+and exit 2, bad input). Whatever writes it (a report, a batch line, ``--help``, ``--version``),
+the failure is raised as ``StdoutFailed`` by the process's stdout itself, so that it is told
+apart from any other ``OSError`` and no handler on the way (Click's own included, which would
+end a closed pipe with 1) turns it into something else."""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from landscape_cli.errors import Interrupted
-
-HANDLED = (signal.SIGINT, signal.SIGTERM)
+from landscape_cli.cli import signals
+from landscape_cli.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, Interrupted
 
 
-def _exit_now(signum: int, frame: object) -> None:
-    os.write(2, f"error: interrupted by {signal.Signals(signum).name}\n".encode())
-    os._exit(128 + signum)
+class StdoutFailed(BaseException):
+    """Writing to stdout failed. A ``BaseException``, like ``Interrupted``, so that no handler
+    of errors turns it into an error report on its way here."""
+
+    def __init__(self, error: OSError):
+        self.error = error
+        super().__init__(error.strerror or str(error))
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    _handle_with(_exit_now)  # a second signal while the first unwinds ends the process at once
-    raise Interrupted(signum, signal.Signals(signum).name)
+class _Stdout(io.FileIO):
+    """File descriptor 1, whose failed writes raise ``StdoutFailed``."""
+
+    def write(self, data) -> int | None:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise StdoutFailed(exc) from None
 
 
-def _handle_with(handler) -> None:
-    for handled in HANDLED:
-        signal.signal(handled, handler)
-
-
-@contextmanager
-def importing() -> Iterator[None]:
-    """A block that imports torch (seconds; the app itself does not): a signal in it ends the
-    process at once, as during start-up, since import code may swallow an exception. Only
-    where this entry point installed its handlers (not in-process, as under a test runner)."""
-    if signal.getsignal(signal.SIGINT) is not _interrupt:
-        yield
-        return
-    _handle_with(_exit_now)
+def _guard_stdout() -> None:
+    """Put ``_Stdout`` under ``sys.stdout``, with the same encoding and line buffering."""
+    given = sys.stdout
     try:
-        yield
-    finally:
-        _handle_with(_interrupt)
+        fd = given.fileno()
+    except (AttributeError, OSError, ValueError):  # fd 1 closed, or stdout is no file
+        return
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Stdout(fd, "w", closefd=False)),
+                                  encoding=given.encoding, errors=given.errors,
+                                  line_buffering=given.line_buffering)
 
 
 def main() -> None:
-    _handle_with(_exit_now)
+    signals.starting()
+    _guard_stdout()
     from landscape_cli.cli.app import app
 
-    _handle_with(_interrupt)
+    signals.started()
     try:
-        app(prog_name="landscape")
+        try:
+            app(prog_name="landscape")
+        finally:
+            if sys.stdout is not None:  # what is still buffered fails here, not at exit
+                sys.stdout.flush()
     except Interrupted as stop:
         sys.stderr.write(f"error: interrupted by {stop}\n")
         sys.exit(stop.exit_code)
+    except StdoutFailed as failed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing is left to fail at exit
+        if failed.error.errno == errno.EPIPE:
+            sys.exit(EXIT_BROKEN_PIPE)
+        sys.stderr.write(f"error: cannot write to stdout: {failed}\n")
+        sys.exit(EXIT_BAD_INPUT)

@@ -17,7 +17,8 @@ from landscape_cli.cli.common import (
     guarded,
     register,
 )
-from landscape_cli.cli.entry import importing
+from landscape_cli.cli.signals import importing
+from landscape_cli.commands import INSPECT
 from landscape_cli.report.output import Destination
 
 HELP = "Show a checkpoint's format, tensors, shapes, dtypes, prefix and unsafe globals."
@@ -43,7 +44,7 @@ def inspect_checkpoint_cli(checkpoint: str, key: str = "auto", **output: object)
         dest = options.destination([Path(options.checkpoint)])
         result = inspect_checkpoint(options.checkpoint, key)
         return build_report(
-            "inspect",
+            INSPECT,
             checkpoint={"path": options.checkpoint, "format": result.format,
                         "n_params": result.n_params},
             settings={}, results=result.results(),
@@ -58,5 +59,5 @@ def register_inspect(app: typer.Typer) -> None:
     key = inspect.Parameter("key", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Annotated[
         str, typer.Option(help="Where the weights are in the file: auto, or a key such as ema or "
                           "state_dict.")])
-    register(app, "inspect", help=HELP, epilog=EPILOG, params=[CHECKPOINT, key, *OUTPUT_OPTIONS],
+    register(app, INSPECT, help=HELP, epilog=EPILOG, params=[CHECKPOINT, key, *OUTPUT_OPTIONS],
              run=inspect_checkpoint_cli)

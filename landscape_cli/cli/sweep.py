@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from landscape_cli.cli.common import OUTPUT_OPTIONS, progress_bar, stderr
-from landscape_cli.cli.entry import importing
+from landscape_cli.cli.common import OUTPUT_OPTIONS, command_parser, fail, progress_bar, stderr
+from landscape_cli.cli.signals import importing
 from landscape_cli.commands import COMMANDS
 from landscape_cli.errors import EXIT_BAD_INPUT, EXIT_GATE, LandscapeError
 from landscape_cli.options import RunOptions
@@ -44,11 +44,7 @@ EPILOG = """Examples:
 def _command_values(name: str, extra: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The shared and the command's own options in ``extra``, parsed by that command's parser
     (``landscape NAME --help`` lists them)."""
-    import typer.main
-
-    from landscape_cli.cli.app import app
-
-    command = typer.main.get_command(app).commands[name]
+    command = command_parser(COMMANDS[name])
     context = command.make_context(f"landscape batch --command {name}", ["-", *extra])
     values = dict(context.params)
     output = {p.name for p in OUTPUT_OPTIONS} | {"checkpoint"}
@@ -72,11 +68,6 @@ def _split(args: list[str]) -> tuple[list[str], list[str]]:
         if arg.startswith("-") and arg != "-":
             return args[:i], args[i:]
     return args, []
-
-
-def _fail(exc: Exception) -> None:
-    stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def register_batch(app: typer.Typer) -> None:
@@ -115,7 +106,7 @@ def register_batch(app: typer.Typer) -> None:
             code = _batch(patterns, command, extra, output, resume, shard, merge, fail_fast, jobs,
                           summary, plot, lr, quiet)
         except LandscapeError as exc:
-            _fail(exc)
+            fail(exc)
         raise typer.Exit(code)
 
 

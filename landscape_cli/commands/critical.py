@@ -10,7 +10,7 @@ from landscape_cli.options import Option
 from landscape_cli.results.critical import CriticalPointResult
 
 if TYPE_CHECKING:
-    from landscape_cli.runner import Run
+    from landscape_cli.commands.context import Run
 
 
 def classify_critical_point(

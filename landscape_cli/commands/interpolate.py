@@ -12,7 +12,7 @@ from landscape_cli.options import Option
 from landscape_cli.results.interpolate import IGNORES, NORMALIZATIONS, InterpolateResult
 
 if TYPE_CHECKING:
-    from landscape_cli.runner import Run
+    from landscape_cli.commands.context import Run
 
 _PLANE, _PATH = "Plane", "Path"
 

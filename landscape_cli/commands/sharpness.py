@@ -11,7 +11,7 @@ from landscape_cli.options import Option
 from landscape_cli.results.sharpness import MEASURES, SharpnessResult
 
 if TYPE_CHECKING:
-    from landscape_cli.runner import Run
+    from landscape_cli.commands.context import Run
 
 _ASCENT, _MC, _CURVATURE = "Ascent measures", "Monte Carlo measures", "Curvature measures"
 

@@ -13,7 +13,7 @@ from landscape_cli.options import Option
 from landscape_cli.results.spectrum import SpectrumResult
 
 if TYPE_CHECKING:
-    from landscape_cli.runner import Run
+    from landscape_cli.commands.context import Run
 
 _DENSITY = "Density (SLQ)"
 

@@ -10,7 +10,7 @@ from landscape_cli.options import Option
 from landscape_cli.results.trace import Method, TraceResult
 
 if TYPE_CHECKING:
-    from landscape_cli.runner import Run
+    from landscape_cli.commands.context import Run
 
 #: the estimators of ``analyses.trace.ESTIMATORS`` (which imports torch; a test keeps them equal)
 METHODS = get_args(Method)

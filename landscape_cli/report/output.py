@@ -10,7 +10,6 @@ is written in place: renaming over a device would replace the device node itself
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import sys
@@ -21,9 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from landscape_cli.errors import LandscapeError
-
-#: The exit status of a process whose reader closed the pipe (128 + SIGPIPE), as ``cat`` has.
-EXIT_BROKEN_PIPE = 141
 
 
 @dataclass(frozen=True)
@@ -131,24 +127,12 @@ def appending(dest: Destination, head: str) -> Iterator[Callable[[str], None]]:
         yield append
 
 
-def _silence_stdout() -> None:
-    """Point fd 1 at /dev/null, so that the interpreter's own flush at exit fails no more."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
 def emit(text: str, output: Destination | None) -> None:
-    """Write ``text`` (one trailing newline) to ``output``, or to stdout. A reader that closed
-    the pipe early (``| head``) ends the command quietly with 141, as for any Unix filter; a
-    stdout that cannot take the text (a full disk) is bad input, exit 2."""
+    """Write ``text`` (one trailing newline) to ``output``, or to stdout (where a failed write
+    ends the process as ``cli/entry.py`` says)."""
     text = text if text.endswith("\n") else text + "\n"
     if output is not None:
         write_file(output, lambda path: path.write_text(text, encoding="utf-8"))
         return
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except OSError as exc:
-        _silence_stdout()
-        if exc.errno == errno.EPIPE:
-            raise SystemExit(EXIT_BROKEN_PIPE) from None
-        raise LandscapeError(f"cannot write to stdout: {exc.strerror or exc}") from None
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -16,7 +16,6 @@ from rich.table import Table
 
 from landscape_cli.report.curve_view import interpolate_extras
 from landscape_cli.report.density_view import spectrum_extras
-from landscape_cli.results import RESULT_TYPES
 from landscape_cli.results.base import Result
 from landscape_cli.results.rows import table
 
@@ -38,10 +37,11 @@ EXTRAS: dict[str, Callable[[dict[str, Any]], list[Any]]] = {
 }
 
 
-def rows_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The document's results as flat rows (one per eigenvalue, tensor, ...), as the command's
-    result type declares them (one row of every key for a command without one)."""
-    return table(doc["results"], RESULT_TYPES.get(doc["command"], Result).ROWS)
+def rows_of(doc: dict[str, Any], result: type[Result] = Result) -> list[dict[str, Any]]:
+    """The document's results as flat rows (one per eigenvalue, tensor, ...), as its command's
+    result type declares them (the command registry says which; one row of every key without
+    one)."""
+    return table(doc["results"], result.ROWS)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -67,8 +67,8 @@ def to_jsonl(doc: dict[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
-def to_csv(doc: dict[str, Any]) -> str:
-    rows = rows_of(doc)
+def to_csv(doc: dict[str, Any], result: type[Result] = Result) -> str:
+    rows = rows_of(doc, result)
     path = doc.get("checkpoint", {}).get("path")
     buffer = io.StringIO()
     fields = ["checkpoint", *dict.fromkeys(k for r in rows for k in r)]
@@ -79,8 +79,8 @@ def to_csv(doc: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(doc: dict[str, Any]) -> str:
-    rows = rows_of(doc)
+def to_markdown(doc: dict[str, Any], result: type[Result] = Result) -> str:
+    rows = rows_of(doc, result)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     lines = [f"**{doc['command']}** `{doc.get('checkpoint', {}).get('path')}`", "",
              "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
@@ -125,14 +125,14 @@ def _footer_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def to_table(doc: dict[str, Any], color: bool) -> str:
+def to_table(doc: dict[str, Any], color: bool, result: type[Result] = Result) -> str:
     """A Rich rendering for people at a terminal."""
     width = max(80, shutil.get_terminal_size((100, 24)).columns)
     console = Console(file=io.StringIO(), force_terminal=color, no_color=not color,
                       width=width, highlight=False)
     for line in _summary_lines(doc):
         console.print(line)
-    rows = rows_of(doc)
+    rows = rows_of(doc, result)
     if rows:
         table = Table(show_edge=False, pad_edge=False)
         fields = list(dict.fromkeys(k for r in rows for k in r))
@@ -158,13 +158,16 @@ def to_table(doc: dict[str, Any], color: bool) -> str:
     return console.file.getvalue()
 
 
-def render(doc: dict[str, Any], fmt: str, color: bool = False) -> str:
+def render(doc: dict[str, Any], fmt: str, color: bool = False,
+           result: type[Result] = Result) -> str:
+    """The document in ``fmt``; ``result``: its command's result type, whose rows the table,
+    CSV and Markdown show."""
     if fmt == "json":
         return to_json(doc)
     if fmt == "jsonl":
         return to_jsonl(doc)
     if fmt == "csv":
-        return to_csv(doc)
+        return to_csv(doc, result)
     if fmt == "md":
-        return to_markdown(doc)
-    return to_table(doc, color)
+        return to_markdown(doc, result)
+    return to_table(doc, color, result)

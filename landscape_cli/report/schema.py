@@ -1,19 +1,22 @@
 """The report's JSON Schema (DESIGN §6), from typed models of the document.
 
-The envelope is written here; each command's ``results`` model is generated from its result
-type's declaration (``landscape_cli.results``). Every object stays open (``extra="allow"``) so
+The envelope is written here; the reports it describes, one per command, are those of the
+command registry (``landscape_cli.commands``, which ``landscape schema`` passes in), and each
+command's ``results`` model is generated from its result type's declaration
+(``landscape_cli.results``). A batch line is a report with its ``batch_key``, or the error
+line of a checkpoint that failed. Every object stays open (``extra="allow"``) so
 that keys added later do not break validators built from an older schema.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from functools import cache
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
-from landscape_cli.results import CriticalPointResult, InspectResult, SpectrumResult, TraceResult
 from landscape_cli.results.base import Result
 
 Number = float | None  # NaN and Inf are written as null
@@ -43,6 +46,8 @@ class Settings(_Open):
     bn: Literal["eval", "train-stats"]
     n_samples: int
     config_sha256: str
+    threads: int = Field(None, description="CPU threads torch ran on: the same threads give the "
+                         "same numbers, others the same within the reported errors")
 
 
 class Cost(_Open):
@@ -86,15 +91,9 @@ def results_model(result_type: type[Result]) -> type[BaseModel]:
     return create_model(result_type.__name__, __base__=_Open, **fields)
 
 
-SpectrumResults = results_model(SpectrumResult)
-TraceResults = results_model(TraceResult)
-CriticalResults = results_model(CriticalPointResult)
-InspectResults = results_model(InspectResult)
-
-
 class _Report(_Open):
     schema_version: Literal["1"]
-    status: Literal["ok", "interrupted"]
+    status: Literal["ok"]
     tool: Tool
     checkpoint: Checkpoint
     gates: list[Gate]
@@ -102,37 +101,46 @@ class _Report(_Open):
 
 
 class _Analysis(_Report):
+    status: Literal["ok", "interrupted"] = Field(
+        description="interrupted: SIGINT or SIGTERM stopped the run; the results are its "
+                    "estimate so far, marked not converged")
     settings: Settings
     cost: Cost
+    batch_key: str = Field(None, description="On a batch line: the key it is resumed by.")
 
 
-class SpectrumReport(_Analysis):
-    command: Literal["spectrum"]
-    results: SpectrumResults
+class BatchError(_Open):
+    """A batch line whose checkpoint failed: the one-line message instead of a report."""
+
+    schema_version: Literal["1"]
+    status: Literal["error"]
+    error: str
+    checkpoint: Checkpoint
+    batch_key: str | None = Field(description="The key it is resumed by; null where the config "
+                                              "could not be read (always retried).")
 
 
-class TraceReport(_Analysis):
-    command: Literal["trace"]
-    results: TraceResults
+def _model_name(command: str) -> str:
+    return "".join(part.title() for part in command.split("-")) + "Report"
 
 
-class CriticalReport(_Analysis):
-    command: Literal["classify-critical-point"]
-    results: CriticalResults
+def report_type(reports: Mapping[str, type[Result]], analyses: Collection[str]) -> TypeAdapter:
+    """Every document a command writes: a report, one model per command by its ``command``
+    (``reports``: each command's result type; ``analyses``: the commands whose report is an
+    analysis run's, with settings and cost), or a batch line of a failed checkpoint."""
+    models = tuple(create_model(_model_name(name), __base__=_Analysis if name in analyses else _Report,
+                                command=(Literal[name], ...), results=(results_model(kind), ...))
+                   for name, kind in reports.items())
+    error = create_model("BatchErrorLine", __base__=BatchError,
+                         command=(Literal[tuple(analyses)], ...))
+    return TypeAdapter(Union[Annotated[Union[models], Field(discriminator="command")], error])  # noqa: UP007 (a computed union)
 
 
-class InspectReport(_Report):
-    command: Literal["inspect"]
-    results: InspectResults
-
-
-Report = TypeAdapter(Annotated[SpectrumReport | TraceReport | CriticalReport | InspectReport,
-                               Field(discriminator="command")])
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema every report document satisfies."""
-    schema = Report.json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "landscape report (schema_version 1)"
+def json_schema(reports: Mapping[str, type[Result]], analyses: Collection[str]) -> dict[str, Any]:
+    """The JSON Schema every document satisfies (``report_type``): exactly one of its
+    alternatives, since a report's ``status`` is never a batch error line's."""
+    schema = report_type(reports, analyses).json_schema()
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              "title": "landscape report or batch line (schema_version 1)",
+              "oneOf": schema.pop("anyOf"), **schema}
     return schema

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 from landscape_cli import runner
-from landscape_cli.errors import Interrupted, LandscapeError
+from landscape_cli.errors import Interrupted, describe
 from landscape_cli.options import RunOptions, jsonable
 from landscape_cli.session import Session
 from landscape_cli.sweep.plan import SCHEMA_VERSION, Job, Sweep, as_line, key_of
@@ -54,10 +54,8 @@ def analyse(job: Job) -> dict[str, Any]:
         key = job.key or key_of(job, prepared.config.sha256(), prepared.config.seed)
         report, interrupted = runner.execute(prepared, session=_session(prepared))
     except Exception as exc:  # a broken checkpoint is one line, not the end of the sweep
-        message = str(exc) if isinstance(exc, LandscapeError) else \
-            f"internal error: {type(exc).__name__}: {exc}"
         return {"schema_version": SCHEMA_VERSION, "command": job.command, "status": "error",
-                "error": " ".join(message.split()), "checkpoint": {"path": job.checkpoint},
+                "error": describe(exc), "checkpoint": {"path": job.checkpoint},
                 "batch_key": _error_key(job, prepared)}
     line = {**report.to_dict(), "batch_key": key}
     if interrupted is not None:
