@@ -13,7 +13,7 @@ from torch import nn
 
 from landscape_cli.config import Config
 from landscape_cli.engine import distributed
-from landscape_cli.engine.hvp import default_memory_budget
+from landscape_cli.engine.plan import default_memory_budget
 from landscape_cli.engine.passes import Evaluation, Passes
 from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss
 from landscape_cli.errors import ConfigError, NumericalError

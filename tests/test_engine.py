@@ -21,7 +21,8 @@ from torch import nn
 
 from landscape_cli.analyses.spectrum import spectrum
 from landscape_cli.config import load_config
-from landscape_cli.engine.hvp import HVPEngine, batches_rows
+from landscape_cli.engine.hvp import HVPEngine
+from landscape_cli.engine.plan import batches_rows
 from landscape_cli.engine.problem import build_problem, criterion_loss
 from landscape_cli.errors import LandscapeError
 from landscape_cli.loading.assemble import build_model
@@ -67,7 +68,7 @@ def test_streamed_blocks_go_the_way_the_rule_says_and_stay_exact(mlp_exact, monk
 
     monkeypatch.setattr(engine, slower, delayed)
     three_blocks_are_exact(engine, hessian, rows=3)
-    ruled = batches_rows(problem.device, engine._group_bytes)
+    ruled = batches_rows(problem.device, engine.plan.group_bytes)
     assert engine.describe()["stream_block_hvp"] == (
         "vmapped forward-over-reverse" if ruled else "double backward")
     # three blocks over the joined batches, and the pass over the first group that checked them
@@ -371,3 +372,20 @@ def test_out_of_memory_blocks_are_split_and_stay_exact(mlp_exact, monkeypatch):
     scale = float(hessian.abs().max())
     assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale * problem.n ** 0.5
     assert engine.describe()["hvp_chunk"] == 3 and any("out of memory" in w for w in engine.warnings)
+
+
+def test_the_plan_is_one_frozen_object_that_describe_reports(mlp_exact):
+    """Issue 26: the engine's plan is one frozen object; the report's settings are its
+    ``describe()``, and what the engine learns (the groups) replaces it, never mutates it."""
+    import dataclasses
+
+    problem, hessian, _ = mlp_exact
+    engine = HVPEngine(problem, strategy="stream")
+    before = engine.plan
+    assert before.groups is None and "batch_groups" not in engine.describe()
+    three_blocks_are_exact(engine, hessian, rows=2)
+    assert engine.plan is not before and engine.plan.groups is not None
+    assert engine.describe() == engine.plan.describe()
+    assert engine.describe()["batch_groups"] == len(engine.plan.groups) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        engine.plan.chunk = 1
