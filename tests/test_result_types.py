@@ -12,7 +12,8 @@ from typing import ClassVar, get_args
 import pytest
 from pydantic import ValidationError
 
-from landscape_cli.linalg.trace import METHODS, TraceEstimate
+from landscape_cli.linalg.names import TRACE_METHODS as METHODS
+from landscape_cli.linalg.trace import TraceEstimate
 from landscape_cli.report.gates import check_names, parse_gate
 from landscape_cli.report.render import rows_of
 from landscape_cli.report.schema import results_model

@@ -175,6 +175,15 @@ class Problem:
         return mean_loss(torch.func.functional_call(self.objective, self.unflatten(theta), (batch,)))
 
 
+def exact_float32(device: torch.device) -> None:
+    """Turn TF32 off on a CUDA device: TF32 (on by default for cuDNN convolutions) rounds
+    float32 products to 10 mantissa bits, so the Hessian would be computed in less precision
+    than the dtype says. Called where a run starts, with its device."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def apply_bn_policy(model: nn.Module, bn: str) -> None:
     """``eval``: running statistics. ``train-stats``: batch statistics, buffers never updated
     (``torch.func.replace_all_batch_norm_modules_``). Dropout is off either way."""
