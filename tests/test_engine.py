@@ -25,6 +25,7 @@ from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.plan import batches_rows
 from landscape_cli.engine.problem import build_problem, criterion_loss
 from landscape_cli.errors import LandscapeError
+from landscape_cli.linalg.operator import DenseOperator
 from landscape_cli.loading.assemble import build_model
 from landscape_cli.loading.data import Batches
 
@@ -110,7 +111,7 @@ def test_loss_and_gradient_are_the_sample_weighted_dataset_mean(mlp_exact):
 def test_mlp_top5_and_bottom5_match_dense_eigvalsh(mlp_exact):
     problem, hessian, _ = mlp_exact
     exact = torch.linalg.eigvalsh(hessian)
-    result = spectrum(HVPEngine(problem).hvp, problem.n, top=5, bottom=5, tol=1e-8, seed=0)
+    result = spectrum(HVPEngine(problem), top=5, bottom=5, tol=1e-8, seed=0)
     assert relative_error(result.top_eigenvalues, exact[-5:].flip(0)) < 1e-4
     # the bottom of a trained net's spectrum is a cluster at 0: compare absolutely
     assert np.allclose(result.bottom_eigenvalues, exact[:5].numpy(), atol=1e-4 * float(exact[-1]))
@@ -137,7 +138,7 @@ def test_batchnorm_eval_with_uneven_batches_matches_dense_hessian(tmp_path):
     hessian = dense_hessian(full_batch_loss(problem.objective.model, problem, x, y), problem.theta0)
     exact = torch.linalg.eigvalsh(hessian)
     engine = HVPEngine(problem)
-    result = spectrum(engine.hvp, problem.n, top=5, bottom=5, tol=1e-9, seed=1)
+    result = spectrum(engine, top=5, bottom=5, tol=1e-9, seed=1)
     assert relative_error(result.top_eigenvalues, exact[-5:].flip(0)) < 1e-6
     assert np.allclose(result.bottom_eigenvalues, exact[:5].numpy(), atol=1e-6 * float(exact[-1]))
     vectors = torch.randn(2, problem.n, dtype=torch.float64)
@@ -281,10 +282,10 @@ def test_non_finite_hvp_stops_every_algorithm(algorithm):
                             dtype=torch.float64)
     engine = HVPEngine(problem)
     assert not torch.isfinite(engine.hvp(torch.ones(3, dtype=torch.float64))).all()
-    run = {"lanczos": lambda: lanczos(engine.hvp, problem.n, top=2),
-           "hutchpp": lambda: hutchpp(engine.hvp, problem.n, max_matvecs=30,
+    run = {"lanczos": lambda: lanczos(engine, top=2),
+           "hutchpp": lambda: hutchpp(engine, max_matvecs=30,
                                        generator=torch.Generator().manual_seed(0)),
-           "slq": lambda: slq(engine.hvp, problem.n, runs=2, steps=3)}[algorithm]
+           "slq": lambda: slq(engine, runs=2, steps=3)}[algorithm]
     with pytest.raises(FloatingPointError):
         run()
 
@@ -352,7 +353,7 @@ def test_lanczos_reads_the_device_once_per_step(monkeypatch):
     real = lanczos_module.read_finite
     monkeypatch.setattr(lanczos_module, "read_finite", lambda t: reads.append(1) or real(t))
     matrix = symmetric_with_spectrum(torch.linspace(-1, 10, 60, dtype=torch.float64), seed=0)
-    result = lanczos_module.lanczos(lambda v: v @ matrix, 60, top=3, tol=1e-8,
+    result = lanczos_module.lanczos(DenseOperator(matrix), top=3, tol=1e-8,
                                     generator=torch.Generator().manual_seed(0))
     assert result.converged and len(reads) == result.steps + 1  # + the final measured residuals
 

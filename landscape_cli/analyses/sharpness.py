@@ -108,15 +108,13 @@ class _Measurer:
 
     def lambda_max(self) -> Measure:
         o = self.options
-        top = spectrum(self.engine.hvp, self.n, top=1, tol=o.tol, max_hvps=self.n, seed=o.seed,
-                       dtype=self.problem.dtype, device=self.problem.device)
+        top = spectrum(self.engine, top=1, tol=o.tol, max_hvps=self.n, seed=o.seed)
         return self.measure("lambda_max", top.top_eigenvalues[0], residual=top.top_residuals[0],
                             converged=top.top_converged[0])
 
     def trace_per_param(self) -> Measure:
         o = self.options
-        t = trace(self.engine.hvp, self.n, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed,
-                  dtype=self.problem.dtype, device=self.problem.device)
+        t = trace(self.engine, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed)
         return self.measure("trace_per_param", t.trace / self.n, stderr=t.stderr / self.n,
                             ci95=(t.ci95[0] / self.n, t.ci95[1] / self.n), converged=t.converged)
 

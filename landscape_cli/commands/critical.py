@@ -42,11 +42,9 @@ def classify_critical_point(
     problem = run.loaded.problem
     budget = min(problem.n, max_hvps or problem.n)
     with run.converging("Lanczos", total=None) as callback:
-        return classify(run.engine.hvp, run.engine.grad(), problem.theta0, grad_rtol=grad_rtol,
+        return classify(run.engine, run.engine.grad(), problem.theta0, grad_rtol=grad_rtol,
                         grad_tol=grad_tol, eig_rtol=eig_rtol, tol=tol, max_hvps=budget,
-                        density=density, runs=runs, steps=steps, seed=run.seed,
-                        dtype=problem.dtype, device=problem.device, callback=callback,
-                        memory_budget=run.engine.memory_left())
+                        density=density, runs=runs, steps=steps, seed=run.seed, callback=callback)
 
 
 COMMAND = Command(

@@ -206,9 +206,8 @@ def _hessian_plane(run: Run, names, shapes):
     from landscape_cli.linalg.lanczos import lanczos
 
     problem = run.loaded.problem
-    found = lanczos(run.engine.hvp, problem.n, top=2, max_steps=problem.n,
-                    generator=torch.Generator().manual_seed(run.seed), dtype=problem.dtype,
-                    device=problem.device)
+    found = lanczos(run.engine, top=2, max_steps=problem.n,
+                    generator=torch.Generator().manual_seed(run.seed))
     u, v = found.top_vectors.to(problem.theta0)
     return Plane(origin=problem.theta0, u=u, v=v, basis="hessian", names=tuple(names),
                  shapes=tuple(shapes)), found.top.values

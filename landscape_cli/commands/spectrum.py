@@ -59,9 +59,8 @@ def spectrum(
     problem = run.loaded.problem
     budget = min(problem.n, max_hvps or problem.n)
     with run.converging("Lanczos", total=None) as callback:
-        result = lanczos_spectrum(run.engine.hvp, problem.n, top=top, bottom=bottom, tol=tol,
-                                  max_hvps=budget, seed=run.seed, dtype=problem.dtype,
-                                  device=problem.device, callback=callback)
+        result = lanczos_spectrum(run.engine, top=top, bottom=bottom, tol=tol,
+                                  max_hvps=budget, seed=run.seed, callback=callback)
     if not density:
         return result
     density_so_far, so_far = SoFar(), SoFar()
@@ -69,10 +68,8 @@ def spectrum(
                              else dataclasses.replace(result, density=density_so_far.value()))
     with (run.converging(f"SLQ ×{runs}", total=min(steps, problem.n)) as callback,
           run.partial_on_interrupt(so_far)):
-        estimate = spectral_density(run.engine.hvp, problem.n, runs=runs, steps=steps,
-                                    seed=run.seed, sigma=sigma, dtype=problem.dtype,
-                                    device=problem.device, callback=callback,
-                                    memory_budget=run.engine.memory_left(), so_far=density_so_far)
+        estimate = spectral_density(run.engine, runs=runs, steps=steps, seed=run.seed,
+                                    sigma=sigma, callback=callback, so_far=density_so_far)
     result = dataclasses.replace(result, density=estimate)
     if plot_to is not None:
         # The plot draws what the report holds: the same results, NaN already made null.

@@ -106,6 +106,28 @@ class HVPEngine:
         """``cached`` or ``stream``: how products go (``plan.mode``)."""
         return self.plan.mode
 
+    # ------------------------------------------------------------------ the operator (linalg)
+
+    @property
+    def size(self) -> int:
+        return self.problem.n
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.problem.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.problem.device
+
+    def __call__(self, block: torch.Tensor) -> torch.Tensor:
+        """H·vᵢ for each row of ``block``: the engine as a ``linalg.operator.LinearOperator``."""
+        return self.hvp(block)
+
+    def exact(self) -> None:
+        """Products are exact in the problem's dtype."""
+        return None
+
     # ------------------------------------------------------------------ first order
 
     def _cache_or_stream(self) -> None:

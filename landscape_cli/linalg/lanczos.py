@@ -16,8 +16,8 @@ rounding of a product itself (float32 HVPs), to every residual. The Krylov arith
 dot products, norms, reorthogonalization, T) is float64 whatever the operator's dtype: a
 float32 basis loses orthogonality at ~1e-7 per step, which bounds the Ritz values at ~1e-4
 on a model of millions of parameters, while the products' own rounding allows ~1e-6.
-Memory: the basis, steps·n float64 numbers, grown as steps are taken. Operator in, numbers
-out: ``matvec`` maps a vector (n,) or a block (k, n) of row vectors to A·v for each.
+Memory: the basis, steps·n float64 numbers, grown as steps are taken. Operator in
+(``linalg/operator.py``), numbers out.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from landscape_cli.linalg.host import read_finite
+from landscape_cli.linalg.operator import LinearOperator
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -116,17 +117,17 @@ def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, 
     return w, removed
 
 
-def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float = 1e-4,
+def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: float = 1e-4,
             max_steps: int | None = None, generator: torch.Generator | None = None,
-                    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
             callback: Callable[[int, int, int], None] | None = None) -> LanczosResult:
     """The ``top`` largest and ``bottom`` smallest eigenvalues of a symmetric operator whose
-    products are computed in ``dtype`` (the Krylov arithmetic is float64).
+    products are computed in its dtype (the Krylov arithmetic is float64).
 
     Stops once every requested Ritz value has residual ≤ ``tol``·‖A‖ (‖A‖ estimated by the
     largest |Ritz value|), or after ``max_steps`` matvecs (at most n, where T_n is exact).
     ``callback(step, converged, wanted)`` is called after each step.
     """
+    n, dtype, device = operator.size, operator.dtype, operator.device
     top, bottom = min(top, n), min(bottom, n)
     wanted = top + bottom
     max_steps = n if max_steps is None else max(1, min(max_steps, n))
@@ -135,7 +136,7 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
     eps = torch.finfo(dtype).eps  # breakdown is judged at the products' own precision
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        return matvec(v.to(dtype)).to(krylov)
+        return operator(v.to(dtype)[None])[0].to(krylov)
 
     def random_unit() -> torch.Tensor:
         v = torch.randn(n, generator=generator, dtype=dtype, device="cpu").to(device, krylov)
