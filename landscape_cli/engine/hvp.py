@@ -30,6 +30,7 @@ synchronisation per HVP); the algorithms check that the numbers they read are fi
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -87,6 +88,7 @@ class HVPEngine:
         self._theta: torch.Tensor | None = None
         self._grad_graph: torch.Tensor | None = None
         self._grad: torch.Tensor | None = None
+        self._exact: HVPEngine | None = None  # exact(): the float64 engine, made when first asked
         self._compiled = None
         if self.compile:
             # Dynamo keeps its graphs, and its limit of 8 recompilations, per code object: shared
@@ -124,9 +126,19 @@ class HVPEngine:
         """H·vᵢ for each row of ``block``: the engine as a ``linalg.operator.LinearOperator``."""
         return self.hvp(block)
 
-    def exact(self) -> None:
-        """Products are exact in the problem's dtype."""
-        return None
+    def exact(self) -> HVPEngine | None:
+        """The same Hessian with float64 products where this engine's are float32 (None where
+        they are float64): a float64 copy of the model on the same data (the batches cast as
+        they go to the device), streamed batch by batch, its products counted in ``cost``. The
+        algorithms measure the float32 products' distance to it (``linalg/lanczos.py``)."""
+        if self.problem.dtype == torch.float64:
+            return None
+        if self._exact is None:
+            problem = replace(self.problem, objective=copy.deepcopy(self.problem.objective).double(),
+                              theta0=self.problem.theta0.double(), dtype=torch.float64)
+            self._exact = HVPEngine(problem, strategy=STREAM, memory_budget=0,
+                                    passes=Passes(problem, cost=self.cost, warnings=self.warnings))
+        return self._exact
 
     # ------------------------------------------------------------------ first order
 

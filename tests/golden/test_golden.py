@@ -13,7 +13,17 @@ from runs import RUNS, dumps, run
 REPORTS = Path(__file__).parent / "reports"
 
 #: run → {dotted key under ``results`` → why its value may differ from the saved one}
-CHANGED_ON_PURPOSE: dict[str, dict[str, str]] = {}
+_FLOAT64_CHECK = ("defect 5: float32 residuals are measured against float64 products of the "
+                  "reported Ritz vectors, so they bound the distance to the exact Hessian's "
+                  "eigenvalues")
+CHANGED_ON_PURPOSE: dict[str, dict[str, str]] = {
+    **{name: {key: _FLOAT64_CHECK for key in ("top_residuals", "bottom_residuals", "residual_floor")}
+       for name in ("spectrum_mlp", "spectrum_mlp_density", "spectrum_cnn", "spectrum_transformer")},
+    **{name: {key: _FLOAT64_CHECK for key in ("lambda_max_residual", "lambda_min_residual", "evidence")}
+       for name in ("classify_mlp", "classify_cnn")},
+    **{name: {"measures.lambda_max.residual": _FLOAT64_CHECK}
+       for name in ("sharpness_mlp", "sharpness_cnn")},
+}
 
 
 def _drop(results: dict, dotted: str) -> None:
