@@ -83,8 +83,8 @@ def test_groups_hold_at_most_group_bytes_of_saved_tensors(mlp_exact, monkeypatch
 def problem_gradient(problem) -> torch.Tensor:
     """Σ_b w_b ∇L_b(θ₀), batch by batch, as the problem defines it."""
     theta = problem.theta0.detach().clone().requires_grad_(True)
-    return torch.autograd.grad(sum(problem.batch_loss(theta, i) for i in range(len(problem.batches))),
-                               theta)[0]
+    return torch.autograd.grad(sum(w * problem.mean_batch_loss(theta, problem.batch(i))
+                                   for i, w in enumerate(problem.weights)), theta)[0]
 
 
 def small_problem(loss_fn, batches: list, sizes: list[int]):

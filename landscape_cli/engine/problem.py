@@ -166,10 +166,6 @@ class Problem:
         """Batch ``index`` on the device (an asynchronous copy from pinned memory on CUDA)."""
         return to_device(self.batches[index], self.device, self.dtype)
 
-    def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
-        """w_b · L_b(θ): batch ``index``'s share of the dataset loss."""
-        return self.weights[index] * self.mean_batch_loss(theta, self.batch(index))
-
     def mean_batch_loss(self, theta: torch.Tensor, batch: Any) -> torch.Tensor:
         """L_b(θ), the mean loss over one batch already on the device."""
         return mean_loss(torch.func.functional_call(self.objective, self.unflatten(theta), (batch,)))
