@@ -390,3 +390,20 @@ def test_the_plan_is_one_frozen_object_that_describe_reports(mlp_exact):
     assert engine.describe()["batch_groups"] == len(engine.plan.groups) == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         engine.plan.chunk = 1
+
+
+def test_the_engine_is_an_operator_with_a_float64_counterpart():
+    """Issue 26: the engine is a ``LinearOperator``; in float32 its ``exact()`` is the same
+    Hessian with float64 products (the float64 engine's, to rounding), counted in its cost."""
+    from landscape_cli.linalg.operator import LinearOperator
+
+    single = HVPEngine(loaded("mlp.yaml", MLP_CKPT, "data.max_samples=300", "dtype=float32").problem)
+    double = HVPEngine(loaded("mlp.yaml", MLP_CKPT, "data.max_samples=300").problem)
+    assert isinstance(single, LinearOperator) and single.size == double.size
+    assert single.dtype == torch.float32 and double.exact() is None
+    vectors = torch.randn(2, single.size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact, reference = single.exact()(vectors), double(vectors)
+    assert exact.dtype == torch.float64
+    assert float((exact - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
+    assert float((single(vectors).double() - reference).abs().max()) > 1e-9 * float(reference.abs().max())
+    assert single.cost.hvps == 4 and single.exact() is single.exact()

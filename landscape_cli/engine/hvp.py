@@ -82,6 +82,8 @@ class HVPEngine:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         keep_freed_memory()
+        # the operator's shape (``linalg.operator.LinearOperator``): vectors of θ's size and dtype
+        self.size, self.dtype, self.device = self.problem.n, self.problem.dtype, self.problem.device
         if self.passes is None:
             self.passes = Passes(self.problem, cost=self.cost, warnings=self.warnings)
         self.cost, self.warnings = self.passes.cost, self.passes.warnings
@@ -109,18 +111,6 @@ class HVPEngine:
         return self.plan.mode
 
     # ------------------------------------------------------------------ the operator (linalg)
-
-    @property
-    def size(self) -> int:
-        return self.problem.n
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.problem.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.problem.device
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         """H·vᵢ for each row of ``block``: the engine as a ``linalg.operator.LinearOperator``."""
