@@ -17,10 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from landscape_cli.config import load_config
+from landscape_cli.config import load_config, resolve_device
 from landscape_cli.data_batches import map_tensors
-from landscape_cli.engine.problem import Problem, build_problem, criterion_loss
-from landscape_cli.loading.assemble import resolve_device
+from landscape_cli.engine.problem import Problem, build_problem, criterion_loss, exact_float32
 from landscape_cli.loading.data import Batches
 from landscape_cli.session import load
 
@@ -137,7 +136,8 @@ def _resnet(name: str, device: torch.device, dtype: torch.dtype, scale: int) -> 
 def build(name: str, device: str = "cpu", dtype: str = "float32", scale: int = 1) -> Case:
     """Case ``name`` with ``scale`` times its data (copies of the samples' batches)."""
     if name in RESNETS:
-        return _resnet(name, resolve_device(device), getattr(torch, dtype), scale)  # TF32 off, as the CLI
+        exact_float32(resolved := resolve_device(device))  # TF32 off, as the CLI
+        return _resnet(name, resolved, getattr(torch, dtype), scale)
     config = load_config(ROOT / "configs" / f"{name}.yaml", [f"device={device}", f"dtype={dtype}"])
     problem = load(config, SAMPLES[name]).problem
     if scale > 1:

@@ -150,10 +150,9 @@ def references(name: str, device: str, fast: bool, tasks: set[str]):
     problem = build(name, device, "float32" if fast else "float64").problem
     engine = HVPEngine(problem)
     start = time.perf_counter()
-    options = {"dtype": problem.dtype, "device": problem.device}
     # capped: a float32 run cannot always reach a tight tol, and would otherwise go on to n steps
-    ref = spectrum(engine.hvp, problem.n, top=5, tol=REFERENCE_TOL[0] if fast else 1e-10,
-                   max_hvps=min(problem.n, 400), **options)
+    ref = spectrum(engine, top=5, tol=REFERENCE_TOL[0] if fast else 1e-10,
+                   max_hvps=min(problem.n, 400))
     eig_ref = ref.top_eigenvalues
     if name == "mlp":
         eye = torch.eye(problem.n, dtype=torch.float64, device=problem.device)
@@ -165,8 +164,7 @@ def references(name: str, device: str, fast: bool, tasks: set[str]):
         tr_ref, tr_note = float("nan"), "not computed"
     else:
         rtol, cap = (5e-3, 600) if fast else (2e-3, 3000)  # float64 on a ResNet is hours
-        est = lt_trace(engine.hvp, problem.n, rtol=rtol, max_hvps=min(problem.n, cap),
-                       **options).estimate
+        est = lt_trace(engine, rtol=rtol, max_hvps=min(problem.n, cap)).estimate
         tr_ref = est.trace
         tr_note = (f"{str(problem.dtype)[6:]} Hutch++ rtol {rtol:g}: stderr "
                    f"{est.stderr / abs(est.trace):.1e} relative, {est.matvecs} HVPs")
@@ -182,7 +180,6 @@ def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int]
     eig_ref, tr_ref, tr_note = references(name, device, fast, tasks)
     case = build(name, device)
     problem, criterion, loader = case.problem, case.criterion, case.loader()
-    n, dev = problem.n, problem.device
     runs, steps = slq_shape
 
     def plain_grad(model):
@@ -198,7 +195,7 @@ def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int]
         bench_hvp(case, plain_grad, repeats, ["cached", "stream"] if mode == "cached" else ["stream"])
     def top_k(tol, r, k):
         eng = HVPEngine(problem)
-        res = spectrum(eng.hvp, n, top=k, tol=tol, seed=r, dtype=problem.dtype, device=dev)
+        res = spectrum(eng, top=k, tol=tol, seed=r)
         return eng.cost.hvps, res.top_eigenvalues
 
     for k in (1, 5) if "top" in tasks else ():
@@ -212,8 +209,7 @@ def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int]
     if "trace" in tasks:
         def run_tr(r):
             eng = HVPEngine(problem)
-            est = lt_trace(eng.hvp, n, rtol=TRACE_INTERVAL[0] / 1.96, seed=r, dtype=problem.dtype,
-                           device=dev).estimate
+            est = lt_trace(eng, rtol=TRACE_INTERVAL[0] / 1.96, seed=r).estimate
             return est.matvecs, est.trace
         t, (lt_tr_hvps, val) = timed(run_tr, LONG_REPEATS[0])
         add(name, "trace", lib, t, lt_tr_hvps, abs(val - tr_ref) / abs(tr_ref),
@@ -223,8 +219,7 @@ def bench_model(name: str, device: str, repeats: int, slq_shape: tuple[int, int]
     if "slq" in tasks:
         def run_slq(r):
             eng = HVPEngine(problem)
-            res = slq(eng.hvp, n, runs=runs, steps=steps, generator=torch.Generator().manual_seed(r),
-                      dtype=problem.dtype, device=dev)
+            res = slq(eng, runs=runs, steps=steps, generator=torch.Generator().manual_seed(r))
             return eng.cost.hvps, res
         t, (h, _) = timed(run_slq, LONG_REPEATS[0])
         add(name, "slq", lib, t, h, None, f"{runs} runs × {steps} steps, batched")

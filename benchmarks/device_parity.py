@@ -26,10 +26,9 @@ def measure(name: str, device: str) -> tuple[list[float], float]:
     problem = build(name, device, "float64").problem
     start = time.perf_counter()
     engine = HVPEngine(problem)
-    options = {"seed": 0, "dtype": problem.dtype, "device": problem.device}
-    top = spectrum(engine.hvp, problem.n, top=5, tol=1e-8, **options).top_eigenvalues
-    total = trace(engine.hvp, problem.n, rtol=0.01, max_hvps=600, **options).estimate.trace
-    ratio = spectral_density(engine.hvp, problem.n, runs=4, steps=40, **options).negative_weight_ratio
+    top = spectrum(engine, top=5, tol=1e-8, seed=0).top_eigenvalues
+    total = trace(engine, rtol=0.01, max_hvps=600, seed=0).estimate.trace
+    ratio = spectral_density(engine, runs=4, steps=40, seed=0).negative_weight_ratio
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return [*top, total, ratio], time.perf_counter() - start

@@ -29,8 +29,7 @@ def main() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
-        result = spectrum(engine.hvp, problem.n, top=5, tol=1e-4, seed=0, dtype=problem.dtype,
-                          device=problem.device)
+        result = spectrum(engine, top=5, tol=1e-4, seed=0)
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     where: dict[str, int] = {}

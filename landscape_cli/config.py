@@ -23,6 +23,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, fi
 from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
+from landscape_cli.engine.names import AUTO, Strategy
 from landscape_cli.errors import CheckpointError, ConfigError
 
 CONFIG_FILENAME = "landscape.yaml"
@@ -37,6 +38,21 @@ MAX_VALUES = MAX_CONFIG_BYTES // 2
 #: the digest all recurse once per level).
 MAX_DEPTH = 64
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` means here (auto, cpu, cuda or cuda:N; ``auto``: the first CUDA
+    device when there is one, else the CPU), or ValueError where it is not a device or this
+    machine lacks it. The one device check: the config runs it as it is read."""
+    if not DEVICE.fullmatch(name):
+        raise ValueError(f"'{name}' is not a device; use auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count()  # 0 where CUDA is not available
+    if name == "auto":
+        return torch.device("cuda" if count else "cpu")
+    if name.startswith("cuda") and int(name[5:] or 0) >= count:
+        have = f"only {count} CUDA device(s)" if count else "no CUDA device"
+        raise ValueError(f"'{name}' asked for, but this machine has {have}")
+    return torch.device(name)
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -183,7 +199,7 @@ class LossSection(_FactorySection):
 class EngineSection(_Section):
     """How H·v is computed; never what (``engine/hvp.py``). Left out of the config digest."""
 
-    strategy: Literal["auto", "cached", "stream"] = "auto"
+    strategy: Strategy = AUTO
     memory_budget: ByteSize | None = Field(
         default=None, description="bytes ('8GB', '512MiB') the cached graph, then the SLQ bases, "
         "may hold; default: half the GPU's memory or 40% of the RAM (what the machine has)")
@@ -208,14 +224,9 @@ class Config(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        """auto, cpu, cuda or cuda:N, and a CUDA device must exist here: the model and the
-        data would otherwise fail halfway through, on their way to it."""
-        if not DEVICE.fullmatch(value):
-            raise ValueError(f"'{value}' is not a device; use auto, cpu, cuda or cuda:N")
-        count = torch.cuda.device_count()  # 0 where CUDA is not available
-        if value.startswith("cuda") and int(value[5:] or 0) >= count:
-            have = f"only {count} CUDA device(s)" if count else "no CUDA device"
-            raise ValueError(f"'{value}' asked for, but this machine has {have}")
+        """A device that exists here (``resolve_device``): the model and the data would
+        otherwise fail halfway through, on their way to it."""
+        resolve_device(value)
         return value
 
     def sha256(self) -> str:

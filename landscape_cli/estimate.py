@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from landscape_cli.linalg.operator import LinearOperator
+
 #: a gradient costs about three forward passes (one forward, a backward of about two)
 PASSES_PER_GRADIENT = 3
 
@@ -40,24 +42,10 @@ class CostEstimate:
     per_pass: float | None = None
     said: bool = field(default=False, init=False)
 
-    def timed_products(self, matvec: Callable[[torch.Tensor], torch.Tensor],
-                       then: Callable[[], None]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``matvec``, with its second call timed (the first may build what later ones reuse,
-        such as a cached graph); ``then()`` runs once that is known."""
-        calls = 0
-
-        def timed(vectors: torch.Tensor) -> torch.Tensor:
-            nonlocal calls
-            calls += 1
-            if self.per_product is not None or calls == 1:
-                return matvec(vectors)
-            start = self.clock()
-            out = matvec(vectors)
-            self.per_product = (self.clock() - start) / (vectors.shape[0] if vectors.dim() > 1 else 1)
-            then()
-            return out
-
-        return timed
+    def timed(self, operator: LinearOperator, then: Callable[[], None]) -> TimedOperator:
+        """``operator``, with its second product timed (the first may build what later ones
+        reuse, such as a cached graph); ``then()`` runs once that is known."""
+        return TimedOperator(operator, self, then)
 
     def timed_pass(self, evaluate: Callable[[], object]) -> object:
         """``evaluate()`` (one data pass), timed."""
@@ -88,3 +76,43 @@ class CostEstimate:
         dominant = max(seconds, key=seconds.__getitem__)
         self.notify(f"{self.label}: about {counts} ≈ {duration(total)} at {rates} (measured); "
                     f"{dominant} dominates; {self.hint}")
+
+
+@dataclass
+class TimedOperator:
+    """An operator whose second product sets ``estimate.per_product`` (per row of its block);
+    everything else is the wrapped operator's."""
+
+    operator: LinearOperator
+    estimate: CostEstimate
+    then: Callable[[], None]
+    calls: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.operator.size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.operator.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.operator.device
+
+    def memory_left(self) -> int | None:
+        return self.operator.memory_left()
+
+    def exact(self) -> LinearOperator | None:
+        return self.operator.exact()
+
+    def __call__(self, block: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.estimate.per_product is not None or self.calls == 1:
+            return self.operator(block)
+        start = self.estimate.clock()
+        out = self.operator(block)
+        rows = block.shape[0] if block.dim() > 1 else 1
+        self.estimate.per_product = (self.estimate.clock() - start) / rows
+        self.then()
+        return out

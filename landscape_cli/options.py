@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from landscape_cli.engine.names import STRATEGIES
 from landscape_cli.errors import LandscapeError
 
 
@@ -96,7 +97,6 @@ def jsonable(value: Any) -> Any:
 
 
 _INPUT, _ENGINE, _OUTPUT = "Input", "Engine", "Output"
-STRATEGIES = ("auto", "cached", "stream")
 
 
 @dataclass

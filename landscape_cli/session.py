@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from landscape_cli.config import Config
+from landscape_cli.config import Config, resolve_device
 from landscape_cli.engine import distributed
-from landscape_cli.engine.hvp import default_memory_budget
 from landscape_cli.engine.passes import Evaluation, Passes
-from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss
+from landscape_cli.engine.plan import default_memory_budget
+from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss, exact_float32
 from landscape_cli.errors import ConfigError, NumericalError
 from landscape_cli.loading.assemble import (
     DTYPES,
@@ -26,7 +26,6 @@ from landscape_cli.loading.assemble import (
     key_warnings,
     load_weights,
     match_warnings,
-    resolve_device,
 )
 from landscape_cli.loading.checkpoint import Checkpoint, read_checkpoint
 from landscape_cli.loading.data import load_batches
@@ -128,6 +127,7 @@ class Session:
         if first:
             data = load_batches(config, options.max_batches, host_budget=host_memory_budget())
             device = distributed.initialize(resolve_device(config.device), options.dist_timeout)
+            exact_float32(device)
             built.problem = build_problem(built.model, built.loss_fn, data, bn=config.bn,
                                           params=options.params, device=device, dtype=dtype)
         else:

@@ -10,7 +10,7 @@ import torch
 from conftest import dense_hessian, digits
 from torch import nn
 
-import landscape_cli.engine.hvp as hvp_module
+import landscape_cli.engine.plan as plan_module
 from landscape_cli.data_batches import concat_batches, concatenates
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.problem import build_problem, criterion_loss
@@ -72,19 +72,19 @@ def test_groups_hold_at_most_group_bytes_of_saved_tensors(mlp_exact, monkeypatch
     """Bytes per sample are measured on the first batch (256 samples of 256, 256, 88)."""
     problem, hessian, _ = mlp_exact
     size = HVPEngine(problem, strategy="stream")._first_order_graph([(problem.weights[0], [0])], None).bytes
-    monkeypatch.setattr(hvp_module, "GROUP_BYTES", 2 * size + size // 4)  # 512 samples, not 600
+    monkeypatch.setattr(plan_module, "GROUP_BYTES", 2 * size + size // 4)  # 512 samples, not 600
     engine = HVPEngine(problem, strategy="cached")
     assert engine.describe()["batch_groups"] == 2  # [256 + 256], [88]
     assert_exact(engine, hessian)
-    monkeypatch.setattr(hvp_module, "GROUP_BYTES", size - 1)
+    monkeypatch.setattr(plan_module, "GROUP_BYTES", size - 1)
     assert HVPEngine(problem, strategy="cached").describe()["batch_groups"] == 3
 
 
 def problem_gradient(problem) -> torch.Tensor:
     """Σ_b w_b ∇L_b(θ₀), batch by batch, as the problem defines it."""
     theta = problem.theta0.detach().clone().requires_grad_(True)
-    return torch.autograd.grad(sum(problem.batch_loss(theta, i) for i in range(len(problem.batches))),
-                               theta)[0]
+    return torch.autograd.grad(sum(w * problem.mean_batch_loss(theta, problem.batch(i))
+                                   for i, w in enumerate(problem.weights)), theta)[0]
 
 
 def small_problem(loss_fn, batches: list, sizes: list[int]):
@@ -178,8 +178,8 @@ def test_batches_that_do_not_stack_stay_separate_and_exact(strategy):
 @pytest.mark.parametrize("rows", [1, 2])
 def test_batched_passes_take_at_most_the_rows_batched_bytes_allow(mlp_exact, monkeypatch, rows):
     problem, hessian, _ = mlp_exact
-    group = HVPEngine(problem, strategy="cached").cached_bytes  # one group: the joined batches
-    monkeypatch.setattr(hvp_module, "BATCHED_BYTES", rows * group + 1)
+    group = HVPEngine(problem, strategy="cached").plan.cached_bytes  # one group: the joined batches
+    monkeypatch.setattr(plan_module, "BATCHED_BYTES", rows * group + 1)
     engine = HVPEngine(problem, strategy="cached")
     real, batched_rows = engine._cached_backward, []
 
@@ -217,13 +217,12 @@ def test_joining_is_checked_before_any_graph_is_kept(monkeypatch):
 def test_streamed_vmap_takes_at_most_the_rows_batched_bytes_allow_per_joined_group(mlp_exact, monkeypatch):
     """vmap holds a group's activations per row: joined groups cap the rows per vmapped pass."""
     problem, hessian, _ = mlp_exact
-    group = HVPEngine(problem, strategy="cached").cached_bytes  # one group: the joined batches
-    monkeypatch.setattr(hvp_module, "BATCHED_BYTES", 2 * group + group // 2)
+    group = HVPEngine(problem, strategy="cached").plan.cached_bytes  # one group: the joined batches
+    monkeypatch.setattr(plan_module, "BATCHED_BYTES", 2 * group + group // 2)
     engine = HVPEngine(problem, strategy="stream")
     real, rows = engine._forward_over_reverse, []
     monkeypatch.setattr(engine, "_forward_over_reverse",
                         lambda theta, block, batch: rows.append(len(block)) or real(theta, block, batch))
-    engine._block_way = "vmapped forward-over-reverse"
     vectors = torch.randn(5, problem.n, dtype=F64, generator=torch.Generator().manual_seed(3))
     scale = float(hessian.abs().max()) * problem.n ** 0.5
     assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale

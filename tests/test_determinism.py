@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import CNN_CKPT, MLP_CKPT, ROOT, loaded
 
-import landscape_cli.engine.hvp as hvp_module
+import landscape_cli.engine.plan as plan_module
 from landscape_cli.engine.hvp import HVPEngine
 
 HOUR = 3600.0
@@ -87,7 +87,7 @@ def test_the_default_budget_is_a_share_of_the_memory_the_machine_has():
     keeps its bases, all of which change the last digits."""
     with open("/proc/meminfo") as handle:
         total_kb = int(next(line for line in handle if line.startswith("MemTotal")).split()[1])
-    assert hvp_module.default_memory_budget(torch.device("cpu")) == int(0.4 * total_kb * 1024)
+    assert plan_module.default_memory_budget(torch.device("cpu")) == int(0.4 * total_kb * 1024)
 
 
 def test_a_kept_graph_out_of_gpu_memory_streams_with_a_warning(monkeypatch, mlp_exact):

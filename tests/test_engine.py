@@ -21,9 +21,11 @@ from torch import nn
 
 from landscape_cli.analyses.spectrum import spectrum
 from landscape_cli.config import load_config
-from landscape_cli.engine.hvp import HVPEngine, batches_rows
+from landscape_cli.engine.hvp import HVPEngine
+from landscape_cli.engine.plan import batches_rows
 from landscape_cli.engine.problem import build_problem, criterion_loss
 from landscape_cli.errors import LandscapeError
+from landscape_cli.linalg.operator import DenseOperator
 from landscape_cli.loading.assemble import build_model
 from landscape_cli.loading.data import Batches
 
@@ -67,7 +69,7 @@ def test_streamed_blocks_go_the_way_the_rule_says_and_stay_exact(mlp_exact, monk
 
     monkeypatch.setattr(engine, slower, delayed)
     three_blocks_are_exact(engine, hessian, rows=3)
-    ruled = batches_rows(problem.device, engine._group_bytes)
+    ruled = batches_rows(problem.device, engine.plan.group_bytes)
     assert engine.describe()["stream_block_hvp"] == (
         "vmapped forward-over-reverse" if ruled else "double backward")
     # three blocks over the joined batches, and the pass over the first group that checked them
@@ -109,7 +111,7 @@ def test_loss_and_gradient_are_the_sample_weighted_dataset_mean(mlp_exact):
 def test_mlp_top5_and_bottom5_match_dense_eigvalsh(mlp_exact):
     problem, hessian, _ = mlp_exact
     exact = torch.linalg.eigvalsh(hessian)
-    result = spectrum(HVPEngine(problem).hvp, problem.n, top=5, bottom=5, tol=1e-8, seed=0)
+    result = spectrum(HVPEngine(problem), top=5, bottom=5, tol=1e-8, seed=0)
     assert relative_error(result.top_eigenvalues, exact[-5:].flip(0)) < 1e-4
     # the bottom of a trained net's spectrum is a cluster at 0: compare absolutely
     assert np.allclose(result.bottom_eigenvalues, exact[:5].numpy(), atol=1e-4 * float(exact[-1]))
@@ -136,7 +138,7 @@ def test_batchnorm_eval_with_uneven_batches_matches_dense_hessian(tmp_path):
     hessian = dense_hessian(full_batch_loss(problem.objective.model, problem, x, y), problem.theta0)
     exact = torch.linalg.eigvalsh(hessian)
     engine = HVPEngine(problem)
-    result = spectrum(engine.hvp, problem.n, top=5, bottom=5, tol=1e-9, seed=1)
+    result = spectrum(engine, top=5, bottom=5, tol=1e-9, seed=1)
     assert relative_error(result.top_eigenvalues, exact[-5:].flip(0)) < 1e-6
     assert np.allclose(result.bottom_eigenvalues, exact[:5].numpy(), atol=1e-6 * float(exact[-1]))
     vectors = torch.randn(2, problem.n, dtype=torch.float64)
@@ -280,10 +282,10 @@ def test_non_finite_hvp_stops_every_algorithm(algorithm):
                             dtype=torch.float64)
     engine = HVPEngine(problem)
     assert not torch.isfinite(engine.hvp(torch.ones(3, dtype=torch.float64))).all()
-    run = {"lanczos": lambda: lanczos(engine.hvp, problem.n, top=2),
-           "hutchpp": lambda: hutchpp(engine.hvp, problem.n, max_matvecs=30,
+    run = {"lanczos": lambda: lanczos(engine, top=2),
+           "hutchpp": lambda: hutchpp(engine, max_matvecs=30,
                                        generator=torch.Generator().manual_seed(0)),
-           "slq": lambda: slq(engine.hvp, problem.n, runs=2, steps=3)}[algorithm]
+           "slq": lambda: slq(engine, runs=2, steps=3)}[algorithm]
     with pytest.raises(FloatingPointError):
         run()
 
@@ -351,7 +353,7 @@ def test_lanczos_reads_the_device_once_per_step(monkeypatch):
     real = lanczos_module.read_finite
     monkeypatch.setattr(lanczos_module, "read_finite", lambda t: reads.append(1) or real(t))
     matrix = symmetric_with_spectrum(torch.linspace(-1, 10, 60, dtype=torch.float64), seed=0)
-    result = lanczos_module.lanczos(lambda v: v @ matrix, 60, top=3, tol=1e-8,
+    result = lanczos_module.lanczos(DenseOperator(matrix), top=3, tol=1e-8,
                                     generator=torch.Generator().manual_seed(0))
     assert result.converged and len(reads) == result.steps + 1  # + the final measured residuals
 
@@ -371,3 +373,37 @@ def test_out_of_memory_blocks_are_split_and_stay_exact(mlp_exact, monkeypatch):
     scale = float(hessian.abs().max())
     assert float((engine.hvp(vectors) - vectors @ hessian).abs().max()) < 1e-10 * scale * problem.n ** 0.5
     assert engine.describe()["hvp_chunk"] == 3 and any("out of memory" in w for w in engine.warnings)
+
+
+def test_the_plan_is_one_frozen_object_that_describe_reports(mlp_exact):
+    """Issue 26: the engine's plan is one frozen object; the report's settings are its
+    ``describe()``, and what the engine learns (the groups) replaces it, never mutates it."""
+    import dataclasses
+
+    problem, hessian, _ = mlp_exact
+    engine = HVPEngine(problem, strategy="stream")
+    before = engine.plan
+    assert before.groups is None and "batch_groups" not in engine.describe()
+    three_blocks_are_exact(engine, hessian, rows=2)
+    assert engine.plan is not before and engine.plan.groups is not None
+    assert engine.describe() == engine.plan.describe()
+    assert engine.describe()["batch_groups"] == len(engine.plan.groups) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        engine.plan.chunk = 1
+
+
+def test_the_engine_is_an_operator_with_a_float64_counterpart():
+    """Issue 26: the engine is a ``LinearOperator``; in float32 its ``exact()`` is the same
+    Hessian with float64 products (the float64 engine's, to rounding), counted in its cost."""
+    from landscape_cli.linalg.operator import LinearOperator
+
+    single = HVPEngine(loaded("mlp.yaml", MLP_CKPT, "data.max_samples=300", "dtype=float32").problem)
+    double = HVPEngine(loaded("mlp.yaml", MLP_CKPT, "data.max_samples=300").problem)
+    assert isinstance(single, LinearOperator) and single.size == double.size
+    assert single.dtype == torch.float32 and double.exact() is None
+    vectors = torch.randn(2, single.size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact, reference = single.exact()(vectors), double(vectors)
+    assert exact.dtype == torch.float64
+    assert float((exact - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
+    assert float((single(vectors).double() - reference).abs().max()) > 1e-9 * float(reference.abs().max())
+    assert single.cost.hvps == 4 and single.exact() is single.exact()

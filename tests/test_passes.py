@@ -302,3 +302,26 @@ def test_recalibrate_bn_without_batchnorm_is_empty():
     assert passes.recalibrate_bn(random_theta(problem)) == {}
     assert passes.recalibrate_bn() == {}
     assert buffers_of(problem.objective.model).keys() == before.keys()
+
+
+def test_loss_at_theta0_has_one_home_the_first_pass_that_computed_it():
+    """Issue 26: L(θ₀) comes from the first pass at θ₀ that computed it (here a gradient
+    pass); the accuracy from one evaluation, run once however often it is asked for."""
+    problem, sizes = sample_problem("mlp")
+    passes = Passes(problem)
+    loss, _ = passes.value_and_grad()
+    evaluated = passes.at_theta0()
+    assert evaluated.loss == loss  # the gradient pass's own number, not a second one
+    x, y = digits(sum(sizes))
+    with torch.no_grad():
+        model = copy.deepcopy(problem.objective.model).double()
+        logits = model(x.double())
+    exact = float(nn.functional.cross_entropy(logits, y))
+    assert evaluated.loss == pytest.approx(exact, rel=1e-5)
+    assert evaluated.accuracy == pytest.approx(float((logits.argmax(1) == y).double().mean()), abs=1e-12)
+    forwards = passes.cost.forwards
+    assert passes.evaluate() == passes.at_theta0() == evaluated and passes.cost.forwards == forwards
+    # a known evaluation (the load's) is the home where no pass ran yet
+    fresh = Passes(problem)
+    known = type(evaluated)(1.5, 0.25)
+    assert fresh.at_theta0(known) == known and fresh.cost.forwards == 0

@@ -301,7 +301,7 @@ def test_worst_case_on_the_sample_cnn_is_at_least_each_kind_of_start():
     worst = m["worst_case"]
     assert worst.value >= worst.random_start_value and worst.value >= worst.warm_start_value
     assert worst.value > 0 and worst.grad_evals == 3 * 8
-    independent = lanczos(engine.hvp, problem.n, top=1, tol=1e-8,
+    independent = lanczos(engine, top=1, tol=1e-8,
                           generator=torch.Generator().manual_seed(7))
     assert independent.top.values[0] == pytest.approx(m["lambda_max"].value, rel=1e-4)
     v = independent.top.vectors[0].to(problem.theta0)

@@ -17,6 +17,7 @@ from quadratic import symmetric_with_spectrum
 
 from landscape_cli.analyses.density import spectral_density
 from landscape_cli.linalg.lanczos import tridiagonal_eigh
+from landscape_cli.linalg.operator import CallableOperator
 from landscape_cli.linalg.slq import (
     gaussian_density,
     negative_mass,
@@ -35,18 +36,18 @@ def quarter():
     return symmetric_with_spectrum(QUARTER_NEGATIVE, seed=1)
 
 
-def matvec_of(matrix, calls=None):
+def matvec_of(matrix, calls=None, memory=None):
     def matvec(block):
         if calls is not None:
             calls.append(tuple(block.shape))
         return block @ matrix  # rows are vectors; A is symmetric
 
-    return matvec
+    return CallableOperator(matvec, matrix.shape[0], matrix.dtype, memory=memory)
 
 
 def run_slq(matrix, runs, steps, seed=0, calls=None):
-    return slq(matvec_of(matrix, calls), matrix.shape[0], runs=runs, steps=steps,
-               generator=torch.Generator().manual_seed(seed), dtype=torch.float64, device="cpu")
+    return slq(matvec_of(matrix, calls), runs=runs, steps=steps,
+               generator=torch.Generator().manual_seed(seed))
 
 
 def reference_lanczos(matrix, v, steps):
@@ -83,7 +84,7 @@ def test_negative_mass_of_a_quarter_negative_spectrum(quarter):
 
 
 def test_weights_sum_to_one_and_density_integrates_to_one(quarter):
-    density = spectral_density(matvec_of(quarter), 400, runs=6, steps=50, seed=3)
+    density = spectral_density(matvec_of(quarter), runs=6, steps=50, seed=3)
     for weights in density.weights:
         assert sum(weights) == pytest.approx(1.0, abs=1e-12)
         assert min(weights) >= 0
@@ -92,7 +93,7 @@ def test_weights_sum_to_one_and_density_integrates_to_one(quarter):
     assert len(density.grid) == 1000 and density.sigma == pytest.approx(
         (density.lambda_max - density.lambda_min) / 50)
     # a narrow σ chosen by hand: the grid is refined so the curve still integrates to 1
-    narrow = spectral_density(matvec_of(quarter), 400, runs=2, steps=50, seed=3, sigma=0.005)
+    narrow = spectral_density(matvec_of(quarter), runs=2, steps=50, seed=3, sigma=0.005)
     assert len(narrow.grid) > 1000
     assert float(torch.trapezoid(torch.tensor(narrow.values), torch.tensor(narrow.grid))) == \
         pytest.approx(1.0, abs=1e-3)
@@ -160,7 +161,7 @@ def test_uneven_breakdown_pads_with_zero_weight(monkeypatch):
     monkeypatch.setattr(module, "rademacher",
                         lambda runs, n, generator: starts / starts.norm(dim=1, keepdim=True))
     calls = []
-    result = slq(matvec_of(matrix, calls), 4, runs=2, steps=4)
+    result = slq(matvec_of(matrix, calls), runs=2, steps=4)
     assert calls == [(2, 4), (2, 4), (1, 4), (1, 4)]  # the stopped run costs no more products
     assert result.lengths == [4, 2]
     assert result.weights[1, 2:].tolist() == [0.0, 0.0]
@@ -192,7 +193,7 @@ def test_without_reorthogonalization_the_quadrature_keeps_its_moments():
     matrix = symmetric_with_spectrum(eigenvalues, seed=6)
     runs, steps = 4, 60
     full = run_slq(matrix, runs=runs, steps=steps, seed=11)
-    local = slq(matvec_of(matrix), 300, runs=runs, steps=steps,
+    local = slq(matvec_of(matrix), runs=runs, steps=steps,
                 generator=torch.Generator().manual_seed(11), reorthogonalize=False)
     starts = rademacher(runs, 300, torch.Generator().manual_seed(11))
     for k in (1, 2, 3, 4):
@@ -209,8 +210,8 @@ def test_without_reorthogonalization_the_quadrature_keeps_its_moments():
 
 def test_density_beyond_the_memory_budget_drops_reorthogonalization(quarter):
     basis_bytes = 3 * 20 * 400 * 8
-    kept = spectral_density(matvec_of(quarter), 400, runs=3, steps=20, memory_budget=basis_bytes)
-    dropped = spectral_density(matvec_of(quarter), 400, runs=3, steps=20, memory_budget=basis_bytes - 1)
+    kept = spectral_density(matvec_of(quarter, memory=basis_bytes), runs=3, steps=20)
+    dropped = spectral_density(matvec_of(quarter, memory=basis_bytes - 1), runs=3, steps=20)
     assert kept.reorthogonalized and not kept.notes
     assert not dropped.reorthogonalized and "without full reorthogonalization" in dropped.notes[0]
     assert dropped.negative_mass == pytest.approx(kept.negative_mass, abs=0.02)
@@ -226,8 +227,8 @@ def test_float32_operator_keeps_the_quadrature():
     """In float32 (the default dtype of checkpoints) the reorthogonalized runs still match."""
     matrix = symmetric_with_spectrum(QUARTER_NEGATIVE[::4], seed=2)  # n = 100
     exact = run_slq(matrix, runs=3, steps=30, seed=5)
-    single = slq(matvec_of(matrix.float()), 100, runs=3, steps=30,
-                 generator=torch.Generator().manual_seed(5), dtype=torch.float32)
+    single = slq(matvec_of(matrix.float()), runs=3, steps=30,
+                 generator=torch.Generator().manual_seed(5))
     assert torch.allclose(single.nodes, exact.nodes, atol=1e-3)
     assert torch.allclose(single.weights, exact.weights, atol=1e-3)
 

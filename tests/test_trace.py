@@ -11,6 +11,7 @@ from quadratic import symmetric_with_spectrum
 
 from landscape_cli.analyses.trace import module_groups, trace
 from landscape_cli.engine.hvp import HVPEngine
+from landscape_cli.linalg.operator import DenseOperator
 from landscape_cli.linalg.trace import hutchinson, hutchpp, independent_columns, t975
 
 MIXED = [3.0 * (1 + i % 7) for i in range(60)] + [-1.5 * (1 + i % 5) for i in range(40)]
@@ -19,7 +20,7 @@ DECAYING = [100 * 0.85 ** i for i in range(300)]
 
 def operator(eigenvalues, seed=0):
     matrix = symmetric_with_spectrum(eigenvalues, seed=seed)
-    return (lambda v: v @ matrix), float(sum(eigenvalues)), len(eigenvalues)
+    return DenseOperator(matrix), float(sum(eigenvalues))
 
 
 @pytest.mark.parametrize("method", ["hutchpp", "hutchinson"])
@@ -43,7 +44,7 @@ def test_quadratic_with_mixed_signs_within_interval_and_3_percent(cli, tmp_path,
 def test_real_mlp_within_interval_and_3_percent(mlp_exact, method):
     problem, hessian, _ = mlp_exact
     exact = float(torch.trace(hessian))
-    result = trace(HVPEngine(problem).hvp, problem.n, method=method, rtol=0.01, max_hvps=4000,
+    result = trace(HVPEngine(problem), method=method, rtol=0.01, max_hvps=4000,
                    seed=0)
     lo, hi = result.estimate.ci95
     assert lo <= exact <= hi
@@ -52,11 +53,11 @@ def test_real_mlp_within_interval_and_3_percent(mlp_exact, method):
 
 
 def test_hutchpp_beats_hutchinson_on_a_decaying_spectrum_at_equal_hvps():
-    matvec, exact, n = operator(DECAYING)
+    matrix, exact = operator(DECAYING)
     errors = {"hutchpp": [], "hutchinson": []}
     for seed in range(20):
         for name, estimator in (("hutchpp", hutchpp), ("hutchinson", hutchinson)):
-            est = estimator(matvec, n, rtol=0, max_matvecs=60, generator=torch.Generator().manual_seed(seed))
+            est = estimator(matrix, rtol=0, max_matvecs=60, generator=torch.Generator().manual_seed(seed))
             assert est.matvecs == 60
             errors[name].append(abs(est.trace - exact) / exact)
     # Hutch++ removes the top directions: a far smaller error for the same 60 HVPs
@@ -65,18 +66,18 @@ def test_hutchpp_beats_hutchinson_on_a_decaying_spectrum_at_equal_hvps():
 
 @pytest.mark.parametrize("estimator", [hutchpp, hutchinson])
 def test_the_95_percent_interval_covers_the_truth_about_95_percent_of_the_time(estimator):
-    matvec, exact, n = operator(MIXED, seed=2)
+    matrix, exact = operator(MIXED, seed=2)
     covered = 0
     for seed in range(60):
-        est = estimator(matvec, n, rtol=0.05, max_matvecs=400,
+        est = estimator(matrix, rtol=0.05, max_matvecs=400,
                         generator=torch.Generator().manual_seed(seed))
         covered += est.ci95[0] <= exact <= est.ci95[1]
     assert covered >= 51  # ≥ 85% of 60: a broken error bar fails this, an honest one passes
 
 
 def test_sketch_spanning_the_space_is_exact():
-    matvec, exact, n = operator([5.0, -2.0, 1.0, 0.5])
-    est = hutchpp(matvec, n, rtol=0.01, max_matvecs=100, sketch=4,
+    matrix, exact = operator([5.0, -2.0, 1.0, 0.5])
+    est = hutchpp(matrix, rtol=0.01, max_matvecs=100, sketch=4,
                   generator=torch.Generator().manual_seed(0))
     assert est.trace == pytest.approx(exact, abs=1e-12) and est.stderr == 0 and est.converged
 
@@ -92,7 +93,7 @@ def test_per_layer_traces_are_the_diagonal_blocks(mlp_exact):
     problem, hessian, _ = mlp_exact
     groups = module_groups(problem.names, problem.groups)
     assert list(groups) == ["0", "2"]  # Linear layers 0 and 2 of the Sequential, weight + bias
-    result = trace(HVPEngine(problem).hvp, problem.n, rtol=0.01, max_hvps=3000, seed=0,
+    result = trace(HVPEngine(problem), rtol=0.01, max_hvps=3000, seed=0,
                    groups=groups)
     for row in result.per_layer:
         index = torch.cat([torch.arange(s.start, s.stop) for s in groups[row.name]])

@@ -21,6 +21,7 @@ import torch
 
 from landscape_cli.analyses.density import spectral_density
 from landscape_cli.linalg.lanczos import lanczos
+from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.results.critical import CriticalPointResult
 
@@ -48,20 +49,18 @@ def decide(grad_norm: float, grad_threshold: float, theta_min: float, r_min: flo
                           "minimum from a degenerate saddle")
 
 
-def classify(hvp: Callable[[torch.Tensor], torch.Tensor], grad: torch.Tensor, theta: torch.Tensor,
+def classify(operator: LinearOperator, grad: torch.Tensor, theta: torch.Tensor,
              *, grad_rtol: float = 1e-3, grad_tol: float | None = None, eig_rtol: float = 1e-3,
              tol: float = 1e-4, max_hvps: int | None = None, density: bool = True,
-             runs: int = 4, steps: int = 60, seed: int = 0, dtype: torch.dtype = torch.float64,
-             device: torch.device | str = "cpu",
+             runs: int = 4, steps: int = 60, seed: int = 0,
              callback: Callable[[int, int, int], None] | None = None,
-             memory_budget: int | None = None, so_far: SoFar | None = None) -> CriticalPointResult:
+             so_far: SoFar | None = None) -> CriticalPointResult:
     """Gradient norm, extreme eigenvalues by Lanczos, negative spectral mass by SLQ (within
-    ``memory_budget`` bytes for its vectors, see :func:`spectral_density`). ``so_far`` holds
+    the operator's memory for its vectors, see :func:`spectral_density`). ``so_far`` holds
     the verdict without the density while SLQ runs, for an interrupted run's report."""
     n = theta.numel()
-    run = lanczos(hvp, n, top=1, bottom=1, tol=tol, max_steps=max_hvps,
-                  generator=torch.Generator().manual_seed(seed), dtype=dtype, device=device,
-                  callback=callback)
+    run = lanczos(operator, top=1, bottom=1, tol=tol, max_steps=max_hvps,
+                  generator=torch.Generator().manual_seed(seed), callback=callback)
     theta_max, r_max = run.top.values[0], run.top.residuals[0]
     theta_min, r_min = run.bottom.values[0], run.bottom.residuals[0]
     scale = max(abs(theta_max), abs(theta_min))
@@ -88,8 +87,7 @@ def classify(hvp: Callable[[torch.Tensor], torch.Tensor], grad: torch.Tensor, th
         so_far.result = lambda: result(density=None, evidence=evidence, notes=[
             "interrupted during the SLQ density: the verdict is complete, negative_fraction "
             "was not measured"])
-    result_density = spectral_density(hvp, n, runs=runs, steps=min(steps, n), seed=seed,
-                                      dtype=dtype, device=device, memory_budget=memory_budget)
+    result_density = spectral_density(operator, runs=runs, steps=min(steps, n), seed=seed)
     evidence.append(
         f"SLQ ({runs} runs × {min(steps, n)} steps): an estimated "
         f"{100 * result_density.negative_mass:.3g}% of eigenvalues lie below "

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.slq import (
     SLQResult,
     gaussian_density,
@@ -43,13 +44,11 @@ def default_sigma(lambda_min: float, lambda_max: float, steps: int) -> float:
     return width / steps
 
 
-def spectral_density(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, runs: int = 10,
+def spectral_density(operator: LinearOperator, *, runs: int = 10,
                      steps: int = 90, seed: int = 0, sigma: float | None = None,
                      grid_points: int = 1000, negative_threshold: float | None = None,
-                     dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
                      callback: Callable[[int, int, int], None] | None = None,
-                     memory_budget: int | None = None, so_far: SoFar | None = None
-                     ) -> DensityResult:
+                     so_far: SoFar | None = None) -> DensityResult:
     """SLQ with ``runs`` Rademacher start vectors × ``steps`` Lanczos steps (capped at n).
 
     Defaults: 90 steps (DESIGN §5: ~80–100) resolve the spectrum to ~1% of its range; 10 runs
@@ -59,12 +58,13 @@ def spectral_density(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, run
     ``negative_threshold`` to 3·(λ_max − λ_min)/steps (DESIGN §6): eigenvalues closer to 0
     than that cannot be told from 0 by an m-node quadrature. λ_min/λ_max are the extreme
     nodes, which converge first (they are the Lanczos Ritz values). When the bases (runs × steps
-    × n numbers) would exceed ``memory_budget`` bytes, the runs go without full
+    × n numbers) would exceed the operator's ``memory_left()``, the runs go without full
     reorthogonalization, keeping three vectors each (see ``linalg/slq.py``), with a note.
     """
+    n, memory_budget = operator.size, operator.memory_left()
     steps = min(steps, n)
     notes = []
-    basis_bytes = runs * steps * n * dtype.itemsize
+    basis_bytes = runs * steps * n * operator.dtype.itemsize
     reorthogonalize = memory_budget is None or basis_bytes <= memory_budget
     if not reorthogonalize:
         notes.append(f"SLQ without full reorthogonalization: the {runs} × {steps} Lanczos vectors "
@@ -83,8 +83,8 @@ def spectral_density(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, run
                                               f"{max(taken.lengths)} of {steps} SLQ steps"])
 
         so_far.result = interrupted
-    quadrature: SLQResult = slq(hvp, n, runs=runs, steps=steps, generator=generator,
-                                dtype=dtype, device=device, callback=callback,
+    quadrature: SLQResult = slq(operator, runs=runs, steps=steps, generator=generator,
+                                callback=callback,
                                 reorthogonalize=reorthogonalize, so_far=steps_so_far)
     return _density(quadrature, runs, steps, sigma, grid_points, negative_threshold,
                     reorthogonalize, notes)

@@ -17,6 +17,7 @@ from landscape_cli.analyses import paths
 from landscape_cli.analyses.paths import End, Evaluator
 from landscape_cli.engine.passes import Evaluation, Passes, batch_norms
 from landscape_cli.engine.problem import Problem
+from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.report.output import Destination
 from landscape_cli.results.interpolate import Curve, InterpolateResult, Plane
@@ -58,7 +59,7 @@ class Inputs:
     passes: Passes
     eval_passes: Passes | None
     bn: str
-    hvp: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
+    operator: Callable[[], LinearOperator]
     via: str | None = None
 
 
@@ -270,9 +271,8 @@ def _hessian_plane(inputs: Inputs, seed: int):
     from landscape_cli.linalg.lanczos import lanczos
 
     problem = inputs.problem
-    found = lanczos(inputs.hvp(), problem.n, top=2, max_steps=problem.n,
-                    generator=torch.Generator().manual_seed(seed), dtype=problem.dtype,
-                    device=problem.device)
+    found = lanczos(inputs.operator(), top=2, max_steps=problem.n,
+                    generator=torch.Generator().manual_seed(seed))
     u, v = found.top.vectors.to(problem.theta0)
     return Directions(origin=problem.theta0, u=u, v=v, basis="hessian",
                       names=tuple(problem.names),

@@ -23,6 +23,7 @@ from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.errors import LandscapeError
 from landscape_cli.estimate import PASSES_PER_GRADIENT, CostEstimate
 from landscape_cli.linalg.lanczos import LanczosResult, lanczos
+from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.linalg.trace import t975
 from landscape_cli.results.sharpness import MEASURES, NEEDS, Measure, SharpnessResult
@@ -121,12 +122,13 @@ class _Measurer:
         self.names = with_needs(options.measures)
         self.done: dict[str, Measure] = {}
         self.estimate = estimate
-        self.hvp = engine.hvp
+        #: the Hessian, as the algorithms take it (its products timed for the estimate)
+        self.operator: LinearOperator = engine
         if estimate is None:
             self.base = self.passes.evaluate()
         else:
             self.base = estimate.timed_pass(self.passes.evaluate)
-            self.hvp = estimate.timed_products(engine.hvp, then=self.announce)
+            self.operator = estimate.timed(engine, then=self.announce)
 
     def announce(self) -> None:
         """The estimate of the measures not done yet (the one under way included)."""
@@ -151,9 +153,8 @@ class _Measurer:
         """The top Ritz pair by Lanczos (as ``spectrum --top 1``): λ_max and, for the ascent's
         warm starts, its vector."""
         o = self.options
-        return lanczos(self.hvp, self.n, top=1, tol=o.tol, max_steps=self.n,
-                       generator=torch.Generator().manual_seed(o.seed), dtype=self.problem.dtype,
-                       device=self.problem.device)
+        return lanczos(self.operator, top=1, tol=o.tol, max_steps=self.n,
+                       generator=torch.Generator().manual_seed(o.seed))
 
     def lambda_max(self) -> Measure:
         top = self.top.top
@@ -162,8 +163,7 @@ class _Measurer:
 
     def trace_per_param(self) -> Measure:
         o = self.options
-        t = trace(self.hvp, self.n, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed,
-                  dtype=self.problem.dtype, device=self.problem.device)
+        t = trace(self.operator, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed)
         return self.measure("trace_per_param", t.trace / self.n, stderr=t.stderr / self.n,
                             ci95=(t.ci95[0] / self.n, t.ci95[1] / self.n), converged=t.converged)
 

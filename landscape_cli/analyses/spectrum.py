@@ -12,24 +12,24 @@ import torch
 
 from landscape_cli.analyses.eigenvectors import VectorsFile, save_ritz_vectors
 from landscape_cli.linalg.lanczos import LanczosResult, lanczos
+from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.results.spectrum import SpectrumResult
 
 
-def spectrum(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, *, top: int = 5,
+def spectrum(operator: LinearOperator, *, top: int = 5,
              bottom: int = 0, tol: float = 1e-4, max_hvps: int | None = None, seed: int = 0,
-             dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
              callback: Callable[[int, int, int], None] | None = None,
              save_vectors: VectorsFile | None = None) -> SpectrumResult:
     """Lanczos with full reorthogonalization on the HVP operator. An operator of size n has n
     eigenvalues: asking for more gets all n, with a note. ``save_vectors``: where to write the
     Ritz vectors of the reported pairs (``save_ritz_vectors``)."""
+    n = operator.size
     notes = [f"--{name} {count} is more than the {n} parameters analysed: reporting {n}"
              for name, count in (("top", top), ("bottom", bottom)) if count > n]
     top, bottom = min(top, n), min(bottom, n)
     generator = torch.Generator().manual_seed(seed)
-    run: LanczosResult = lanczos(hvp, n, top=top, bottom=bottom, tol=tol, max_steps=max_hvps,
-                                 generator=generator, dtype=dtype, device=device,
-                                 callback=callback)
+    run: LanczosResult = lanczos(operator, top=top, bottom=bottom, tol=tol, max_steps=max_hvps,
+                                 generator=generator, callback=callback)
     if save_vectors is not None:
         save_ritz_vectors(run.top, run.bottom if bottom else None, save_vectors)
         notes += _vectors_notes(save_vectors, n, top)

@@ -83,11 +83,9 @@ class Run:
         return loaded
 
     def evaluation(self) -> tuple[float, float | None]:
-        """L(θ₀) and the accuracy at the first checkpoint: the engine's where it ran (its loss
-        may come from its gradient pass), else one pass (none where the load measured them)."""
-        if "engine" in self.__dict__:
-            return self.engine.evaluate()
-        found = self.loaded.evaluation or self.passes.evaluate()
+        """L(θ₀) and the accuracy at the first checkpoint, from their one home
+        (``Passes.at_theta0``: no pass runs twice for them)."""
+        found = self.passes.at_theta0(self.loaded.evaluation)
         return found.loss, found.accuracy
 
     def progress(self, label: str, total: int | None):

@@ -44,11 +44,10 @@ def classify_critical_point(
     budget = min(problem.n, max_hvps or problem.n)
     so_far = SoFar()
     with run.converging("Lanczos", total=None) as callback, run.partial_on_interrupt(so_far):
-        return classify(run.engine.hvp, run.engine.grad(), problem.theta0, grad_rtol=grad_rtol,
+        return classify(run.engine, run.engine.grad(), problem.theta0, grad_rtol=grad_rtol,
                         grad_tol=grad_tol, eig_rtol=eig_rtol, tol=tol, max_hvps=budget,
-                        density=density, runs=runs, steps=steps, seed=run.seed,
-                        dtype=problem.dtype, device=problem.device, callback=callback,
-                        memory_budget=run.engine.memory_left(), so_far=so_far)
+                        density=density, runs=runs, steps=steps, seed=run.seed, callback=callback,
+                        so_far=so_far)
 
 
 COMMAND = Command(

@@ -129,7 +129,7 @@ def _inputs(run: Run, via: Path | None):
                   ends=[End(name, loaded.problem.theta0, loaded.buffers)
                         for name, loaded in zip(names, loads)],
                   passes=run.passes, eval_passes=eval_passes, bn=run.config.bn,
-                  hvp=lambda: run.engine.hvp, via=None if via is None else str(via))
+                  operator=lambda: run.engine, via=None if via is None else str(via))
 
 
 COMMAND = Command(

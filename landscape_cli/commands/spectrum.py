@@ -73,9 +73,8 @@ def spectrum(
         vectors_file = VectorsFile(vectors_to, problem.names, problem.shapes, problem.theta0,
                                    sum(p.numel() for p in model.parameters() if p.requires_grad))
     with run.converging("Lanczos", total=None) as callback:
-        result = lanczos_spectrum(run.engine.hvp, problem.n, top=top, bottom=bottom, tol=tol,
-                                  max_hvps=budget, seed=run.seed, dtype=problem.dtype,
-                                  device=problem.device, callback=callback,
+        result = lanczos_spectrum(run.engine, top=top, bottom=bottom, tol=tol,
+                                  max_hvps=budget, seed=run.seed, callback=callback,
                                   save_vectors=vectors_file)
     if not density:
         return result
@@ -84,10 +83,8 @@ def spectrum(
                              else dataclasses.replace(result, density=density_so_far.value()))
     with (run.converging(f"SLQ ×{runs}", total=min(steps, problem.n)) as callback,
           run.partial_on_interrupt(so_far)):
-        estimate = spectral_density(run.engine.hvp, problem.n, runs=runs, steps=steps,
-                                    seed=run.seed, sigma=sigma, dtype=problem.dtype,
-                                    device=problem.device, callback=callback,
-                                    memory_budget=run.engine.memory_left(), so_far=density_so_far)
+        estimate = spectral_density(run.engine, runs=runs, steps=steps, seed=run.seed,
+                                    sigma=sigma, callback=callback, so_far=density_so_far)
     result = dataclasses.replace(result, density=estimate)
     if plot_to is not None:
         # The plot draws what the report holds: the same results, NaN already made null.

@@ -46,9 +46,8 @@ def trace(
                 f"interrupted: the estimate after {estimate.matvecs} HVPs"])
             update(spent, f"tr ≈ {estimate.trace:.5g} ± {estimate.stderr:.2g}")
 
-        return estimate_trace(run.engine.hvp, problem.n, method=method, rtol=rtol,
-                              max_hvps=max_hvps, sketch=sketch, seed=run.seed, dtype=problem.dtype,
-                              device=problem.device, groups=groups, callback=step)
+        return estimate_trace(run.engine, method=method, rtol=rtol, max_hvps=max_hvps,
+                              sketch=sketch, seed=run.seed, groups=groups, callback=step)
 
 
 COMMAND = Command(

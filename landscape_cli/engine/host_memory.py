@@ -4,10 +4,9 @@ An analysis frees and allocates the same activation-sized buffers at every HVP. 
 glibc serves blocks above a dynamic threshold (128 KiB, growing to 32 MiB) with ``mmap`` and
 returns free memory at the top of a heap to the OS once more than ``M_TRIM_THRESHOLD`` of it
 is free, so every HVP faults the same pages in again, zero-filled by the kernel. Fixing the
-mmap threshold at its ceiling and never trimming keeps those pages: on the CPU ResNet-8
-benchmark the system time of a top-k run fell from 87 s to 13 s and the top-5 from 33 s to
-24 s (``benchmarks/README.md``). The resident set then stays at its peak, which the analysis
-reaches anyway.
+mmap threshold at its ceiling and never trimming keeps those pages, which cuts the system
+time of a long run several-fold (measured: ``benchmarks/README.md``). The resident set then
+stays at its peak, which the analysis reaches anyway.
 """
 
 from __future__ import annotations

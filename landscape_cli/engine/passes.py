@@ -134,6 +134,9 @@ class Passes:
         self._many_rows: int | None = None  # rows per vmapped forward (MANY_BYTES), measured once
         self._vmap_many = True
         self._logits = False  # whether the model's outputs are (N, C) logits, seen on a forward
+        # L(θ₀), from the first pass at θ₀ that computed it, and the evaluation there (at_theta0)
+        self._loss_at_theta0: float | None = None
+        self._evaluation_at_theta0: Evaluation | None = None
 
     @property
     def data_passes(self) -> int:
@@ -166,6 +169,23 @@ class Passes:
             total = [torch.zeros_like(v) for v in term(0.0, self.batch_of([0]))]
         return reduce(total) if reduced else tuple(total)
 
+    # ------------------------------------------------------------------ L(θ₀), one home
+
+    def keep_loss(self, loss: float) -> None:
+        """L(θ₀) as a pass computed it on the way (the engine's kept graph), unless an earlier
+        pass did."""
+        if self._loss_at_theta0 is None:
+            self._loss_at_theta0 = loss
+
+    def at_theta0(self, known: Evaluation | None = None) -> Evaluation:
+        """L(θ₀) and the accuracy at θ₀: the loss from the first pass at θ₀ that computed it
+        (an evaluation, a gradient pass or the engine's kept graph), the accuracy from an
+        evaluation: ``known`` (one the load ran) or, where none ran, one now."""
+        if self._evaluation_at_theta0 is None:
+            self._evaluation_at_theta0 = known or self.evaluate()
+            self.keep_loss(self._evaluation_at_theta0.loss)
+        return Evaluation(self._loss_at_theta0, self._evaluation_at_theta0.accuracy)
+
     # ------------------------------------------------------------------ primitives
 
     def state(self, theta: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None
@@ -192,7 +212,11 @@ class Passes:
     def evaluate(self, theta: torch.Tensor | None = None,
                  buffers: dict[str, torch.Tensor] | None = None) -> Evaluation:
         """L(θ) and the accuracy at θ (θ₀ by default), without gradients, in one forward pass
-        per batch; ``buffers`` replace the model's (``recalibrate_bn``)."""
+        per batch; ``buffers`` replace the model's (``recalibrate_bn``). At θ₀ with the model's
+        buffers, once: the evaluation is kept (``at_theta0``)."""
+        at_theta0 = theta is None and buffers is None
+        if at_theta0 and self._evaluation_at_theta0 is not None:
+            return self._evaluation_at_theta0
         state = self.state(self.problem.theta0 if theta is None else theta, buffers)
 
         def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,10 +226,15 @@ class Passes:
         with torch.no_grad():
             evaluation = self._evaluation(*self.sum_over(term))
         self.cost.forwards += len(self.problem.own)
+        if at_theta0:
+            self._evaluation_at_theta0 = evaluation
+            self.keep_loss(evaluation.loss)
         return evaluation
 
     def value_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-        """(L(θ), ∇L(θ)) by one backward pass per batch; no graph is kept."""
+        """(L(θ), ∇L(θ)) by one backward pass per batch; no graph is kept. At θ₀ the loss is
+        kept (``at_theta0``) unless an earlier pass computed it."""
+        at_theta0 = theta is None
         theta = (self.problem.theta0 if theta is None else theta).detach().clone().requires_grad_(True)
 
         def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,6 +244,8 @@ class Passes:
         loss, grad = self.sum_over(term)
         self.cost.grads += 1
         self.cost.forwards += len(self.problem.own)
+        if at_theta0:
+            self.keep_loss(float(loss))
         return float(loss), grad
 
     def evaluate_many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,

@@ -166,13 +166,18 @@ class Problem:
         """Batch ``index`` on the device (an asynchronous copy from pinned memory on CUDA)."""
         return to_device(self.batches[index], self.device, self.dtype)
 
-    def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
-        """w_b · L_b(θ): batch ``index``'s share of the dataset loss."""
-        return self.weights[index] * self.mean_batch_loss(theta, self.batch(index))
-
     def mean_batch_loss(self, theta: torch.Tensor, batch: Any) -> torch.Tensor:
         """L_b(θ), the mean loss over one batch already on the device."""
         return mean_loss(torch.func.functional_call(self.objective, self.unflatten(theta), (batch,)))
+
+
+def exact_float32(device: torch.device) -> None:
+    """Turn TF32 off on a CUDA device: TF32 (on by default for cuDNN convolutions) rounds
+    float32 products to 10 mantissa bits, so the Hessian would be computed in less precision
+    than the dtype says. Called where a run starts, with its device."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def apply_bn_policy(model: nn.Module, bn: str) -> None:

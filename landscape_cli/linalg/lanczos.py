@@ -12,12 +12,17 @@ the reorthogonalization coefficients turns the recurrence into the Arnoldi relat
 AQ_m = Q_{m+1}H_m for the products as computed, so ‖Ay − θy‖ = ‖H_m s − θs‖ carries the
 operator's asymmetry that |β_m·s_{m,i}| cannot see (Stewart, *Matrix Algorithms II*, §5.1);
 one fresh product A·y of the first wanted Ritz vector adds what H_m cannot see either, the
-rounding of a product itself (float32 HVPs), to every residual. The Krylov arithmetic (basis,
-dot products, norms, reorthogonalization, T) is float64 whatever the operator's dtype: a
-float32 basis loses orthogonality at ~1e-7 per step, which bounds the Ritz values at ~1e-4
-on a model of millions of parameters, while the products' own rounding allows ~1e-6.
-Memory: the basis, steps·n float64 numbers, grown as steps are taken. Operator in, numbers
-out: ``matvec`` maps a vector (n,) or a block (k, n) of row vectors to A·v for each.
+rounding of a product itself, to every residual. Where the products round in less than float64
+(float32 HVPs), that product is taken instead with the operator's float64 counterpart
+(``exact()``), for every wanted Ritz vector: ‖A₆₄y − θy‖ bounds the distance from θ to an
+eigenvalue of the exact operator (the float32 operator's own residual does not: it measures the
+products against themselves), and what it adds to the residuals is added to every one. The
+Krylov arithmetic (basis, dot products, norms, reorthogonalization, T) is float64 whatever
+the operator's dtype: a float32 basis loses orthogonality at ~1e-7 per step, which bounds the
+Ritz values at ~1e-4 on a model of millions of parameters, while the products' own rounding
+allows ~1e-6.
+Memory: the basis, steps·n float64 numbers, grown as steps are taken. Operator in
+(``linalg/operator.py``), numbers out.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from landscape_cli.linalg.host import read_finite
+from landscape_cli.linalg.operator import LinearOperator
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -51,8 +57,11 @@ class LanczosResult:
     bottom: RitzPairs
     steps: int
     scale: float
-    #: what the rounding of a product alone adds to every residual (measured, see _measured)
+    #: what the products' own error (rounding, and in float32 the distance to the float64
+    #: products) adds to every residual (measured, see _measured)
     rounding: float = 0.0
+    #: products spent measuring the residuals (float64 ones where the operator's round in less)
+    checks: int = 1
 
     @property
     def converged(self) -> bool:
@@ -60,8 +69,8 @@ class LanczosResult:
 
     @property
     def products(self) -> int:
-        """Matvecs spent: one per step, and one for the measured residuals (if any)."""
-        return self.steps + bool(self.top.values or self.bottom.values)
+        """Matvecs spent: one per step, and those for the measured residuals (if any)."""
+        return self.steps + (self.checks if self.top.values or self.bottom.values else 0)
 
 
 def tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
@@ -116,17 +125,17 @@ def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, 
     return w, removed
 
 
-def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float = 1e-4,
+def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: float = 1e-4,
             max_steps: int | None = None, generator: torch.Generator | None = None,
-                    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
             callback: Callable[[int, int, int], None] | None = None) -> LanczosResult:
     """The ``top`` largest and ``bottom`` smallest eigenvalues of a symmetric operator whose
-    products are computed in ``dtype`` (the Krylov arithmetic is float64).
+    products are computed in its dtype (the Krylov arithmetic is float64).
 
     Stops once every requested Ritz value has residual ≤ ``tol``·‖A‖ (‖A‖ estimated by the
     largest |Ritz value|), or after ``max_steps`` matvecs (at most n, where T_n is exact).
     ``callback(step, converged, wanted)`` is called after each step.
     """
+    n, dtype, device = operator.size, operator.dtype, operator.device
     top, bottom = min(top, n), min(bottom, n)
     wanted = top + bottom
     max_steps = n if max_steps is None else max(1, min(max_steps, n))
@@ -135,7 +144,7 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
     eps = torch.finfo(dtype).eps  # breakdown is judged at the products' own precision
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        return matvec(v.to(dtype)).to(krylov)
+        return operator(v.to(dtype)[None])[0].to(krylov)
 
     def random_unit() -> torch.Tensor:
         v = torch.randn(n, generator=generator, dtype=dtype, device="cpu").to(device, krylov)
@@ -196,11 +205,12 @@ def lanczos(matvec: Matvec, n: int, *, top: int = 1, bottom: int = 0, tol: float
                 and (first_block is None or step + 1 - block_start > first_block)):
             break
         prev, q = q, w / beta_t
-    return _measured(result, product, basis[: result.steps], columns, alphas, betas, dropped,
-                     vectors, values, tol)
+    return _measured(result, product, operator.exact(), basis[: result.steps], columns, alphas,
+                     betas, dropped, vectors, values, tol)
 
 
-def _measured(result: LanczosResult, product: Matvec, basis: torch.Tensor,
+def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | None,
+              basis: torch.Tensor,
               columns: list[torch.Tensor], alphas: list[float], betas: list[float],
               dropped: list[tuple[int, float]], vectors: torch.Tensor, values: torch.Tensor,
               tol: float) -> LanczosResult:
@@ -208,7 +218,9 @@ def _measured(result: LanczosResult, product: Matvec, basis: torch.Tensor,
     H_m holds the coefficients of A·q_j on q_0..q_{j+1} (α_j, β_{j−1}, β_j and what the
     reorthogonalization removed), so ‖Ay − θy‖ = ‖H_m s − θs‖, plus |β_j·s_j| for each
     coupling a restart dropped. The first wanted pair's residual is also measured with a fresh
-    product; what that adds is the product's own rounding, added to every pair (one read)."""
+    product, or, where ``exact`` (the operator in float64) is given, every wanted pair's with a
+    float64 product; the most that adds is the products' own error, added to every pair (one
+    read)."""
     m = len(alphas)
     top, bottom = len(result.top.values), len(result.bottom.values)
     order_top, order_bottom = _ends(m, top, bottom)
@@ -216,19 +228,28 @@ def _measured(result: LanczosResult, product: Matvec, basis: torch.Tensor,
     if not wanted:
         return result
     s = vectors[:, wanted]
-    y = s[:, 0].to(device=basis.device) @ basis
-    y = y / torch.linalg.vector_norm(y)
-    fresh_t = torch.linalg.vector_norm(product(y) - float(values[wanted[0]]) * y)
-    numbers = read_finite(torch.cat((*columns, fresh_t[None])))
+    if exact is None:
+        checked = wanted[:1]
+        y = s[:, 0].to(device=basis.device) @ basis
+        y = y / torch.linalg.vector_norm(y)
+        fresh_t = torch.linalg.vector_norm(product(y) - float(values[wanted[0]]) * y)[None]
+    else:
+        checked = wanted
+        ys = s.T.to(device=basis.device) @ basis
+        ys = ys / torch.linalg.vector_norm(ys, dim=1, keepdim=True)
+        thetas = values[wanted].to(device=basis.device)[:, None]
+        fresh_t = torch.linalg.vector_norm(exact(ys).to(basis.dtype) - thetas * ys, dim=1)
+    numbers = read_finite(torch.cat((*columns, fresh_t)))
     cols, rows = torch.tril_indices(m, m)  # column j's rows 0..j, in the order they were stored
     H = torch.zeros(m + 1, m, dtype=torch.float64)
-    H[rows, cols] = torch.tensor(numbers[:-1], dtype=torch.float64)
+    H[rows, cols] = torch.tensor(numbers[:len(numbers) - len(checked)], dtype=torch.float64)
     H[:m] += tridiagonal(alphas, betas)
     H[m, m - 1] = betas[m - 1]
     gap = H @ s  # A·y on q_0..q_m, minus θ·y on q_0..q_{m-1}
     gap[:m] -= s * values[wanted]
     residuals = torch.linalg.vector_norm(gap, dim=0) + _coupling_bound(s, dropped)
-    rounding = max(0.0, numbers[-1] - float(residuals[0]))
+    fresh = numbers[len(numbers) - len(checked):]
+    rounding = max(0.0, *(f - float(r) for f, r in zip(fresh, residuals)))
     measured = (residuals + rounding).tolist()
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
 
@@ -240,4 +261,4 @@ def _measured(result: LanczosResult, product: Matvec, basis: torch.Tensor,
     ritz = ritz / torch.linalg.vector_norm(ritz, dim=1, keepdim=True)
     return LanczosResult(pairs(result.top, measured[:top], ritz[:top]),
                          pairs(result.bottom, measured[top:], ritz[top:]),
-                         result.steps, result.scale, rounding)
+                         result.steps, result.scale, rounding, checks=len(checked))

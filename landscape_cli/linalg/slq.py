@@ -27,7 +27,8 @@ from functools import partial
 import torch
 
 from landscape_cli.linalg.host import read_finite
-from landscape_cli.linalg.lanczos import Matvec, tridiagonal_eigh
+from landscape_cli.linalg.lanczos import tridiagonal_eigh
+from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.probes import rademacher as signs
 from landscape_cli.linalg.so_far import SoFar
 
@@ -66,19 +67,19 @@ def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def slq(matvec: Matvec, n: int, *, runs: int = 10, steps: int = 90,
-        generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
-        device: torch.device | str = "cpu",
+def slq(operator: LinearOperator, *, runs: int = 10, steps: int = 90,
+        generator: torch.Generator | None = None,
         callback: Callable[[int, int, int], None] | None = None,
         reorthogonalize: bool = True, so_far: SoFar | None = None) -> SLQResult:
     """``runs`` independent Lanczos quadratures of ``steps`` steps (at most n) each.
 
-    ``matvec`` maps a block V (k × n) of row vectors to A·vᵢ for each row; it is called once
-    per step with the rows of the runs still going. A run stops early when β ≤ √ε·‖T‖ (its
-    Krylov space is invariant, so its quadrature is already exact). ``callback(step,
-    finished_runs, runs)`` is called after each step. ``reorthogonalize=False`` keeps three
-    vectors per run instead of the whole basis (see the module docstring).
+    ``operator`` is called once per step with the rows (k × n) of the runs still going. A run
+    stops early when β ≤ √ε·‖T‖ (its Krylov space is invariant, so its quadrature is already
+    exact). ``callback(step, finished_runs, runs)`` is called after each step.
+    ``reorthogonalize=False`` keeps three vectors per run instead of the whole basis (see the
+    module docstring).
     """
+    n, dtype, device = operator.size, operator.dtype, operator.device
     if runs < 1 or steps < 1 or n < 1:
         raise ValueError(f"slq needs runs, steps and n ≥ 1 (got {runs}, {steps}, {n})")
     steps = min(steps, n)
@@ -93,7 +94,7 @@ def slq(matvec: Matvec, n: int, *, runs: int = 10, steps: int = 90,
     previous = torch.zeros_like(q)
     beta_prev = torch.zeros(runs, dtype=dtype, device=device)
     for step in range(steps):
-        w = matvec(q)
+        w = operator(q)
         alpha = (q * w).sum(dim=1)
         w = w - alpha[:, None] * q - beta_prev[:, None] * previous
         if basis is not None:

@@ -4,7 +4,7 @@ Hutchinson (1989): tr(A) = E[zᵀAz] for Rademacher z; the mean of p probes has 
 s/√p. Hutch++ (Meyer, Musco, Musco, Woodruff 2021): with Q an orthonormal basis of A·S for a
 Rademacher sketch S, tr(A) = tr(QᵀAQ) + tr((I−QQᵀ)A(I−QQᵀ)); the first term is exact and the
 second, estimated à la Hutchinson, has the variance of A with its top directions removed, so a
-decaying spectrum needs far fewer probes. Probes go through ``matvec`` in blocks (k, n); both
+decaying spectrum needs far fewer probes. Probes go through the operator in blocks (k, n); both
 estimators stop once the standard error is within ``rtol``·|estimate| or the budget is spent.
 After each block, ``callback(matvecs, estimate)`` receives the estimate so far (not converged):
 a progress display shows it, and an interrupted run can report it.
@@ -19,17 +19,15 @@ from dataclasses import dataclass
 import torch
 
 from landscape_cli.linalg.host import read_finite
+from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.probes import rademacher
 
-Matvec = Callable[[torch.Tensor], torch.Tensor]
 Callback = Callable[[int, "TraceEstimate"], None]
 
 #: Student's t quantile t_{0.975, df} for df = 1..30; beyond, t ≈ 1.96 + 2.4/df (within 0.1%).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-METHODS = ("hutchpp", "hutchinson")
 
 
 def t975(df: int) -> float:
@@ -51,17 +49,18 @@ class TraceEstimate:
     converged: bool
 
 
-def _probe_loop(matvec: Matvec, n: int, offset: float, project, *, rtol: float, budget: int,
-                block: int, min_probes: int, generator: torch.Generator, dtype: torch.dtype,
-                device: torch.device | str, callback: Callback | None, method: str, sketch: int,
+def _probe_loop(operator: LinearOperator, offset: float, project, *, rtol: float, budget: int,
+                block: int, min_probes: int, generator: torch.Generator,
+                callback: Callback | None, method: str, sketch: int,
                 spent_before: int = 0) -> tuple[list[float], int, bool]:
     """Hutchinson samples gᵀP A P g (P = ``project``) until the stopping rule holds."""
     samples: list[float] = []
     spent = 0
     converged = False
     while spent < budget:
-        probes = project(rademacher(min(block, budget - spent), n, generator, dtype, device))
-        samples += read_finite((probes * matvec(probes)).sum(dim=1))
+        probes = project(rademacher(min(block, budget - spent), operator.size, generator,
+                                    operator.dtype, operator.device))
+        samples += read_finite((probes * operator(probes)).sum(dim=1))
         spent += probes.shape[0]
         if callback is not None:
             callback(spent_before + spent,
@@ -101,38 +100,37 @@ def independent_columns(r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return diagonal > torch.finfo(dtype).eps ** 0.5 * diagonal.max()
 
 
-def hutchinson(matvec: Matvec, n: int, *, rtol: float = 0.01, max_matvecs: int = 1000,
+def hutchinson(operator: LinearOperator, *, rtol: float = 0.01, max_matvecs: int = 1000,
                block: int = 8, min_probes: int = 10, generator: torch.Generator,
-               dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
                callback: Callback | None = None) -> TraceEstimate:
     """Hutchinson's estimator: the mean of zᵀAz over Rademacher probes z."""
     samples, spent, converged = _probe_loop(
-        matvec, n, 0.0, lambda g: g, rtol=rtol, budget=max_matvecs, block=block,
-        min_probes=min_probes, generator=generator, dtype=dtype, device=device, callback=callback,
+        operator, 0.0, lambda g: g, rtol=rtol, budget=max_matvecs, block=block,
+        min_probes=min_probes, generator=generator, callback=callback,
         method="hutchinson", sketch=0)
     return _estimate(0.0, samples, spent, "hutchinson", 0, converged)
 
 
-def hutchpp(matvec: Matvec, n: int, *, rtol: float = 0.01, max_matvecs: int = 1000,
+def hutchpp(operator: LinearOperator, *, rtol: float = 0.01, max_matvecs: int = 1000,
             sketch: int | None = None, block: int = 8, min_probes: int = 10,
-            generator: torch.Generator, dtype: torch.dtype = torch.float64,
-            device: torch.device | str = "cpu",
+            generator: torch.Generator,
             callback: Callback | None = None) -> TraceEstimate:
     """Hutch++: exact trace on the sketched top subspace, Hutchinson on the rest.
 
     ``sketch`` vectors (default: a third of the budget when ``rtol`` is 0, as in the paper's
     fixed-budget form; else min(24, budget/3)) cost 2·sketch matvecs; the rest go to probes.
     """
+    n, dtype, device = operator.size, operator.dtype, operator.device
     if sketch is None:
         sketch = max_matvecs // 3 if rtol == 0 else min(24, max_matvecs // 3)
     sketch = max(0, min(sketch, n, max_matvecs // 2))
     offset, spent = 0.0, 0
     basis = torch.zeros(0, n, dtype=dtype, device=device)
     if sketch > 0:
-        images = matvec(rademacher(sketch, n, generator, dtype, device))
+        images = operator(rademacher(sketch, n, generator, dtype, device))
         q, r = torch.linalg.qr(images.T)
         basis = q[:, independent_columns(r, dtype)].T.contiguous()
-        offset = read_finite((basis * matvec(basis)).sum())[0] if len(basis) else 0.0
+        offset = read_finite((basis * operator(basis)).sum())[0] if len(basis) else 0.0
         spent = sketch + len(basis)
 
     if len(basis) == n:  # the sketch spans everything: tr(QᵀAQ) is exact
@@ -142,7 +140,7 @@ def hutchpp(matvec: Matvec, n: int, *, rtol: float = 0.01, max_matvecs: int = 10
         return g - (g @ basis.T) @ basis if len(basis) else g
 
     samples, used, converged = _probe_loop(
-        matvec, n, offset, project, rtol=rtol, budget=max_matvecs - spent, block=block,
-        min_probes=min_probes, generator=generator, dtype=dtype, device=device, callback=callback,
+        operator, offset, project, rtol=rtol, budget=max_matvecs - spent, block=block,
+        min_probes=min_probes, generator=generator, callback=callback,
         method="hutchpp", sketch=len(basis), spent_before=spent)
     return _estimate(offset, samples, spent + used, "hutchpp", len(basis), converged)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from landscape_cli.config import Config
-from landscape_cli.errors import CheckpointError, ConfigError, LandscapeError
+from landscape_cli.errors import CheckpointError, ConfigError
 from landscape_cli.loading.checkpoint import Checkpoint
 from landscape_cli.loading.factory import call
 from landscape_cli.loading.matching import Match, match_state_dict
@@ -31,24 +31,6 @@ class LoadOptions:
     trust_checkpoint: bool = False
     #: under torchrun, how long a rank waits for the others (seconds)
     dist_timeout: float = 600.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LandscapeError(f"device '{name}' asked for, but CUDA is not available here")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise LandscapeError(f"device '{name}' asked for, but only {torch.cuda.device_count()} "
-                             "CUDA device(s) exist")
-    if device.type == "cuda":
-        # TF32 (on by default for cuDNN convolutions) rounds float32 products to 10 mantissa
-        # bits: the Hessian would be computed in less precision than the dtype says.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    return device
 
 
 def build_model(config: Config) -> nn.Module:

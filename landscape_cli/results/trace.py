@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
+from landscape_cli.linalg.names import TraceMethod
 from landscape_cli.results.base import Result, internal, reported
 from landscape_cli.results.rows import Each, Row, Rows, item, text
 
 if TYPE_CHECKING:
     from landscape_cli.linalg.trace import TraceEstimate
 
-#: The estimators (``linalg.trace.METHODS``, which imports torch).
-Method = Literal["hutchpp", "hutchinson"]
+#: The estimators (declared once, torch-free, in ``linalg/names.py``).
+Method = TraceMethod
 
 #: The columns of a block's row: the total's and each layer's.
 _BLOCK = {"block": "name", "n_params": "n_params", "trace": "trace", "stderr": "stderr",
