@@ -90,7 +90,8 @@ class HVPEngine:
         self._theta: torch.Tensor | None = None
         self._grad_graph: torch.Tensor | None = None
         self._grad: torch.Tensor | None = None
-        self._exact: HVPEngine | None = None  # exact(): the float64 engine, made when first asked
+        #: exact(): the float64 engine, made when first asked (False: it could not be made)
+        self._exact: HVPEngine | bool | None = None
         self._compiled = None
         if self.compile:
             # Dynamo keeps its graphs, and its limit of 8 recompilations, per code object: shared
@@ -124,11 +125,20 @@ class HVPEngine:
         if self.problem.dtype == torch.float64:
             return None
         if self._exact is None:
-            problem = replace(self.problem, objective=copy.deepcopy(self.problem.objective).double(),
+            try:
+                objective = copy.deepcopy(self.problem.objective).double()
+            except (RuntimeError, TypeError, torch.OutOfMemoryError) as exc:
+                # a model that cannot be copied or cast: the error bars stay float32's own
+                self._warn("no float64 copy of the model for the error bars", exc,
+                           "float32 residuals measure the products against themselves, not "
+                           "against the exact Hessian (--dtype float64 is exact)")
+                self._exact = False
+                return None
+            problem = replace(self.problem, objective=objective,
                               theta0=self.problem.theta0.double(), dtype=torch.float64)
             self._exact = HVPEngine(problem, strategy=STREAM, memory_budget=0,
                                     passes=Passes(problem, cost=self.cost, warnings=self.warnings))
-        return self._exact
+        return self._exact or None
 
     # ------------------------------------------------------------------ first order
 

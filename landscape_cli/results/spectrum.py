@@ -39,7 +39,8 @@ class SpectrumResult(Result):
     bottom_converged: list[bool] | None = reported(omit_none=True)
     lanczos_steps: int = reported()
     tol: float = reported()
-    #: what the products' own rounding adds to every residual (Lanczos._measured)
+    #: what the products' own error adds to every residual: their rounding, and in float32 their
+    #: distance to float64 products (Lanczos._measured)
     residual_floor: float = reported()
     #: True when the step budget ran out; else the products' precision stopped convergence
     budget_spent: bool = internal()
@@ -79,7 +80,8 @@ class SpectrumResult(Result):
         missed = self.top_converged.count(False) + (self.bottom_converged or []).count(False)
         if missed:
             why = ("raise --max-hvps or loosen --tol" if self.budget_spent else
-                   f"not for want of steps: the products' own rounding puts a floor of "
+                   f"not for want of steps: the products' own error (in float32, their distance to "
+                   f"float64 products) puts a floor of "
                    f"{self.residual_floor:.2g} under every residual; use --dtype float64 or "
                    "loosen --tol")
             notes.append(f"{missed} requested eigenvalue(s) did not reach residual ≤ {self.tol:g}·"
