@@ -3,12 +3,10 @@ Shared functions and constants live in ``helpers/`` (importable from any folder)
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from helpers.exact import dense_hessian, full_batch_loss
+from helpers.runners import invoke
 from helpers.samples import MLP_CKPT, digits, loaded
-from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="session")
@@ -22,17 +20,15 @@ def mlp_exact():
 
 @pytest.fixture
 def cli():
-    """Run the real CLI in-process; returns (exit code, parsed JSON or None, result)."""
-    from landscape_cli.cli.app import app
+    """Run the real CLI in-process (``helpers.runners.invoke``); returns (exit code, parsed
+    JSON or None, the ``Ran``)."""
 
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    def run(*args: str):
+        ran = invoke(args)
         try:
-            doc = json.loads(result.stdout)
+            doc = ran.json()
         except ValueError:
             doc = None
-        return result.exit_code, doc, result
+        return ran.returncode, doc, ran
 
-    return invoke
+    return run

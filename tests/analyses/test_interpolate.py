@@ -24,7 +24,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers.adversarial import assert_one_error, invoke, write_config
+from helpers.adversarial import assert_one_error, write_config
+from helpers.runners import invoke
 from helpers.samples import CNN_CKPT, CONFIGS, DIGITS, ROOT, digits, loaded
 from safetensors.torch import load_file
 from torch import nn

@@ -11,13 +11,13 @@ import json
 import math
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from helpers.adversarial import assert_one_error, invoke, listing, write_config
+from helpers.adversarial import assert_one_error, listing, write_config
 from helpers.quadratic import save_quadratic_checkpoint, symmetric_with_spectrum, write_quadratic_config
+from helpers.runners import invoke, start_process
 from helpers.samples import CNN_CKPT, CONFIGS, MLP_CKPT, digits, fit, loaded
 from helpers.samples import MLP_CKPT as MLP
 from torch import nn
@@ -411,8 +411,8 @@ def test_sigterm_mid_run_writes_the_finished_measures(tmp_path):
     """A real process: grad_norm finishes at once, then a 100,000-step ascent runs. Once the
     estimate is on stderr, SIGTERM: exit 143 and ``-o`` holds the whole interrupted report."""
     out = tmp_path / "r.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "landscape_cli", "sharpness", str(MLP_CKPT), "-c", str(MLP_CONFIG),
+    proc = start_process(
+        ["sharpness", str(MLP_CKPT), "-c", str(MLP_CONFIG),
          "--set", "data.max_samples=100", "--measures", "grad_norm,worst_case_adaptive",
          "--steps", "100000", "-o", str(out), "--json"],
         stderr=subprocess.PIPE, text=True, cwd=tmp_path)

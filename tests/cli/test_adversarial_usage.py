@@ -10,23 +10,14 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 import typing
 from pathlib import Path
 
 import pytest
-from helpers.adversarial import (
-    FAST,
-    assert_one_error,
-    clean_env,
-    invoke,
-    listing,
-    run_process,
-    snapshot,
-    write_config,
-)
+from helpers.adversarial import FAST, assert_one_error, listing, snapshot, write_config
+from helpers.runners import invoke, run_process, start_process
 from helpers.samples import MLP_CKPT as MLP
 
 
@@ -150,9 +141,7 @@ def test_a_full_disk_is_exit_2(world):
     ran = invoke(_spectrum(world, "-o", "/dev/full"))
     assert_one_error(ran, ["/dev/full", "No space left"])
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "landscape_cli", *map(str, _spectrum(world))],
-                              stdout=full, stderr=subprocess.PIPE, text=True, env=clean_env(),
-                              timeout=300)
+        proc = run_process(_spectrum(world), stdout=full)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "stdout" in lines[0] and "No space left" in lines[0]
@@ -161,8 +150,7 @@ def test_a_full_disk_is_exit_2(world):
 def test_a_closed_stdout_pipe_is_the_quiet_141(world):
     """The reader went away (``| head`` done): exit 141 as a Unix filter killed by SIGPIPE, and
     nothing on stderr; not 1, which means a violated gate."""
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *map(str, _spectrum(world))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    proc = start_process(_spectrum(world), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 141, err
@@ -185,10 +173,9 @@ def _wait_for_cpu(pid: int, seconds: float) -> None:
 def _interrupt(world, signum: int, when: str) -> None:
     """Send ``signum`` at startup (importing torch) or during a long trace; with ``-o``."""
     out = world["out"] / "r.json"
-    args = [sys.executable, "-m", "landscape_cli", "trace", world["ckpt"], "-c", world["config"],
+    args = ["trace", world["ckpt"], "-c", world["config"],
             "--set", "data.max_samples=1500", "--rtol", "1e-9", "--max-hvps", "1000000", "-o", out]
-    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(), text=True)
+    proc = start_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if when == "startup":
             time.sleep(0.8)  # importing torch
@@ -277,10 +264,9 @@ def test_top_beyond_the_parameter_count_is_clamped_with_a_warning(world):
 def test_an_interrupted_density_reports_the_steps_taken(world):
     """Ctrl-C during ``spectrum --density`` writes the density of the SLQ steps taken."""
     out = world["out"] / "d.json"
-    args = [sys.executable, "-m", "landscape_cli", "spectrum", world["ckpt"], "-c", world["config"],
+    args = ["spectrum", world["ckpt"], "-c", world["config"],
             "--set", "data.max_samples=1500", "--density", "--steps", "2400", "-o", out]
-    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(), text=True)
+    proc = start_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_cpu(proc.pid, 12.0)
         proc.send_signal(signal.SIGINT)

@@ -5,7 +5,8 @@ data or checkpoint are loaded, let alone an HVP spent."""
 from __future__ import annotations
 
 import pytest
-from helpers.adversarial import FAST, assert_one_error, invoke, write_config
+from helpers.adversarial import FAST, assert_one_error, write_config
+from helpers.runners import invoke
 from helpers.samples import MLP_CKPT as MLP
 
 from landscape_cli.analyses.critical import CriticalPointResult

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,18 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.adversarial import FAST, assert_one_error, write_config
 from helpers.cheap_runs import cheap_args
-from helpers.samples import ROOT
-from typer.testing import CliRunner
+from helpers.runners import Ran, invoke, run_process, start_process
+from helpers.samples import DIGITS_FILE, MODELS, ROOT
+from helpers.samples import MLP_CKPT as MLP
 
 import landscape_cli
-from landscape_cli.cli.app import app
 from landscape_cli.commands import COMMANDS
-
-MLP = ROOT / "sample_checkpoints" / "mlp" / "seed0_epoch100.pt"
-MODELS = ROOT / "sample_checkpoints" / "models.py"
-DIGITS = ROOT / "sample_checkpoints" / "data" / "digits.npz"
-FAST = ("--top", "1", "--set", "data.max_samples=200")
 
 
 class _Pwn:
@@ -43,22 +38,6 @@ class _Pwn:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _config(path: Path, *, factory: str = f"{MODELS}:make_mlp", hidden: int = 32,
-            data: Path = DIGITS, extra_data: str = "", max_samples: int = 200) -> Path:
-    path.write_text(
-        f"model:\n  factory: {factory}\n  kwargs: {{hidden: {hidden}}}\n"
-        f"data:\n  path: {data}\n  max_samples: {max_samples}\n{extra_data}"
-        "device: cpu\n"
-    )
-    return path
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LANDSCAPE_CONFIG"}
-    env.update(NO_COLOR="1", COLUMNS="60")  # a narrow terminal must not wrap the error line
-    return env
-
-
 @dataclass
 class Case:
     """One CLI run: its arguments, where it runs, and what its error line must contain."""
@@ -69,30 +48,22 @@ class Case:
     output: Path | None = None
 
 
-@dataclass
-class Ran:
-    case: Case
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """The files the cases need, in one folder that has no landscape.yaml above it."""
     d = tmp_path_factory.mktemp("cli_errors")
     sd = torch.load(MLP, map_location="cpu", weights_only=True)
     w = {"dir": d}
-    w["base"] = _config(d / "base.yaml")
-    w["h16"] = _config(d / "h16.yaml", hidden=16)
-    w["nomodule"] = _config(d / "nomodule.yaml", factory="nonexistent_pkg_xyz.models:make")
-    w["noattr"] = _config(d / "noattr.yaml", factory=f"{MODELS}:make_nothing")
-    w["unknown_key"] = _config(d / "unknown_key.yaml", extra_data="  batchsize: 64\n")
+    w["base"] = write_config(d / "base.yaml")
+    w["h16"] = write_config(d / "h16.yaml", hidden=16)
+    w["nomodule"] = write_config(d / "nomodule.yaml", factory="nonexistent_pkg_xyz.models:make")
+    w["noattr"] = write_config(d / "noattr.yaml", factory=f"{MODELS}:make_nothing")
+    w["unknown_key"] = write_config(d / "unknown_key.yaml", extra_data="  batchsize: 64\n")
     np.savez(d / "empty.npz", x=np.zeros((0, 64), np.float32), y=np.zeros((0,), np.int64))
-    w["empty"] = _config(d / "empty.yaml", data=d / "empty.npz")
+    w["empty"] = write_config(d / "empty.yaml", data=d / "empty.npz")
     w["bad_yaml"] = d / "bad.yaml"
     w["bad_yaml"].write_text(
-        f"model:\n  factory: {MODELS}:make_mlp\ndata:\n  path: {DIGITS}\n  batch_size: 64\n"
+        f"model:\n  factory: {MODELS}:make_mlp\ndata:\n  path: {DIGITS_FILE}\n  batch_size: 64\n"
         " max_samples: 10\n")  # line 6: indented one space, inside no mapping
     lone = d / "lone"
     lone.mkdir()
@@ -199,35 +170,15 @@ def runs(world) -> dict[str, Ran]:
     """Run the real-process cases as ``python -m landscape_cli ...``, two at a time."""
     cases = _cases(world, "process")
     assert sorted(BAD) == sorted(n for n in cases if n not in GOOD)
-    env = _clean_env()
 
     def one(case: Case) -> Ran:
-        proc = subprocess.run([sys.executable, "-m", "landscape_cli", *case.args], cwd=case.cwd,
-                              env=env, capture_output=True, text=True, timeout=300)
-        return Ran(case, proc.returncode, proc.stdout, proc.stderr)
+        return run_process(case.args, cwd=case.cwd)
 
     names = [*REAL_PROCESS, *GOOD]
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(names, pool.map(one, [cases[n] for n in names])))
 
 
-def _invoke(args, env=None):
-    return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
-
-
-def _check_one_error_line(ran: Ran, out_dir: Path) -> None:
-    detail = f"rc={ran.returncode}\nstdout={ran.stdout!r}\nstderr={ran.stderr!r}"
-    assert ran.returncode == 2, detail
-    assert ran.stdout == "", detail
-    lines = ran.stderr.strip().splitlines()
-    assert len(lines) == 1, detail
-    line = lines[0]
-    assert line.startswith("error: "), detail
-    assert "Traceback" not in ran.stderr
-    for needle in ran.case.needles:
-        assert needle in line, f"{needle!r} not in {line!r}"
-    # -o was given: no file, not even a temporary one, is left behind.
-    assert not out_dir.exists() or list(out_dir.iterdir()) == [], list(out_dir.iterdir())
 
 
 @pytest.mark.parametrize("name", BAD)
@@ -235,25 +186,25 @@ def test_bad_input_exits_2_with_one_line(world, monkeypatch, name):
     """In-process (Typer's CliRunner keeps stdout and stderr apart)."""
     case = _cases(world, "inprocess")[name]
     monkeypatch.chdir(case.cwd)
-    result = _invoke(case.args, env={"LANDSCAPE_CONFIG": None})
-    ran = Ran(case, result.exit_code, result.stdout, result.stderr)
-    _check_one_error_line(ran, world["outputs"] / "inprocess" / name)
+    # -o was given: no file, not even a temporary one, is left behind.
+    assert_one_error(invoke(case.args), case.needles, folder=world["outputs"] / "inprocess" / name)
 
 
 @pytest.mark.parametrize("name", REAL_PROCESS)
 def test_bad_input_in_a_real_process(runs, world, name):
-    _check_one_error_line(runs[name], world["outputs"] / "process" / name)
+    assert_one_error(runs[name], _cases(world, "process")[name].needles,
+                     folder=world["outputs"] / "process" / name)
 
 
 def test_unsafe_pickle_code_never_ran(runs, world):
     """After the refusals above (in a real process, and in-process with --allow-global of an
     unrelated name), the pickled ``os.system("touch ...")`` has not run."""
     assert runs["unsafe_zip"].returncode == runs["unsafe_legacy"].returncode == 2
-    result = _invoke(["spectrum", world["evil_legacy"], "-c", world["base"], *FAST,
+    result = invoke(["spectrum", world["evil_legacy"], "-c", world["base"], *FAST,
                       "--allow-global", "builtins.print"])
-    assert result.exit_code == 2 and "posix.system" in result.stderr
-    result = _invoke(["inspect", world["evil_zip"], "--json"])
-    assert result.exit_code == 0
+    assert result.returncode == 2 and "posix.system" in result.stderr
+    result = invoke(["inspect", world["evil_zip"], "--json"])
+    assert result.returncode == 0
     assert json.loads(result.stdout)["results"]["unsafe_globals"] == ["posix.system"]
     assert not world["pwned"].exists(), "a checkpoint's pickled code was executed"
 
@@ -265,8 +216,8 @@ def test_trust_checkpoint_is_the_way_out(world, tmp_path):
     sd = torch.load(MLP, map_location="cpu", weights_only=True)
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": sd, "payload": _Pwn(marker)}, path)
-    result = _invoke(["spectrum", path, "-c", world["base"], *FAST, "--json", "--trust-checkpoint"])
-    assert result.exit_code == 0, result.output
+    result = invoke(["spectrum", path, "-c", world["base"], *FAST, "--json", "--trust-checkpoint"])
+    assert result.returncode == 0, result.output
     assert marker.exists()
     assert json.loads(result.stdout)["checkpoint"]["key"] == "state_dict"
 
@@ -334,14 +285,12 @@ WRITERS = _writers()
 
 
 @pytest.fixture(scope="module")
-def full_stdout() -> dict[str, subprocess.CompletedProcess]:
+def full_stdout() -> dict[str, Ran]:
     """Each writer run as ``python -m landscape_cli ... > /dev/full``, two at a time."""
 
-    def one(args: list[str]) -> subprocess.CompletedProcess:
+    def one(args: list[str]) -> Ran:
         with open("/dev/full", "w") as full:
-            return subprocess.run([sys.executable, "-m", "landscape_cli", *args], cwd=ROOT,
-                                  env=_clean_env(), stdout=full, stderr=subprocess.PIPE,
-                                  text=True, timeout=300)
+            return run_process(args, stdout=full)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(WRITERS, pool.map(one, WRITERS.values())))
@@ -358,8 +307,7 @@ def test_a_full_stdout_ends_every_command_with_one_line_and_exit_2(full_stdout, 
 @pytest.mark.parametrize("name", ["help", "version", "schema"])
 def test_a_closed_pipe_is_the_quiet_141_for_what_click_prints_too(name):
     """Click's own handler would end a closed pipe with 1, a violated gate's code."""
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *WRITERS[name]], cwd=ROOT,
-                            env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_process(WRITERS[name], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (141, b"")
@@ -369,16 +317,16 @@ def test_a_closed_pipe_is_the_quiet_141_for_what_click_prints_too(name):
 
 
 def test_version():
-    result = _invoke(["--version"])
-    assert result.exit_code == 0
+    result = invoke(["--version"])
+    assert result.returncode == 0
     assert result.stdout.strip() == f"landscape {landscape_cli.__version__} (torch {torch.__version__})"
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f'version = "{landscape_cli.__version__}"' in pyproject
 
 
 def test_json_flag_output_parses_and_warnings_on_stderr(world):
-    result = _invoke(["spectrum", world["lightning"], "-c", world["base"], *FAST, "--json"])
-    assert result.exit_code == 0, result.output
+    result = invoke(["spectrum", world["lightning"], "-c", world["base"], *FAST, "--json"])
+    assert result.returncode == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["schema_version"] == "1" and doc["command"] == "spectrum"
     assert result.stderr.count("warning:") == len(doc["warnings"]) == 1
@@ -389,7 +337,7 @@ def discovery(tmp_path, monkeypatch):
     """Four configs that differ only in max_samples, so the report shows which one was used."""
     def write(path: Path, n: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return _config(path, max_samples=n)
+        return write_config(path, max_samples=n)
 
     project = tmp_path / "project"
     ckpt = project / "runs" / "a" / "ckpt.pt"
@@ -409,8 +357,8 @@ def discovery(tmp_path, monkeypatch):
 
     def used(checkpoint: Path, *args, env_config: Path | None = None) -> tuple[int, str]:
         env = {"LANDSCAPE_CONFIG": str(env_config) if env_config else None}
-        result = _invoke(["spectrum", checkpoint, "--top", "1", "--json", *args], env=env)
-        assert result.exit_code == 0, result.output
+        result = invoke(["spectrum", checkpoint, "--top", "1", "--json", *args], env=env)
+        assert result.returncode == 0, result.output
         doc = json.loads(result.stdout)
         return doc["settings"]["n_samples"], doc["settings"]["config"]
 
@@ -430,14 +378,14 @@ def test_config_discovery_order(discovery):
 
 def test_config_beside_checkpoint_beats_parent(discovery, tmp_path):
     paths, ckpt, _, used = discovery
-    _config(ckpt.parent / "landscape.yaml", max_samples=105)
+    write_config(ckpt.parent / "landscape.yaml", max_samples=105)
     assert used(ckpt)[0] == 105
     assert used(ckpt, "-c", paths["explicit"])[0] == 101
 
 
 def test_env_config_missing_is_an_error(tmp_path):
-    result = _invoke(["spectrum", MLP, "--top", "1", "--json"],
+    result = invoke(["spectrum", MLP, "--top", "1", "--json"],
                      env={"LANDSCAPE_CONFIG": str(tmp_path / "gone.yaml")})
-    assert result.exit_code == 2
+    assert result.returncode == 2
     assert "gone.yaml" in result.stderr and "LANDSCAPE_CONFIG" in result.stderr
     assert result.stdout == ""

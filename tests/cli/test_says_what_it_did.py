@@ -8,7 +8,8 @@ import json
 
 import pytest
 import torch
-from helpers.adversarial import FAST, assert_one_error, invoke, write_config
+from helpers.adversarial import FAST, assert_one_error, write_config
+from helpers.runners import invoke
 from helpers.samples import MLP_CKPT as MLP
 from torch import nn
 

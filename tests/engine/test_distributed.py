@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.distributed_probe import numbers
+from helpers.runners import start_process
 from helpers.samples import CNN_CKPT, CONFIGS, MLP_CKPT, ROOT
 
 PROBE = Path(__file__).resolve().parents[1] / "helpers" / "distributed_probe.py"
@@ -98,12 +99,10 @@ def _ranks(args: list[str], count: int = 2) -> list[subprocess.Popen]:
     port = _free_port()
     processes = []
     for rank in range(count):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(count),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "NO_COLOR": "1"}
-        processes.append(subprocess.Popen([sys.executable, "-m", "landscape_cli", *args], cwd=ROOT,
-                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, start_new_session=True))
+        env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(count),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        processes.append(start_process(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, start_new_session=True))
     return processes
 
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-from helpers.adversarial import invoke
 from helpers.exact import dense_hessian
+from helpers.runners import invoke
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 MODEL = '''

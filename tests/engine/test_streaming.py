@@ -5,7 +5,8 @@ another pass is refused; data past the host budget streams by itself."""
 from __future__ import annotations
 
 import pytest
-from helpers.adversarial import assert_one_error, invoke
+from helpers.adversarial import assert_one_error
+from helpers.runners import invoke
 from helpers.samples import CONFIGS, MLP_CKPT
 from helpers.samples import MLP_CKPT as MLP
 

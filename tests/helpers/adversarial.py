@@ -1,33 +1,16 @@
-"""Shared by the adversarial-input tests (issue 16): run the CLI, then check the contract of
+"""Shared by the adversarial-input tests (issue 16): a config for the sample MLP, and the contract of
 DESIGN §7 for bad input: exit 2, nothing on stdout, exactly one stderr line that names the
 culprit, no traceback, no file left behind, and every input's bytes unchanged."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from helpers.samples import DIGITS_FILE, MODELS, ROOT
+from helpers.runners import Ran
+from helpers.samples import DIGITS_FILE, MODELS
 
 #: Options that keep a spectrum run to a fraction of a second.
 FAST = ("--top", "1", "--set", "data.max_samples=200")
-
-
-@dataclass
-class Ran:
-    """One CLI run's exit code and streams."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def detail(self) -> str:
-        return f"rc={self.returncode}\nstdout={self.stdout!r}\nstderr={self.stderr!r}"
 
 
 def write_config(path: Path, *, factory: str = f"{MODELS}:make_mlp", hidden: int = 32,
@@ -40,34 +23,6 @@ def write_config(path: Path, *, factory: str = f"{MODELS}:make_mlp", hidden: int
         f"device: cpu\n{extra}"
     )
     return path
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LANDSCAPE_CONFIG"}
-    env.update(NO_COLOR="1", COLUMNS="60")  # a narrow terminal must not wrap the error line
-    return env
-
-
-def invoke(args, cwd: Path | None = None) -> Ran:
-    """In process, through Typer's runner (stdout and stderr kept apart)."""
-    from landscape_cli.cli.app import app
-
-    old = Path.cwd()
-    if cwd is not None:
-        os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env={"LANDSCAPE_CONFIG": None},
-                                    catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    return Ran(result.exit_code, result.stdout, result.stderr)
-
-
-def run_process(args, cwd: Path = ROOT, timeout: float = 300, **kwargs) -> Ran:
-    """``python -m landscape_cli ARGS`` in a real process."""
-    proc = subprocess.run([sys.executable, "-m", "landscape_cli", *map(str, args)], cwd=cwd,
-                          env=clean_env(), capture_output=True, text=True, timeout=timeout, **kwargs)
-    return Ran(proc.returncode, proc.stdout, proc.stderr)
 
 
 def snapshot(*paths: Path) -> dict[Path, bytes]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.adversarial import FAST, assert_one_error, invoke, run_process, snapshot, write_config
+from helpers.adversarial import FAST, assert_one_error, snapshot, write_config
+from helpers.runners import invoke, run_process
 from helpers.samples import MLP_CKPT as MLP
 from pydantic import ValidationError
 

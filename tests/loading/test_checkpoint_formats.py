@@ -3,7 +3,7 @@ state dict, and the report says what was detected; ``inspect`` describes each la
 lists the unsafe globals of a malicious pickle without running it.
 
 The variants are built from ``sample_checkpoints/mlp/seed0_epoch100.pt``; the real CLI runs
-in-process (Typer's CliRunner) with ``--dtype float64 --top 1`` on 300 samples.
+in-process (``helpers.runners.invoke``) with ``--dtype float64 --top 1`` on 300 samples.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runners import invoke
 from helpers.samples import ROOT
 from safetensors.torch import save_file
-from typer.testing import CliRunner
-
-from landscape_cli.cli.app import app
 
 SAMPLES = ROOT / "sample_checkpoints" / "mlp"
 MLP = SAMPLES / "seed0_epoch100.pt"
@@ -135,21 +133,16 @@ def variants(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _invoke(*args: str):
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    return result
-
-
 def _spectrum(path: Path, *extra: str) -> dict:
-    result = _invoke("spectrum", str(path), *SPECTRUM_ARGS, *extra)
-    assert result.exit_code == 0, result.output
+    result = invoke(["spectrum", str(path), *SPECTRUM_ARGS, *extra])
+    assert result.returncode == 0, result.output
     assert "Traceback" not in result.stderr
     return json.loads(result.stdout)
 
 
 def _inspect(path: Path, *extra: str):
-    result = _invoke("inspect", str(path), "--json", *extra)
-    assert result.exit_code == 0, result.output
+    result = invoke(["inspect", str(path), "--json", *extra])
+    assert result.returncode == 0, result.output
     return json.loads(result.stdout), result
 
 
@@ -314,8 +307,8 @@ def test_inspect_lists_unsafe_globals_without_running_them(variants, name, fmt, 
 def test_spectrum_refuses_unsafe_pickle_in_process(variants):
     """The same refusal in-process (the subprocess tests check streams): exit 2, no code run."""
     for name in ("evil_zip.pt", "evil_legacy.pt"):
-        result = _invoke("spectrum", str(variants[name]), *SPECTRUM_ARGS)
-        assert result.exit_code == 2
+        result = invoke(["spectrum", str(variants[name]), *SPECTRUM_ARGS])
+        assert result.returncode == 2
         assert result.stdout == ""
         assert "posix.system" in result.stderr and "--allow-global" in result.stderr
         assert not variants["pwned"].exists()

@@ -171,7 +171,7 @@ def test_a_checkpoint_saved_with_one_of_two_tied_keys_loads_under_strict(tmp_pat
     import json
     import sys
 
-    from helpers.adversarial import invoke
+    from helpers.runners import invoke
     from helpers.samples import DIGITS_FILE
     from safetensors.torch import save_file
 

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import typer.main
 from helpers.cheap_runs import CHECKPOINTS, ROOT, SHARED, cheap, cheap_args
-from typer.testing import CliRunner
+from helpers.runners import invoke
 
 import landscape_cli
 from landscape_cli import runner
@@ -27,15 +27,9 @@ from landscape_cli.options import Option, RunOptions
 from landscape_cli.results.base import Result, reported
 
 
-def _invoke(app, *args: object):
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False,
-                                env={"LANDSCAPE_CONFIG": None})
-    return result
-
-
 def _schema(app=None) -> dict:
-    result = _invoke(app or build_app(), "schema")
-    assert result.exit_code == 0, result.output
+    result = invoke(["schema"], app=app or build_app())
+    assert result.returncode == 0, result.output
     return json.loads(result.stdout)
 
 
@@ -67,8 +61,8 @@ def test_each_command_s_real_report_validates(validator, name):
 
 
 def test_inspect_s_report_validates(validator):
-    result = _invoke(build_app(), "inspect", CHECKPOINTS[0], "--json")
-    assert result.exit_code == 0, result.output
+    result = invoke(["inspect", CHECKPOINTS[0], "--json"], app=build_app())
+    assert result.returncode == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["command"] == "inspect" and doc["results"]["n_params"] == 2410
     assert _errors(validator, doc) == []
@@ -78,10 +72,10 @@ def test_batch_lines_ok_and_error_validate(validator, tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(CHECKPOINTS[0].read_bytes()[:1000])
     out = tmp_path / "lines.jsonl"
-    result = _invoke(build_app(), "batch", CHECKPOINTS[0], broken, "--command", "spectrum",
+    result = invoke(["batch", CHECKPOINTS[0], broken, "--command", "spectrum",
                      *cheap_args("spectrum")[2:], "-c", CHECKPOINTS[0].parent / "landscape.yaml",
-                     "-o", out, "-q")
-    assert result.exit_code == 2, result.output  # the broken checkpoint
+                     "-o", out, "-q"], app=build_app())
+    assert result.returncode == 2, result.output  # the broken checkpoint
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["status"] for line in lines] == ["ok", "error"]
     assert isinstance(lines[0]["batch_key"], str) and isinstance(lines[1]["batch_key"], str)
@@ -170,15 +164,15 @@ def test_a_command_registered_in_one_place_is_in_the_cli_the_api_and_the_schema(
     monkeypatch.setitem(COMMANDS, FAKE.name, FAKE)
     app = build_app()
     assert FAKE.name in typer.main.get_command(app).commands
-    assert FAKE.name in _invoke(app, "--help").stdout
+    assert FAKE.name in invoke(["--help"], app=app).stdout
 
     api = landscape_cli.analyze(FAKE.name, CHECKPOINTS[0], factor=2.0, **SHARED)
     half = landscape_cli.analyze(FAKE.name, CHECKPOINTS[0], **SHARED)
     assert api.results["total"] == pytest.approx(2 * half.results["total"], rel=1e-12)
 
-    ran = _invoke(app, FAKE.name, CHECKPOINTS[0], "--factor", "2", "--set", SHARED["set"][0],
-                  "--json", "--fail-if", "total>1e9")
-    assert ran.exit_code == 0, ran.output
+    ran = invoke([FAKE.name, CHECKPOINTS[0], "--factor", "2", "--set", SHARED["set"][0],
+                  "--json", "--fail-if", "total>1e9"], app=app)
+    assert ran.returncode == 0, ran.output
     doc = json.loads(ran.stdout)
     assert doc["results"]["total"] == api.results["total"]
     assert doc["gates"] == [{"expr": "total>1e9", "value": doc["results"]["total"], "violated": False}]

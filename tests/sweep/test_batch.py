@@ -10,14 +10,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers.adversarial import Ran, assert_one_error, clean_env, listing
+from helpers.adversarial import assert_one_error, listing
+from helpers.runners import Ran, invoke, run_process, start_process
 from helpers.samples import ROOT
-from typer.testing import CliRunner
 
 import landscape_cli.sweep.workers as batch_module
 
@@ -31,18 +30,8 @@ SPECTRUM = ("--command", "spectrum", *FAST)
 
 
 def run(*args, input: str | None = None, cwd: Path | None = None) -> Ran:
-    """The real CLI in-process (stdout and stderr apart, no $LANDSCAPE_CONFIG)."""
-    from landscape_cli.cli.app import app
-
-    old = Path.cwd()
-    if cwd is not None:
-        os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], input=input,
-                                    env={"LANDSCAPE_CONFIG": None}, catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    return Ran(result.exit_code, result.stdout, result.stderr)
+    """The real CLI in-process (``helpers.runners.invoke``)."""
+    return invoke(args, input=input, cwd=cwd)
 
 
 def read(path: Path) -> list[dict]:
@@ -166,9 +155,8 @@ def test_a_batch_killed_with_sigkill_resumes_without_recomputing_a_written_line(
 
     out = tmp_path / "out.jsonl"
     with open(tmp_path / "stdout", "wb") as so, open(tmp_path / "stderr", "wb") as se:
-        proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *args, "-o", str(out)],
-                                cwd=tmp_path, env=clean_env(), stdout=so, stderr=se,
-                                start_new_session=True)
+        proc = start_process([*args, "-o", str(out)], cwd=tmp_path, stdout=so, stderr=se,
+                             start_new_session=True)
         try:
             deadline = time.monotonic() + 120
             while not (out.exists() and out.read_bytes().count(b"\n") >= 2):
@@ -348,9 +336,8 @@ def test_paths_on_stdin(tmp_path):
     assert [line["checkpoint"]["path"] for line in lines] == [str(p) for p in paths]
     assert all(line["status"] == "ok" for line in lines)
     # in a real process, with a pipe
-    proc = subprocess.run([sys.executable, "-m", "landscape_cli", "batch", "-", *SPECTRUM, "-c",
-                           str(CONFIG), "-q"], input=stdin, capture_output=True, text=True,
-                          env=clean_env(), cwd=tmp_path, timeout=120)
+    proc = run_process(["batch", "-", *SPECTRUM, "-c", str(CONFIG), "-q"], input=stdin,
+                       cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert [stable(line) for line in parse(proc.stdout)] == [stable(line) for line in lines]
 
@@ -485,10 +472,9 @@ def test_a_sigterm_writes_the_checkpoint_in_progress_as_interrupted(tmp_path):
     copy(MLP[:2], folder, ["ck1.pt", "ck2.pt"])
     local_config(folder)
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", "batch", str(folder / "*.pt"),
-                             *ENDLESS_TRACE, "-o", str(out)], cwd=tmp_path, env=clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = start_process(["batch", str(folder / "*.pt"), *ENDLESS_TRACE, "-o", str(out)],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     try:
         _until(lambda: proc.poll() is not None or _cpu_seconds(proc.pid) >= 8, 120,
                "the sweep did not get going within 120 s")
@@ -528,10 +514,9 @@ def test_workers_end_with_their_parent_killed_by_sigkill(tmp_path):
     folder = tmp_path / "ckpts"
     copy(MLP[:3], folder, ["ck1.pt", "ck2.pt", "ck3.pt"])
     local_config(folder)
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", "batch", str(folder / "*.pt"),
-                             *ENDLESS_TRACE, "-j", "2", "-o", str(tmp_path / "out.jsonl")],
-                            cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_process(["batch", str(folder / "*.pt"), *ENDLESS_TRACE, "-j", "2", "-o",
+                          str(tmp_path / "out.jsonl")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def busy_workers() -> list[int]:
             assert proc.poll() is None, "the sweep ended by itself"
