@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CNN_CKPT as CNN
-from conftest import MLP_CKPT as MLP
-from conftest import TRANSFORMER_CKPT as TRANSFORMER
+from helpers.samples import CNN_CKPT as CNN
+from helpers.samples import MLP_CKPT as MLP
+from helpers.samples import TRANSFORMER_CKPT as TRANSFORMER
 
 import landscape_cli
 
