@@ -51,3 +51,23 @@ def test_every_converged_float32_value_is_within_its_error_of_the_float64_one(ca
                     f"{end} {i}: float32 {values32[i]!r} ± {errors32[i]:.2g}, "
                     f"float64 {values64[i]!r} ± {errors64[i]:.2g}")
     assert checked  # a test that checks nothing cannot fail
+
+
+def test_a_model_without_a_float64_copy_keeps_float32_error_bars_with_a_warning(monkeypatch):
+    """A model that cannot be deep-copied or cast (a hook holding a lock, a quantized layer)
+    is no reason to fail: the run checks one Ritz vector with a float32 product, as before the
+    float64 reference, and says that its errors measure the products against themselves."""
+    import landscape_cli.engine.hvp as hvp
+
+    def uncopyable(thing):
+        raise TypeError("cannot pickle '_thread.lock' object")
+
+    with_copy = spectrum(MLP, ["data.max_samples=300"], "float32")
+    monkeypatch.setattr(hvp.copy, "deepcopy", uncopyable)
+    report = landscape_cli.analyze("spectrum", MLP, top=2, bottom=1, dtype="float32",
+                                   set=["data.max_samples=300"])
+    (warning,) = [w for w in report.warnings if "no float64 copy of the model" in w]
+    assert "cannot pickle" in warning and "--dtype float64" in warning
+    assert report.cost["hvps"] == report.results["lanczos_steps"] + 1  # one float32 check
+    assert report.results["top_eigenvalues"] == pytest.approx(with_copy["top_eigenvalues"],
+                                                              rel=1e-6)
