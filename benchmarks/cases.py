@@ -21,9 +21,12 @@ from landscape_cli.config import load_config, resolve_device
 from landscape_cli.data_batches import map_tensors
 from landscape_cli.engine.problem import Problem, build_problem, criterion_loss, exact_float32
 from landscape_cli.loading.data import Batches
+from landscape_cli.loading.factory import resolve
 from landscape_cli.session import load
 
 ROOT = Path(__file__).resolve().parent.parent
+BasicBlock = resolve(f"{ROOT / 'sample_checkpoints' / 'models.py'}:BasicBlock", "benchmarks", "models")
+
 SAMPLES = {
     "mlp": ROOT / "sample_checkpoints/mlp/seed0_epoch100.pt",
     "cnn_bn": ROOT / "sample_checkpoints/cnn_bn/final.pt",
@@ -35,25 +38,6 @@ RESNETS = {
     "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), 10_000, 500),
 }
 CASES = [*SAMPLES, *RESNETS]
-
-
-class BasicBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN plus the (1×1 conv-BN projected, when the shape changes) input."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class ResNet(nn.Module):

@@ -16,13 +16,25 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type's name where it has none), cut at
+    ``limit`` characters: how a warning or a refusal quotes what a library said."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (torch and pydantic messages span several)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def describe(exc: BaseException) -> str:
     """What a user reads of a failure, as one line: bad input (a ``LandscapeError``) is its
     own message; anything else is ``internal error: TYPE: MESSAGE``, a bug to report. The CLI
     prints it (bad input after ``error:``); a batch line holds it under ``error``."""
     if isinstance(exc, LandscapeError):
         return str(exc)
-    return f"internal error: {type(exc).__name__}: {one_line(' '.join(str(exc).split()))}"
+    return f"internal error: {one_line(exception_line(exc))}"
 
 
 class LandscapeError(Exception):

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from landscape_cli.linalg.operator import LinearOperator, Wrapping
+
 if TYPE_CHECKING:
     import torch
-
-    from landscape_cli.linalg.operator import LinearOperator
 
 #: a gradient costs about three forward passes (one forward, a backward of about two)
 PASSES_PER_GRADIENT = 3
@@ -79,7 +79,7 @@ class CostEstimate:
 
 
 @dataclass
-class TimedOperator:
+class TimedOperator(Wrapping):
     """An operator whose second product sets ``estimate.per_product`` (per row of its block);
     everything else is the wrapped operator's."""
 
@@ -87,24 +87,6 @@ class TimedOperator:
     estimate: CostEstimate
     then: Callable[[], None]
     calls: int = 0
-
-    @property
-    def size(self) -> int:
-        return self.operator.size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.operator.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.operator.device
-
-    def memory_left(self) -> int | None:
-        return self.operator.memory_left()
-
-    def exact(self) -> LinearOperator | None:
-        return self.operator.exact()
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         self.calls += 1

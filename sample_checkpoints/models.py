@@ -8,6 +8,7 @@ Models:
 * :func:`make_mlp` -- 64 -> hidden -> 10 Tanh MLP for the 8x8 digits (smooth everywhere).
 * :func:`make_cnn` -- two conv + BatchNorm blocks for the 8x8 digits.
 * :func:`make_char_transformer` -- a tiny hand-written decoder-only character transformer.
+* :class:`BasicBlock` -- ResNet's basic block, for the benchmarks' ResNets and the alignment tests.
 
 Data and loss for the transformer:
 
@@ -84,6 +85,32 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 def make_cnn(channels: int = 8) -> nn.Module:
     """Small BatchNorm CNN for the 8x8 digits (1,922 parameters at channels=8)."""
     return DigitsCNN(channels)
+
+
+# ----------------------------------------------------------------------------- ResNets
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block (He et al. 2016): conv-BN-ReLU-conv-BN plus the input, through a
+    1×1 conv-BN projection when the shape changes; the addition is in place, as in
+    torchvision's."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        out += self.shortcut(x)
+        return torch.relu(out)
+
 
 
 # ----------------------------------------------------------------------------- transformer

@@ -49,7 +49,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
-from landscape_cli.errors import LandscapeError
+from landscape_cli.errors import LandscapeError, first_line
 from landscape_cli.search.weight_matching import permute_state, weight_matching
 
 SUPPORTED = ("--align weights supports chains of Linear/Conv/BatchNorm/LayerNorm with elementwise "
@@ -244,7 +244,7 @@ def _trace(model: nn.Module) -> fx.GraphModule:
         with _refusing_autograd_functions():
             graph = tracer.trace(model)
     except Exception as error:
-        why = f"torch.fx cannot trace it ({_first_line(error)}{_user_line(error)})"
+        why = f"torch.fx cannot trace it ({first_line(error)}{_user_line(error)})"
         if tracer.failed_in is not None:
             raise _refuse(tracer.failed_in, why) from error
         # the root's own forward stopped the tracer before any layer ran (a decorated forward,
@@ -254,8 +254,8 @@ def _trace(model: nn.Module) -> fx.GraphModule:
             raise _refuse(f"the forward of {type(model).__name__}", why) from error
         path, module, inner = deepest
         raise _refuse(f"layer '{path}' ({type(module).__name__})",
-                      f"torch.fx cannot trace it ({_first_line(inner)}{_user_line(inner)}); the "
-                      f"model's own forward fails first ({_first_line(error)})") from error
+                      f"torch.fx cannot trace it ({first_line(inner)}{_user_line(inner)}); the "
+                      f"model's own forward fails first ({first_line(error)})") from error
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
@@ -273,10 +273,6 @@ def _deepest_untraceable(model: nn.Module) -> tuple[str, nn.Module, Exception] |
         except Exception as error:
             found = (path, module, error)
     return found
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _user_line(error: BaseException) -> str:
@@ -298,7 +294,7 @@ def _propagate_shapes(model: nn.Module, graph_module: fx.GraphModule, inputs: tu
             ShapeProp(graph_module).propagate(*inputs)
     except Exception as error:
         raise LandscapeError(f"cannot align weights: the traced model does not run on the example "
-                             f"inputs ({type(error).__name__}: {_first_line(error)})") from error
+                             f"inputs ({type(error).__name__}: {first_line(error)})") from error
     finally:
         for module, mode in modes:
             module.training = mode

@@ -13,7 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from landscape_cli.errors import EXIT_INTERNAL, LandscapeError
+from landscape_cli.errors import EXIT_INTERNAL, LandscapeError, first_line
 
 
 class DistributedError(LandscapeError):
@@ -105,7 +105,6 @@ def all_agree(flag: bool) -> bool:
 
 
 def _lost(exc: Exception) -> DistributedError:
-    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     return DistributedError(f"rank {rank()} of {world_size()}: summing with the other ranks "
-                            f"failed ({first}); another rank stopped, or did not answer within "
-                            "--dist-timeout")
+                            f"failed ({first_line(exc, 200)}); another rank stopped, or did not "
+                            "answer within --dist-timeout")

@@ -41,6 +41,7 @@ from landscape_cli.engine.names import AUTO, CACHED, STRATEGIES, STREAM
 from landscape_cli.engine.passes import Cost, Evaluation, Group, Passes, SavedBytes, reduce
 from landscape_cli.engine.plan import COMPILED_ROWS, Plan, join_batches, start, weighted_terms
 from landscape_cli.engine.problem import Problem
+from landscape_cli.errors import first_line
 
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "
@@ -339,8 +340,7 @@ class HVPEngine:
                    "fell back to one vector at a time")
 
     def _warn(self, what: str, exc: Exception, action: str) -> None:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        self.warnings.append(f"{what} ({first_line[:160]}); {action}")
+        self.warnings.append(f"{what} ({first_line(exc)}); {action}")
 
     def describe(self) -> dict[str, object]:
         """The plan, for the report's settings (``Plan.describe``)."""

@@ -22,6 +22,7 @@ from torch import nn
 from landscape_cli.data_batches import concat_batches
 from landscape_cli.engine.distributed import all_sum
 from landscape_cli.engine.problem import Problem, mean_loss
+from landscape_cli.errors import first_line
 
 #: (weight, batch indices): batches joined into one forward pass, weighted by their share of N
 Group = tuple[float, list[int]]
@@ -263,9 +264,8 @@ class Passes:
                 if isinstance(exc, torch.OutOfMemoryError):
                     raise
                 self._vmap_many = False
-                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
                 self.warnings.append(f"evaluating many weight vectors at once failed for this model "
-                                     f"({first}); evaluated them one at a time")
+                                     f"({first_line(exc)}); evaluated them one at a time")
         return self._many(thetas, buffers, buffers_per_row, vectorized=False)
 
     def _many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None,

@@ -24,9 +24,9 @@ from torch.overrides import TorchFunctionMode
 
 from landscape_cli.data_batches import to_device
 from landscape_cli.engine import distributed
-from landscape_cli.errors import ConfigError, LandscapeError, NumericalError
+from landscape_cli.errors import ConfigError, LandscapeError, NumericalError, exception_line
 from landscape_cli.loading.data import Batches
-from landscape_cli.loading.factory import USER_CODE_ERRORS, describe_exception
+from landscape_cli.loading.factory import USER_CODE_ERRORS
 
 LossFn = Callable[[nn.Module, Any], Any]
 #: What a loss may return, by the config key that names it.
@@ -249,7 +249,7 @@ def _checked_loss(problem: Problem, index: int, source: str) -> float | None:
             out = torch.func.functional_call(problem.objective, problem.unflatten(theta), (batch,))
         except USER_CODE_ERRORS as exc:
             raise ConfigError(source, None, f"the forward pass (the model, then {key}) failed on "
-                              f"batch {index}: {describe_exception(exc)}") from exc
+                              f"batch {index}: {exception_line(exc)}") from exc
     pair = isinstance(out, (tuple, list))
     if (pair and len(out) != 2) or not _is_scalar(mean_loss(out)):
         raise ConfigError(source, key, f"returned {_describe(out)} for batch {index}; "

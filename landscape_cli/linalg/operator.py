@@ -99,8 +99,33 @@ class CallableOperator:
         return self.reference
 
 
+class Wrapping:
+    """An operator that is ``self.operator`` in all but what a subclass overrides (its products,
+    its size): the size, dtype, device, memory and float64 reference are the wrapped one's."""
+
+    operator: LinearOperator
+
+    @property
+    def size(self) -> int:
+        return self.operator.size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.operator.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.operator.device
+
+    def memory_left(self) -> int | None:
+        return self.operator.memory_left()
+
+    def exact(self) -> LinearOperator | None:
+        return self.operator.exact()
+
+
 @dataclass(frozen=True)
-class Restricted:
+class Restricted(Wrapping):
     """The diagonal block of an operator on the coordinates ``index``: v ↦ (A·[v]_g)_g, a view
     (each product is one product of the whole operator)."""
 
@@ -111,21 +136,10 @@ class Restricted:
     def size(self) -> int:
         return len(self.index)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.operator.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.operator.device
-
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         full = block.new_zeros(block.shape[0], self.operator.size)
         full[:, self.index] = block
         return self.operator(full)[:, self.index]
-
-    def memory_left(self) -> int | None:
-        return self.operator.memory_left()
 
     def exact(self) -> Restricted | None:
         exact = self.operator.exact()

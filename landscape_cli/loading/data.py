@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from landscape_cli.config import Config
 from landscape_cli.data_batches import first_tensor, head, is_classification, map_tensors, tensor_bytes
-from landscape_cli.errors import DataError
-from landscape_cli.loading.factory import USER_CODE_ERRORS, call, describe_exception
+from landscape_cli.errors import DataError, exception_line
+from landscape_cli.loading.factory import USER_CODE_ERRORS, call
 
 
 @dataclass
@@ -70,7 +70,7 @@ def _read_arrays(path: Path, source: str, section: str) -> tuple[torch.Tensor, t
         found = (np.load(path, allow_pickle=False) if path.suffix == ".npz"
                  else torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:
-        raise DataError(f"{where}: cannot be read: {describe_exception(exc)}") from None
+        raise DataError(f"{where}: cannot be read: {exception_line(exc)}") from None
     with found if isinstance(found, np.lib.npyio.NpzFile) else nullcontext():
         if not isinstance(found, Mapping):
             raise DataError(f"{where}: holds a {type(found).__name__}, not a dict of arrays "
@@ -88,7 +88,7 @@ def _array(found: Mapping, name: str, where: str) -> torch.Tensor:
         value = found[name]
         return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     except Exception as exc:
-        raise DataError(f"{where}: array '{name}' cannot be read: {describe_exception(exc)}") from None
+        raise DataError(f"{where}: array '{name}' cannot be read: {exception_line(exc)}") from None
 
 
 def _checked_pair(x: torch.Tensor, y: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +147,7 @@ def _batches(config: Config, max_batches: int | None, section: str) -> Iterator[
     except DataError:
         raise
     except USER_CODE_ERRORS as exc:
-        raise DataError(f"{source}: reading the data failed: {describe_exception(exc)}") from exc
+        raise DataError(f"{source}: reading the data failed: {exception_line(exc)}") from exc
 
 
 class BatchStream(Sequence):

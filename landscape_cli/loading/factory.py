@@ -10,17 +10,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from landscape_cli.errors import ConfigError
+from landscape_cli.errors import ConfigError, exception_line
 
 #: What user code may raise that still means "this config's code failed": ``SystemExit``
 #: too, from a script's ``sys.exit()`` or argparse run at import, which would otherwise end
 #: the process with its own exit code.
 USER_CODE_ERRORS = (Exception, SystemExit)
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` on one line (torch and pydantic messages span several)."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def add_python_path(entries: Iterable[str]) -> None:
@@ -43,7 +38,7 @@ def _import_file(path: Path, source: str, key: str):
         spec.loader.exec_module(module)
     except USER_CODE_ERRORS as exc:
         del sys.modules[name]
-        raise ConfigError(source, key, f"importing {path} failed: {describe_exception(exc)}") from exc
+        raise ConfigError(source, key, f"importing {path} failed: {exception_line(exc)}") from exc
     return module
 
 
@@ -62,7 +57,7 @@ def resolve(spec: str, source: str, key: str) -> Any:
                               "check the name and python_path") from None
         except USER_CODE_ERRORS as exc:
             raise ConfigError(source, key, f"importing '{target}' failed: "
-                              f"{describe_exception(exc)}") from exc
+                              f"{exception_line(exc)}") from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -80,4 +75,4 @@ def call(spec: str, kwargs: dict[str, Any], source: str, key: str) -> Any:
     try:
         return fn(**kwargs)
     except USER_CODE_ERRORS as exc:
-        raise ConfigError(source, key, f"calling '{spec}' failed: {describe_exception(exc)}") from exc
+        raise ConfigError(source, key, f"calling '{spec}' failed: {exception_line(exc)}") from exc

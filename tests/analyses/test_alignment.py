@@ -245,31 +245,12 @@ def test_every_supported_operation_keeps_the_function():
     assert float((outputs(model, state_a, x) - outputs(model, state_b, x)).abs().max()) < 1e-12
 
 
-class BasicBlock(nn.Module):
-    """ResNet's basic block: an in-place residual addition, a 1×1 conv shortcut when it widens."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(c_out)
-        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(c_out)
-        self.short = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        out = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
-        out += self.short(x)
-        return torch.relu(out)
-
-
 class ResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.layer1 = nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 8, 1))
-        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2), BasicBlock(16, 16, 1))
+        self.layer1 = nn.Sequential(MODELS.BasicBlock(8, 8, 1), MODELS.BasicBlock(8, 8, 1))
+        self.layer2 = nn.Sequential(MODELS.BasicBlock(8, 16, 2), MODELS.BasicBlock(16, 16, 1))
         self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 10)
 
     def forward(self, x):
@@ -290,11 +271,11 @@ def test_resnet_streams_share_groups_and_keep_the_function():
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     spec = permutation_spec(model, x[:2])
     assert [(g.name, g.layers) for g in spec.groups] == [
-        ("stem", ("stem", "layer1.0.c2", "layer1.1.c2")),
-        ("layer1.0.c1", ("layer1.0.c1",)), ("layer1.1.c1", ("layer1.1.c1",)),
-        ("layer2.0.c1", ("layer2.0.c1",)),
-        ("layer2.0.c2", ("layer2.0.c2", "layer2.0.short.0", "layer2.1.c2")),
-        ("layer2.1.c1", ("layer2.1.c1",))]
+        ("stem", ("stem", "layer1.0.conv2", "layer1.1.conv2")),
+        ("layer1.0.conv1", ("layer1.0.conv1",)), ("layer1.1.conv1", ("layer1.1.conv1",)),
+        ("layer2.0.conv1", ("layer2.0.conv1",)),
+        ("layer2.0.conv2", ("layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2")),
+        ("layer2.1.conv1", ("layer2.1.conv1",))]
     state_a = {k: v.clone() for k, v in model.state_dict().items()}
     state_b = apply_permutation(spec, random_perms(spec, seed=3), state_a)
     assert float((outputs(model, state_a, x) - outputs(model, state_b, x)).abs().max()) < 1e-12

@@ -115,16 +115,38 @@ def table(doc: dict) -> str:
 # ----------------------------------------------------------------------------- the terminal view
 
 
-def test_line_chart_and_summary_show_the_documents_numbers():
-    out = table(line_doc())
-    assert "loss along the line" in out
-    # the document's barrier (0.777 at 0.625), not the points' own maximum
-    assert "barrier 0.777 at α = 0.625 (loss_a 0.2, loss_b 0.5)" in out
-    assert "barrier_mid_ends 0.4321" in out and "error_barrier 0.0625" in out
-    assert "A = seed0/final.pt" in out and "B = seed1/final.pt" in out
-    assert "eval loss" in out  # the eval curve has its own chart
-    assert out.count("█") > 20  # bars
-    assert "α -0.25" in out and "1.25" in out
+#: what the terminal shows of each kind of document: its own numbers and names
+SHOWN = {
+    # the document's barrier (0.777 at 0.625), not the points' own maximum; the eval curve
+    # has its own chart
+    "line": ("loss along the line", "barrier 0.777 at α = 0.625 (loss_a 0.2, loss_b 0.5)",
+             "barrier_mid_ends 0.4321", "error_barrier 0.0625", "A = seed0/final.pt",
+             "B = seed1/final.pt", "eval loss", "α -0.25", "1.25"),
+    "curve": ("quadratic Bézier curve", "A = seed0/final.pt, B = seed1/final.pt via curve/control.pt",
+              "BatchNorm recalibrated at every point",
+              "barrier 0.0123 at α = 0.5 (loss_a 0.2, loss_b 0.5)", "before alignment 2.5"),
+    "pairs": ("pairwise barriers", "seed0/final.pt", "seed1/final.pt", "seed2/final.pt", "0.31",
+              "1.25", "seed0/final.pt → seed1/final.pt", "barrier 0.31"),
+    "plane": ("loss plane (checkpoints directions, 21 × 11 grid; rows are y)",
+              "A = seed0/final.pt at (0, 0)", "B = seed1/final.pt at (0.8, 0)",
+              "C = curve/control.pt at (0.3, 0.6)",
+              "log scale"),  # every loss positive, spanning > 20×
+}
+
+
+@pytest.mark.parametrize("kind", list(SHOWN))
+def test_the_table_shows_the_documents_numbers_and_names(kind):
+    out = table(KINDS[kind]())
+    missing = [text for text in SHOWN[kind] if text not in out]
+    assert not missing, out
+
+
+def test_line_chart_draws_bars():
+    assert table(line_doc()).count("█") > 20
+
+
+def test_curve_shows_no_error_barrier_the_document_lacks():
+    assert "error_barrier" not in table(curve_doc()).split("loss along")[1]
 
 
 def test_line_chart_marks_a_b_and_the_barriers_alpha_where_the_document_puts_them():
@@ -137,31 +159,7 @@ def test_line_chart_marks_a_b_and_the_barriers_alpha_where_the_document_puts_the
     assert column == {"A": ALPHAS.index(0.0), "B": ALPHAS.index(1.0), "^": ALPHAS.index(0.625)}
 
 
-def test_curve_names_its_control_point_and_keeps_b_apart_from_it():
-    out = table(curve_doc())
-    assert "quadratic Bézier curve" in out
-    assert "A = seed0/final.pt, B = seed1/final.pt via curve/control.pt" in out
-    assert "BatchNorm recalibrated at every point" in out
-    assert "barrier 0.0123 at α = 0.5 (loss_a 0.2, loss_b 0.5)" in out
-    assert "before alignment 2.5" in out
-    assert "error_barrier" not in out.split("loss along")[1]  # not in the document, not shown
-
-
-def test_pairs_show_the_barrier_matrix_with_names():
-    out = table(pairs_doc())
-    assert "pairwise barriers" in out
-    for name in ("seed0/final.pt", "seed1/final.pt", "seed2/final.pt"):
-        assert name in out
-    assert "0.31" in out and "1.25" in out
-    assert "seed0/final.pt → seed1/final.pt" in out and "barrier 0.31" in out
-
-
 def test_plane_map_marks_the_checkpoints_cells():
-    out = table(plane_doc())
-    assert "loss plane (checkpoints directions, 21 × 11 grid; rows are y)" in out
-    assert "A = seed0/final.pt at (0, 0)" in out
-    assert "B = seed1/final.pt at (0.8, 0)" in out
-    assert "C = curve/control.pt at (0.3, 0.6)" in out
     extras = interpolate_extras(plane_doc()["results"])
     drawing = next(e for e in extras if not isinstance(e, str)).plain.splitlines()
     rows = [line.split("│", 1)[1] for line in drawing if "│" in line]
@@ -170,7 +168,6 @@ def test_plane_map_marks_the_checkpoints_cells():
     # A at (x=0, y=0): column 10, row of y = 0 (index 5 from the bottom, i.e. 5 from the top)
     assert rows[5][10 * width] == "A" and rows[5][18 * width] == "B"
     assert rows[11 - 1 - 8][13 * width] == "C"  # y = 0.6 is index 8 of the y's
-    assert "log scale" in out  # every loss positive, spanning > 20×
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
