@@ -32,3 +32,12 @@ def cli():
         return ran.returncode, doc, ran
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def fixed_terminal(monkeypatch):
+    """In-process renderings (Rich tables, Typer's help) at one width whatever the caller's
+    terminal: what a test expects to read must not depend on where it runs (issue 26, defect 6;
+    the README examples run at this width too)."""
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setenv("LINES", "40")

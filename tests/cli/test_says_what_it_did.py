@@ -87,11 +87,15 @@ def test_help_advertises_only_commands_that_exist():
     from landscape_cli.cli.app import app
 
     existing = {c.name for c in app.registered_commands}
-    ran = invoke(["--help"])
-    for missing in ("sharpness", "interpolate", "mode connectivity", "batch"):
-        if missing not in existing:
-            assert missing not in ran.stdout.lower(), missing
+    # each phrase the help or the package summary may use, and the command that makes it true
+    # (the phrase was once matched against command names, so "mode connectivity" passed only
+    # where the terminal's width happened to wrap it)
+    promises = {"sharpness": "sharpness", "interpolate": "interpolate",
+                "mode connectivity": "interpolate", "batch": "batch"}
+    words = " ".join(invoke(["--help"]).stdout.lower().split())
     from importlib.metadata import metadata
 
     summary = metadata("landscape-cli")["Summary"].lower()
-    assert not any(m in summary for m in ("sharpness", "mode connectivity") if m not in existing)
+    for phrase, command in promises.items():
+        if command not in existing:
+            assert phrase not in words and phrase not in summary, phrase
