@@ -13,9 +13,11 @@ from landscape_cli.options import Option
 from landscape_cli.results.spectrum import SpectrumResult
 
 if TYPE_CHECKING:
+    from landscape_cli.analyses.blocks import BlockSpec
     from landscape_cli.commands.context import Run
 
 _DENSITY = "Density (SLQ)"
+_BLOCKS = "Per block"
 
 
 def spectrum(
@@ -44,6 +46,15 @@ def spectrum(
     plot: Annotated[Path | None, Option(
         "Write a log-scale density plot (.png, .svg or .pdf; needs matplotlib). Implies "
         "--density.", metavar="FILE", panel=_DENSITY)] = None,
+    per_block: Annotated[bool, Option(
+        "Also the top eigenvalues (--top, --tol, --max-hvps per block) of each diagonal block "
+        "H_bb, and with --density each block's density and their Jensen–Shannon heterogeneity; "
+        "the blocks' products are shared.", flags=("--per-block",), panel=_BLOCKS)] = False,
+    blocks: Annotated[str | None, Option(
+        "The blocks of --per-block (implies it): tensor (each parameter tensor, the default), "
+        "module (each module's parameters together) or NAME=GLOB,... (named groups of "
+        "parameter names; the rest form the block 'other').", metavar="SPEC",
+        panel=_BLOCKS)] = None,
 ):
     """Lanczos with full reorthogonalization on the exact dataset Hessian; SLQ for --density."""
     if not 0 < tol < 1:
@@ -54,9 +65,12 @@ def spectrum(
         raise LandscapeError(f"--runs {runs}: SLQ needs at least 1 run")
     if sigma is not None and not sigma > 0:
         raise LandscapeError(f"--sigma {sigma}: the broadening width must be greater than 0")
-    from landscape_cli.analyses.density import spectral_density
+    block_spec = None
+    if per_block or blocks is not None:
+        from landscape_cli.analyses.blocks import parse_blocks
+
+        block_spec = parse_blocks("tensor" if blocks is None else blocks)
     from landscape_cli.analyses.spectrum import spectrum as lanczos_spectrum
-    from landscape_cli.linalg.so_far import SoFar
     from landscape_cli.report import plot as density_plot
     from landscape_cli.report.document import sanitize
 
@@ -76,8 +90,27 @@ def spectrum(
         result = lanczos_spectrum(run.engine, top=top, bottom=bottom, tol=tol,
                                   max_hvps=budget, seed=run.seed, callback=callback,
                                   save_vectors=vectors_file)
-    if not density:
-        return result
+    if density:
+        result = _with_density(run, result, runs=runs, steps=steps, sigma=sigma)
+    if block_spec is not None:
+        result = _with_blocks(run, result, block_spec, top=top, tol=tol, max_hvps=max_hvps,
+                              density=dict(runs=runs, steps=steps, sigma=sigma) if density else None)
+    if plot_to is not None:
+        # The plot draws what the report holds: the same results, NaN already made null.
+        document = {"command": "spectrum", "checkpoint": {"path": str(run.loaded.checkpoint.path)},
+                    "results": sanitize(result.results(), "results", [])}
+        density_plot.write_density_plot(document, plot_to)
+    return result
+
+
+def _with_density(run: Run, result: SpectrumResult, *, runs: int, steps: int,
+                  sigma: float | None) -> SpectrumResult:
+    """``result`` with the SLQ density of the whole Hessian (an interruption keeps the steps
+    taken)."""
+    from landscape_cli.analyses.density import spectral_density
+    from landscape_cli.linalg.so_far import SoFar
+
+    problem = run.loaded.problem
     density_so_far, so_far = SoFar(), SoFar()
     so_far.result = lambda: (None if density_so_far.result is None
                              else dataclasses.replace(result, density=density_so_far.value()))
@@ -85,13 +118,30 @@ def spectrum(
           run.partial_on_interrupt(so_far)):
         estimate = spectral_density(run.engine, runs=runs, steps=steps, seed=run.seed,
                                     sigma=sigma, callback=callback, so_far=density_so_far)
-    result = dataclasses.replace(result, density=estimate)
-    if plot_to is not None:
-        # The plot draws what the report holds: the same results, NaN already made null.
-        document = {"command": "spectrum", "checkpoint": {"path": str(run.loaded.checkpoint.path)},
-                    "results": sanitize(result.results(), "results", [])}
-        density_plot.write_density_plot(document, plot_to)
-    return result
+    return dataclasses.replace(result, density=estimate)
+
+
+def _with_blocks(run: Run, result: SpectrumResult, spec: BlockSpec, *, top: int, tol: float,
+                 max_hvps: int | None, density: dict | None) -> SpectrumResult:
+    """``result`` with the spectrum of every diagonal block (``analyses/blocks.py``); an
+    interruption keeps the whole Hessian's numbers, with a note."""
+    from landscape_cli.analyses.blocks import form_blocks, module_kinds, per_block
+    from landscape_cli.linalg.so_far import SoFar
+
+    problem = run.loaded.problem
+    blocks = form_blocks(spec, problem.names)
+    kinds = module_kinds(problem.objective.model, problem.names)
+    so_far = SoFar()
+    so_far.result = lambda: dataclasses.replace(result, notes=[
+        *result.notes, "interrupted during the per-block spectra: none of them is reported"])
+    with (run.progress(f"blocks ×{len(blocks)}", total=len(blocks)) as update,
+          run.partial_on_interrupt(so_far)):
+        found = per_block(run.engine, blocks, problem.groups, kinds, top=top, tol=tol,
+                          max_hvps=max_hvps, seed=run.seed, density=density,
+                          callback=lambda done, count: update(done, f"{done}/{count} blocks"))
+    return dataclasses.replace(result, blocks=found.blocks, blocks_by=spec.text,
+                               heterogeneity=found.heterogeneity,
+                               heterogeneity_sigma=found.sigma, notes=[*result.notes, *found.notes])
 
 
 def _vectors_destination(path: Path, inputs: list[Path]):

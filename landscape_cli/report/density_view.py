@@ -59,13 +59,25 @@ def density_summary(density: dict[str, Any]) -> list[str]:
             f"negative_weight_ratio {ratio_text}: Σ_{{λ<0}}|λ| / Σ|λ|"]
 
 
+def heterogeneity_line(results: dict[str, Any]) -> list[str]:
+    """``--per-block --density``: the blocks' JS⁰, as the report holds it."""
+    value = results.get("heterogeneity")
+    if value is None:
+        return []
+    return [f"heterogeneity {value:.4g}: JS⁰, the mean pairwise Jensen–Shannon distance (base 2) "
+            f"of the {len(results.get('blocks') or [])} block densities at a common "
+            f"σ = {results.get('heterogeneity_sigma', float('nan')):.3g}"]
+
+
 def spectrum_extras(results: dict[str, Any]) -> list[Any]:
-    """What ``spectrum`` shows under its eigenvalue table when the report holds a density."""
+    """What ``spectrum`` shows under its eigenvalue table when the report holds a density (and
+    with --per-block --density, the heterogeneity of the blocks)."""
     density = results.get("density")
     if not density:
-        return []
+        return heterogeneity_line(results)
     head = (f"[bold]eigenvalue density[/] [dim](SLQ: {density.get('runs')} runs × "
             f"{density.get('steps')} steps, Gaussian σ = {density.get('sigma', float('nan')):.3g}, "
             f"λ from {density.get('lambda_min', float('nan')):.4g} to "
             f"{density.get('lambda_max', float('nan')):.4g})[/]")
-    return ["", head, density_chart(density), *density_summary(density)]
+    return ["", head, density_chart(density), *density_summary(density),
+            *heterogeneity_line(results)]

@@ -86,7 +86,21 @@ class Ranked:
                 for i in range(length)]
 
 
-Rows = Row | Each | Keyed | Ranked
+@dataclass(frozen=True)
+class EachRanked:
+    """For each item (a dict) of the list ``results[key]``, the rows of ``inner`` read from
+    the item, each led by the item's ``columns``; none when the list is absent."""
+
+    key: str
+    columns: Columns
+    inner: Ranked
+
+    def rows(self, results: Record) -> list[dict[str, Any]]:
+        return [{**_pick(record, self.columns), **row}
+                for record in results.get(self.key) or [] for row in self.inner.rows(record)]
+
+
+Rows = Row | Each | Keyed | Ranked | EachRanked
 
 
 def table(results: Record, declared: Sequence[Rows]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from landscape_cli.results.base import Result, internal, numbered, reported
+from landscape_cli.results.blocks import BLOCK_ROWS, BlockSpectrum
 from landscape_cli.results.density import DensityResult
 from landscape_cli.results.rows import Ranked, Rows
 
@@ -29,7 +30,7 @@ class SpectrumResult(Result):
 
     DERIVED_GATES: ClassVar[tuple[str, ...]] = ("lambda_max", "top_N", "lambda_min", "bottom_N",
                                                 "condition_number")
-    ROWS: ClassVar[tuple[Rows, ...]] = (_eigenpairs("top"), _eigenpairs("bottom"))
+    ROWS: ClassVar[tuple[Rows, ...]] = (_eigenpairs("top"), _eigenpairs("bottom"), BLOCK_ROWS)
 
     top_eigenvalues: list[float] = reported(required=True)
     top_residuals: list[float] = reported(required=True)
@@ -52,6 +53,13 @@ class SpectrumResult(Result):
     condition_number: float | None = reported(omit_none=True, init=False)
     condition_number_error: float | None = reported(omit_none=True, init=False)
     condition_number_note: str | None = reported(omit_none=True, init=False)
+    #: with --per-block: the spectrum of each diagonal block, grouped by type
+    #: (``analyses/blocks.py``), how they were formed (``--blocks``), and with --density the
+    #: Jensen–Shannon heterogeneity JS⁰ of their densities and the common σ it compares them at
+    blocks: list[BlockSpectrum] | None = reported(omit_none=True, default=None)
+    blocks_by: str | None = reported(omit_none=True, default=None)
+    heterogeneity: float | None = reported(gate=True, omit_none=True, default=None)
+    heterogeneity_sigma: float | None = reported(omit_none=True, default=None)
     notes: list[str] = internal(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -76,7 +84,14 @@ class SpectrumResult(Result):
         return out
 
     def warnings(self) -> list[str]:
-        notes = [*self.notes, *(self.density.warnings() if self.density is not None else [])]
+        notes = [*self.notes, *(self.density.warnings() if self.density is not None else []),
+                 *(f"block {block.name}: {note}" for block in self.blocks or []
+                   for note in block.warnings())]
+        unconverged = [block.name for block in self.blocks or [] if not all(block.top_converged)]
+        if unconverged:
+            notes.append(f"{len(unconverged)} block(s) have top eigenvalues that did not reach "
+                         f"residual ≤ {self.tol:g}·|λ|max: {', '.join(unconverged[:8])}"
+                         f"{' ...' if len(unconverged) > 8 else ''} (raise --max-hvps or loosen --tol)")
         missed = self.top_converged.count(False) + (self.bottom_converged or []).count(False)
         if missed:
             why = ("raise --max-hvps or loosen --tol" if self.budget_spent else

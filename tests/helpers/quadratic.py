@@ -85,3 +85,61 @@ def save_quadratic_checkpoint(folder: Path, eigenvalues, seed: int = 0, gradient
     path = folder / "quadratic.pt"
     torch.save(make_quadratic(eigenvalues, seed, gradient_scale).state_dict(), path)
     return path
+
+
+class BlockQuadratic(nn.Module):
+    """Σ_b ½ θ_bᵀA_bθ_b + b_bᵀθ_b over named parameters θ_b (dotted names make submodules): a
+    Hessian that is block-diagonal over the parameters, each block A_b with a chosen spectrum
+    (and eigenvectors drawn with seed + b, or with ``seed`` for all: ``same_basis``)."""
+
+    def __init__(self, spectra: dict[str, list[float]], seed: int = 0, same_basis: bool = False):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed + 1)
+        self.names = list(spectra)
+        for i, (name, eigenvalues) in enumerate(spectra.items()):
+            *path, leaf = name.split(".")
+            module = self
+            for part in path:
+                if not hasattr(module, part):
+                    module.add_module(part, nn.Module())
+                module = getattr(module, part)
+            n = len(eigenvalues)
+            module.register_parameter(leaf, nn.Parameter(torch.randn(n, generator=generator,
+                                                                     dtype=torch.float64)))
+            basis_seed = seed if same_basis else seed + i
+            module.register_buffer(f"{leaf}_matrix", symmetric_with_spectrum(eigenvalues, basis_seed))
+            module.register_buffer(f"{leaf}_b", torch.randn(n, generator=generator,
+                                                            dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = 0 * x.sum()
+        for name in self.names:
+            module_name, _, leaf = name.rpartition(".")
+            module = self.get_submodule(module_name)
+            theta = getattr(module, leaf)
+            matrix, b = getattr(module, f"{leaf}_matrix"), getattr(module, f"{leaf}_b")
+            total = total + 0.5 * theta @ (matrix @ theta) + b @ theta
+        return total
+
+
+def make_block_quadratic(spectra: dict[str, list[float]], seed: int = 0,
+                         same_basis: bool = False) -> BlockQuadratic:
+    return BlockQuadratic(spectra, seed, same_basis)
+
+
+def write_block_quadratic(folder: Path, spectra: dict[str, list[float]], seed: int = 0,
+                          same_basis: bool = False) -> tuple[Path, Path]:
+    """The config and checkpoint of a block quadratic with the given spectra per parameter."""
+    import json
+
+    here = QUADRATIC_FILE
+    config = folder / "blocks.yaml"
+    config.write_text(
+        f"model:\n  factory: {here}:make_block_quadratic\n"
+        f"  kwargs: {json.dumps({'spectra': spectra, 'seed': seed, 'same_basis': same_basis})}\n"
+        f"data:\n  factory: {here}:make_data\n  batch_size: 4\n"
+        f"loss:\n  fn: {here}:quadratic_loss\n"
+        "dtype: float64\ndevice: cpu\n")
+    checkpoint = folder / "blocks.pt"
+    torch.save(make_block_quadratic(spectra, seed, same_basis).state_dict(), checkpoint)
+    return config, checkpoint
