@@ -19,11 +19,20 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from landscape_cli.engine.names import AUTO, Strategy
+from landscape_cli.engine.names import AUTO, PRECISIONS, Precision, Strategy
 from landscape_cli.errors import CheckpointError, ConfigError
 
 CONFIG_FILENAME = "landscape.yaml"
@@ -215,11 +224,41 @@ class Config(_Section):
     loss: LossSection = Field(default_factory=lambda: LossSection(factory=DEFAULT_CRITERION))
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+    #: how the passes run (Lightning's names); the dtype follows it where the config leaves
+    #: dtype out, and contradicting it is an error (``_precision_and_dtype``)
+    precision: Precision = "32"
     seed: int = Field(default=0, ge=0, lt=2**64, description="0 to 2**64-1, as torch.manual_seed")
     bn: Literal["eval", "train-stats"] = "eval"
     engine: EngineSection = EngineSection()
     python_path: list[str] = Field(default_factory=list)
     source: str = Field(default="<config>", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_and_dtype(cls, data: Any) -> Any:
+        """``precision: 32`` as YAML reads it (an integer) as Lightning's name, "32"; a dtype
+        left out follows the precision (64: float64, the others float32) and a precision left
+        out the dtype (float64: 64, float32: 32)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if type(data.get("precision")) is int:
+            data["precision"] = str(data["precision"])
+        if "dtype" not in data and data.get("precision") in PRECISIONS:
+            data["dtype"] = PRECISIONS[data["precision"]]
+        elif "precision" not in data and data.get("dtype") == "float64":
+            data["precision"] = "64"
+        return data
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_keeps_dtype(cls, value: str, info: ValidationInfo) -> str:
+        """A precision runs on weights of one dtype: a dtype given besides must be that one."""
+        implied, dtype = PRECISIONS[value], info.data.get("dtype")
+        if dtype is not None and dtype != implied:
+            raise ValueError(f"{value} holds the weights in {implied}, but dtype is {dtype}; "
+                             f"leave dtype out or set dtype: {implied}")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -231,7 +270,9 @@ class Config(_Section):
 
     def sha256(self) -> str:
         """Digest of the resolved config, for reports and the batch cache."""
-        text = json.dumps(self.model_dump(mode="json", exclude={"engine"}), sort_keys=True)
+        # precision 32 and 64 say no more than the dtype: such a config keeps its digest
+        plain = {"precision"} if self.precision in ("32", "64") else set()
+        text = json.dumps(self.model_dump(mode="json", exclude={"engine", *plain}), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from landscape_cli.engine.names import STRATEGIES
+from landscape_cli.engine.names import PRECISIONS, STRATEGIES
 from landscape_cli.errors import LandscapeError
 
 
@@ -108,6 +108,7 @@ class RunOptions:
     set: list[str] = field(default_factory=list)
     device: str | None = None
     dtype: str | None = None
+    precision: str | None = None
     seed: int | None = None
     bn: str | None = None
     key: str | None = None
@@ -128,9 +129,14 @@ class RunOptions:
                  "checkpoint.key": ("--key", self.key),
                  "engine.strategy": ("--hvp-strategy", self.hvp_strategy),
                  "engine.memory_budget": ("--memory-budget", self.memory_budget),
-                 "engine.compile": ("--compile" if self.compile else "--no-compile", self.compile)}
-        return {key: (f"{flag} {value}" if not isinstance(value, bool) else flag, value)
-                for key, (flag, value) in given.items() if value is not None}
+                 "engine.compile": ("--compile" if self.compile else "--no-compile", self.compile),
+                 "precision": ("--precision", self.precision)}
+        out = {key: (f"{flag} {value}" if not isinstance(value, bool) else flag, value)
+               for key, (flag, value) in given.items() if value is not None}
+        implied = PRECISIONS.get(str(self.precision))
+        if self.dtype is None and implied is not None:  # the flag sets the weights' dtype too
+            out["dtype"] = (out["precision"][0], implied)
+        return out
 
     @classmethod
     def of(cls, values: dict[str, Any]) -> RunOptions:
@@ -147,6 +153,10 @@ RUN_OPTIONS: dict[str, Option] = {
                   metavar="KEY=VALUE", panel=_INPUT),
     "device": Option("auto | cpu | cuda | cuda:N (overrides the config).", panel=_ENGINE),
     "dtype": Option("float32 | float64 (overrides the config).", panel=_ENGINE),
+    "precision": Option("How the passes run: 32 | 64 | bf16-mixed | 16-mixed (Lightning's "
+                        "names; mixed: float32 weights, forward and backward under autocast). "
+                        "Sets dtype too, unless --dtype is given (overrides the config).",
+                        panel=_ENGINE),
     "seed": Option("Seed of every random choice (overrides the config).", panel=_ENGINE),
     "bn": Option("BatchNorm policy: eval (running stats) | train-stats (batch stats, buffers "
                  "kept).", panel=_ENGINE),

@@ -20,8 +20,8 @@ import torch
 
 from landscape_cli.commands import COMMANDS, Command
 from landscape_cli.commands.context import ProgressFactory, Run, no_progress
-from landscape_cli.config import Config, find_config, load_config
-from landscape_cli.engine import distributed
+from landscape_cli.config import Config, find_config, load_config, resolve_device
+from landscape_cli.engine import distributed, peak_memory
 from landscape_cli.engine.hvp import NONFINITE
 from landscape_cli.errors import Interrupted, LandscapeError, NumericalError
 from landscape_cli.loading.assemble import LoadOptions
@@ -123,6 +123,7 @@ def execute(prepared: Prepared, *, session: Session | None = None,
     with a result so far (the report then has ``status: interrupted``). ``session``: one whose
     config is ``prepared.config``, to load the checkpoint onto its model."""
     session = session or Session(prepared.config, prepared.load_options())
+    peak_memory.start(resolve_device(prepared.config.device))
     run = Run(session, prepared.checkpoints, prepared.config, prepared.inputs, progress, notify)
     interrupted = None
     try:
@@ -146,7 +147,8 @@ def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interru
     doc = build_report(
         prepared.command.name,
         checkpoint=loaded.describe(),
-        settings={"device": str(problem.device), "dtype": config.dtype, "seed": config.seed,
+        settings={"device": str(problem.device), "dtype": config.dtype,
+                  "precision": config.precision, "seed": config.seed,
                   "bn": config.bn, "n_samples": problem.n_samples,
                   "n_batches": len(problem.batches), "n_analysed": problem.n,
                   "params": list(prepared.run_options.params) or None,
@@ -159,13 +161,22 @@ def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interru
                   **(engine.describe() if engine is not None else {}),
                   **({"attention": "sdpa-math"} if problem.attention else {})},
         results={**headline, **result.results()},
-        cost={**run.passes.cost.as_dict(), "wall_s": round(wall, 4),
+        cost={**run.passes.cost.as_dict(), **_peak_memory(problem.device), "wall_s": round(wall, 4),
               "total_s": round(time.perf_counter() - prepared.started, 4)},
         gates=[gate.check({**headline, **result.scalars()}) for gate in prepared.gates],
         warnings=[*loaded.warnings, *run.passes.warnings, *result.warnings()],
         status="ok" if interrupted is None else "interrupted",
     )
     return Report.of(doc, result)
+
+
+def _peak_memory(device: torch.device) -> dict[str, int]:
+    """This process's peak memory (``engine/peak_memory.py``); under torchrun, where rank 0
+    writes its own, also the largest of every rank's."""
+    peak = peak_memory.peak_bytes(device)
+    return {"peak_memory_bytes": peak,
+            **({"peak_memory_bytes_max_over_ranks": distributed.all_max(peak)}
+               if distributed.active() else {})}
 
 
 def analyze(name: str, checkpoint: str | Path, config: str | Path | None = None, *,

@@ -129,7 +129,8 @@ class Session:
             device = distributed.initialize(resolve_device(config.device), options.dist_timeout)
             exact_float32(device)
             built.problem = build_problem(built.model, built.loss_fn, data, bn=config.bn,
-                                          params=options.params, device=device, dtype=dtype)
+                                          params=options.params, device=device, dtype=dtype,
+                                          precision=config.precision)
         else:
             theta0 = torch.cat([built.model.get_parameter(n).detach().reshape(-1)
                                 for n in built.problem.names]).clone()
@@ -165,7 +166,8 @@ class Session:
                                 host_budget=host_memory_budget())
             built.eval_problem = build_problem(built.model, built.loss_fn, data, bn=self.config.bn,
                                                params=self.options.params,
-                                               device=like.problem.device, dtype=like.problem.dtype)
+                                               device=like.problem.device, dtype=like.problem.dtype,
+                                               precision=self.config.precision)
         return dataclasses.replace(built.eval_problem, theta0=like.problem.theta0)
 
 

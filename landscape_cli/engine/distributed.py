@@ -87,16 +87,25 @@ def all_sum(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def all_min(value: int) -> int:
     """The least ``value`` over the ranks (itself in one process): for choices that change
     which sums the ranks go through, which must be the same on all of them."""
+    return _all_reduce_int(value, dist.ReduceOp.MIN)
+
+
+def all_max(value: int) -> int:
+    """The largest ``value`` over the ranks (itself in one process)."""
+    return _all_reduce_int(value, dist.ReduceOp.MAX)
+
+
+def _all_reduce_int(value: int, op: dist.ReduceOp) -> int:
     if not active():
         return value
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
         else torch.device("cpu")
-    least = torch.tensor([value], dtype=torch.long, device=device)
+    reduced = torch.tensor([value], dtype=torch.long, device=device)
     try:
-        dist.all_reduce(least, op=dist.ReduceOp.MIN)
+        dist.all_reduce(reduced, op=op)
     except RuntimeError as exc:
         raise _lost(exc) from None
-    return int(least.item())
+    return int(reduced.item())
 
 
 def all_agree(flag: bool) -> bool:

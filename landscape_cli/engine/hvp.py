@@ -128,6 +128,7 @@ class HVPEngine:
         if self._exact is None:
             try:
                 objective = copy.deepcopy(self.problem.objective).double()
+                objective.autocast = None  # the reference runs in float64 alone
             except (RuntimeError, TypeError, torch.OutOfMemoryError) as exc:
                 # a model that cannot be copied or cast: the error bars stay float32's own
                 self._warn("no float64 copy of the model for the error bars", exc,

@@ -133,7 +133,9 @@ class Passes:
 
     def __post_init__(self) -> None:
         self._many_rows: int | None = None  # rows per vmapped forward (MANY_BYTES), measured once
-        self._vmap_many = True
+        # vmap over parameter sets computes in float32 under autocast (torch 2.13: a batched
+        # weight is not cast), so a mixed precision evaluates many θ one at a time
+        self._vmap_many = self.problem.objective.autocast is None
         self._logits = False  # whether the model's outputs are (N, C) logits, seen on a forward
         # L(θ₀), from the first pass at θ₀ that computed it, and the evaluation there (at_theta0)
         self._loss_at_theta0: float | None = None

@@ -70,13 +70,20 @@ def criterion_loss(criterion: Callable[[Any, Any], torch.Tensor]) -> LossFn:
     return CriterionLoss(criterion)
 
 
-class Objective(nn.Module):
-    """The model with its loss attached, so that one functional call runs both."""
+#: the dtype each mixed ``precision`` runs the passes in under autocast (Lightning's names)
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn):
+
+class Objective(nn.Module):
+    """The model with its loss attached, so that one functional call runs both. ``autocast``:
+    (device type, dtype) that every pass runs under, for a mixed precision; None for none."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn,
+                 autocast: tuple[str, torch.dtype] | None = None):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+        self.autocast = autocast
 
     @property
     def key(self) -> str:
@@ -87,8 +94,13 @@ class Objective(nn.Module):
         """What the loss returns: the mean loss, or (mean loss, sample count); ``build_problem``
         checks every batch's once. Attention runs through SDPA's math backend in every pass:
         the fused kernels (flash, memory-efficient) have no double backward, and one backend
-        everywhere keeps the loss the same function of θ in every pass."""
-        with sdpa_kernel(SDPBackend.MATH):
+        everywhere keeps the loss the same function of θ in every pass. Under a mixed precision
+        the forward pass runs under autocast, here, so that every pass and every way to a
+        product (double backward, forward-over-reverse) differentiates the same function; the
+        backward passes follow the dtypes the forward chose."""
+        mixed = nullcontext() if self.autocast is None else torch.autocast(
+            self.autocast[0], dtype=self.autocast[1])
+        with sdpa_kernel(SDPBackend.MATH), mixed:
             return self.loss_fn(self.model, batch)
 
 
@@ -190,14 +202,17 @@ def apply_bn_policy(model: nn.Module, bn: str) -> None:
 
 def build_problem(model: nn.Module, loss_fn: LossFn, data: Batches, *, bn: str = "eval",
                   params: Sequence[str] = (), device: torch.device, dtype: torch.dtype,
-                  accuracy: bool = True) -> Problem:
-    """Assemble the problem and check that the loss is finite at the checkpoint."""
+                  precision: str = "32", accuracy: bool = True) -> Problem:
+    """Assemble the problem and check that the loss is finite at the checkpoint. ``precision``:
+    a mixed one (``AUTOCAST``) runs every pass under autocast on float32 weights."""
     model = model.to(device=device, dtype=dtype)
     apply_bn_policy(model, bn)
     names = select_parameters(model, params)
     named = dict(model.named_parameters())
     theta0 = torch.cat([named[n].detach().reshape(-1) for n in names]).clone()
-    objective = Objective(model, loss_fn).to(device=device, dtype=dtype)
+    mixed = AUTOCAST.get(precision)
+    objective = Objective(model, loss_fn, None if mixed is None else (device.type, mixed)).to(
+        device=device, dtype=dtype)
     host = torch.device("cpu")
     # streamed batches are moved to the device as they are read, pass after pass
     batches = data.batches if data.streamed else [to_device(b, host, dtype, pin=device.type == "cuda")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
+from landscape_cli.engine.names import Precision
 from landscape_cli.results.base import Result
 
 Number = float | None  # NaN and Inf are written as null
@@ -42,6 +43,9 @@ class Checkpoint(_Open):
 class Settings(_Open):
     device: str
     dtype: Literal["float32", "float64"]
+    precision: Precision = Field(description="How the passes ran (Lightning's names): 32 and 64 "
+                                 "in the dtype, bf16-mixed and 16-mixed under autocast over "
+                                 "float32 weights")
     seed: int
     bn: Literal["eval", "train-stats"]
     n_samples: int
@@ -55,6 +59,11 @@ class Cost(_Open):
     grads: int
     wall_s: float
     total_s: float
+    peak_memory_bytes: int = Field(description="Peak memory: on CUDA the most the allocator "
+                                   "held for tensors during the run (this rank's under torchrun), "
+                                   "elsewhere the process's peak resident set size (max RSS)")
+    peak_memory_bytes_max_over_ranks: int = Field(None, description="Under torchrun: the largest "
+                                                  "peak_memory_bytes of any rank")
 
 
 class Gate(_Open):
