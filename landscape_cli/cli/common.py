@@ -169,7 +169,7 @@ def run_analysis(name: str, output: OutputOptions, shared: dict[str, Any],
         show = lead and not output.quiet and stderr.is_terminal
         done, interrupted = runner.execute(
             prepared, progress=progress_bar if show else runner.no_progress,
-            notify=lambda text: stderr.print(escape(text), soft_wrap=True)
+            notify=lambda text: stderr.print(f"note: {escape(text)}", soft_wrap=True)
             if lead and not output.quiet else None)
         return done.to_dict(), dest, interrupted
 

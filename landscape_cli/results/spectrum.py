@@ -97,7 +97,7 @@ class SpectrumResult(Result):
             why = ("raise --max-hvps or loosen --tol" if self.budget_spent else
                    f"not for want of steps: the products' own error (in float32, their distance to "
                    f"float64 products) puts a floor of "
-                   f"{self.residual_floor:.2g} under every residual; use --dtype float64 or "
+                   f"{self.residual_floor:.2g} under every residual; use --precision 64 or "
                    "loosen --tol")
             notes.append(f"{missed} requested eigenvalue(s) did not reach residual ≤ {self.tol:g}·"
                          f"|λ|max in {self.lanczos_steps} Lanczos steps; {why}")

@@ -418,7 +418,7 @@ def test_sigterm_mid_run_writes_the_finished_measures(tmp_path):
         stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         first = proc.stderr.readline()
-        assert first.startswith("sharpness: about 300004 data passes"), first
+        assert first.startswith("note: sharpness: about 300004 data passes"), first
         assert "worst_case_adaptive dominates" in first
         time.sleep(2)  # grad_norm, one gradient of 100 samples, is done long before
         proc.send_signal(signal.SIGTERM)
