@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-AUTO, CACHED, STREAM = "auto", "cached", "stream"
+AUTO, CACHED, STREAM, FD = "auto", "cached", "stream", "fd"
 #: ``engine.strategy`` / ``--hvp-strategy``: keep the first-order graph, stream the data, or
-#: keep it where it fits the memory budget (``engine/plan.py``)
-STRATEGIES = (AUTO, CACHED, STREAM)
+#: keep it where it fits the memory budget (``engine/plan.py``); or finite differences of
+#: ordinary gradients, for models without double backward (``engine/hvp.py``)
+STRATEGIES = (AUTO, CACHED, STREAM, FD)
 Strategy = Literal[STRATEGIES]
+#: how attention runs (``settings.attention``): SDPA's math backend, whose double backward the
+#: exact products need, or its fused kernels (flash, memory-efficient) under ``fd``
+SDPA_MATH, SDPA_FUSED = "sdpa-math", "sdpa-fused"

@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from landscape_cli.data_batches import to_device
 from landscape_cli.engine import distributed
+from landscape_cli.engine.names import SDPA_FUSED, SDPA_MATH
 from landscape_cli.errors import ConfigError, LandscapeError, NumericalError, exception_line
 from landscape_cli.loading.data import Batches
 from landscape_cli.loading.factory import USER_CODE_ERRORS
@@ -83,12 +84,22 @@ class Objective(nn.Module):
         """The config key that names the loss."""
         return "loss.factory" if isinstance(self.loss_fn, CriterionLoss) else "loss.fn"
 
+    #: attention through SDPA's fused kernels: set by the ``fd`` engine, whose products need
+    #: no double backward (``engine/hvp.py``), for every pass after it
+    fused_attention = False
+
+    @property
+    def attention_kernels(self) -> str:
+        """How attention runs, for ``settings.attention``."""
+        return SDPA_FUSED if self.fused_attention else SDPA_MATH
+
     def forward(self, batch: Any) -> Any:
         """What the loss returns: the mean loss, or (mean loss, sample count); ``build_problem``
-        checks every batch's once. Attention runs through SDPA's math backend in every pass:
-        the fused kernels (flash, memory-efficient) have no double backward, and one backend
-        everywhere keeps the loss the same function of θ in every pass."""
-        with sdpa_kernel(SDPBackend.MATH):
+        checks every batch's once. Attention runs through SDPA's math backend in every pass
+        (unless ``fused_attention``): the fused kernels (flash, memory-efficient) have no double
+        backward, and one backend everywhere keeps the loss the same function of θ in every
+        pass."""
+        with nullcontext() if self.fused_attention else sdpa_kernel(SDPBackend.MATH):
             return self.loss_fn(self.model, batch)
 
 
