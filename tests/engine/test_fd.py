@@ -5,13 +5,14 @@ MLP's exact HVP, and a float32 attention model's dense float64 Hessian (math bac
 
 from __future__ import annotations
 
+import runpy
+
 import pytest
 import torch
 from helpers.exact import dense_hessian
 from helpers.quadratic import make_data, make_quadratic, quadratic_loss
 from helpers.samples import CONFIGS, MLP_CKPT, loaded
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import landscape_cli
 from landscape_cli.engine.hvp import HVPEngine
@@ -31,8 +32,9 @@ class CausalAttention(nn.Module):
     """Two causal heads of width 3 over 5 tokens by F.scaled_dot_product_attention, then a
     read-out of the last token: 111 parameters."""
 
-    def __init__(self):
+    def __init__(self, seed):
         super().__init__()
+        torch.manual_seed(seed)
         self.qkv = nn.Linear(6, 18)
         self.out = nn.Linear(6, 3)
 
@@ -42,15 +44,26 @@ class CausalAttention(nn.Module):
         return self.out(h.transpose(1, 2).flatten(2)[:, -1])
 
 
-def make():
-    torch.manual_seed(0)
-    return CausalAttention()
+def make(seed=0):
+    return CausalAttention(seed)
 
 
-def data():
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(24, 5, 6, generator=g), torch.randint(0, 3, (24,), generator=g)
+def data(samples=24):
+    tokens = torch.Generator().manual_seed(1)
+    x = torch.randn(samples, 5, 6, generator=tokens)
+    return x, torch.randint(0, 3, (samples,), generator=tokens)
 '''
+
+ATTENTION_CONFIG = """\
+model: {factory: causal_attention.py:make}
+data: {factory: causal_attention.py:data, batch_size: 10}
+device: cpu
+dtype: float32
+"""
+
+
+def cross_entropy(model: nn.Module, batch) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
 
 
 def relative(products: torch.Tensor, exact: torch.Tensor) -> float:
@@ -102,29 +115,16 @@ def test_the_float64_mlp_is_within_1e_7_of_the_exact_hvp():
 @pytest.fixture(scope="module")
 def attention(tmp_path_factory):
     """A float32 SDPA model on 3 batches, its config and checkpoint, and the exact float64
-    Hessian by SDPA's math backend."""
+    Hessian (the objective runs attention by SDPA's math backend)."""
     folder = tmp_path_factory.mktemp("fd_attention")
-    (folder / "causal_attention.py").write_text(ATTENTION_MODEL)
-    (folder / "landscape.yaml").write_text(
-        "model: {factory: causal_attention.py:make}\n"
-        "data: {factory: causal_attention.py:data, batch_size: 10}\n"
-        "device: cpu\ndtype: float32\n")
-    namespace: dict = {}
-    exec(compile(ATTENTION_MODEL, "causal_attention.py", "exec"), namespace)
-    model = namespace["make"]()
-    torch.save(model.state_dict(), folder / "ckpt.pt")
-    x, y = namespace["data"]()
-    double = namespace["make"]().double()
-    names = [n for n, _ in double.named_parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for p in double.parameters()])
-
-    def loss(flat):
-        pieces = flat.split([p.numel() for p in double.parameters()])
-        params = {n: t.view(p.shape) for n, t, p in zip(names, pieces, double.parameters())}
-        return nn.functional.cross_entropy(torch.func.functional_call(double, params, (x.double(),)), y)
-
-    with sdpa_kernel(SDPBackend.MATH):
-        hessian = dense_hessian(loss, theta)
+    for name, text in {"causal_attention.py": ATTENTION_MODEL, "landscape.yaml": ATTENTION_CONFIG}.items():
+        (folder / name).write_text(text)
+    namespace = runpy.run_path(str(folder / "causal_attention.py"))
+    torch.save(namespace["make"]().state_dict(), folder / "ckpt.pt")
+    whole = Batches([namespace["data"]()], [24])  # one batch: the dataset mean in one call
+    double = build_problem(namespace["make"](), cross_entropy, whole, device=CPU, dtype=torch.float64)
+    batch = double.batch(0)
+    hessian = dense_hessian(lambda theta: double.mean_batch_loss(theta, batch), double.theta0)
     return folder, namespace, hessian
 
 
@@ -133,7 +133,7 @@ def test_float32_attention_is_within_its_reported_error_of_the_exact_product(att
     products are within their own measured error of the exact float64 (math backend) ones."""
     _, namespace, hessian = attention
     x, y = namespace["data"]()
-    problem = build_problem(namespace["make"](), lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+    problem = build_problem(namespace["make"](), cross_entropy,
                             Batches([(x[:10], y[:10]), (x[10:20], y[10:20]), (x[20:], y[20:])],
                                     [10, 10, 4]), device=CPU, dtype=torch.float32)
     assert problem.attention
@@ -194,8 +194,7 @@ def test_auto_goes_fd_where_exact_products_fail_and_says_why():
     torch.manual_seed(1)
     x, y = torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 3, (12,))
     model = CustomOpNet().double()
-    loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
-    problem = build_problem(model, loss, Batches([(x[:6], y[:6]), (x[6:], y[6:])], [6, 6]),
+    problem = build_problem(model, cross_entropy, Batches([(x[:6], y[:6]), (x[6:], y[6:])], [6, 6]),
                             device=CPU, dtype=torch.float64)
     with pytest.raises(NotImplementedError, match="second derivative"):
         HVPEngine(problem, strategy="stream").hvp(rows(problem.n, k=1))
