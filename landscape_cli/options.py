@@ -167,7 +167,10 @@ RUN_OPTIONS: dict[str, Option] = {
     "batches": Option("Use only the first N batches of the data.", min=1, panel=_INPUT),
     "hvp_strategy": Option("HVP engine strategy: auto (default) keeps the first-order graph "
                            "('cached') when it fits the memory budget, else streams batches "
-                           "('stream').", choices=STRATEGIES, panel=_ENGINE),
+                           "('stream'), and goes 'fd' where exact products fail; 'fd': finite "
+                           "differences of gradients, with their measured error in the "
+                           "residuals (no double backward: fused attention kernels, custom "
+                           "ops).", choices=STRATEGIES, panel=_ENGINE),
     "memory_budget": Option("Memory the cached graph and then the SLQ bases may hold, e.g. 8GB "
                             "or 512MiB (0: always stream, SLQ without bases). Default: half the "
                             "GPU's memory, or 40% of the RAM (what the machine has, not what is "

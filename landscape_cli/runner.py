@@ -159,7 +159,7 @@ def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interru
                   "threads": torch.get_num_threads(),
                   **({"data_streamed": True} if problem.streamed else {}),
                   **(engine.describe() if engine is not None else {}),
-                  **({"attention": "sdpa-math"} if problem.attention else {})},
+                  **({"attention": problem.objective.attention_kernels} if problem.attention else {})},
         results={**headline, **result.results()},
         cost={**run.passes.cost.as_dict(), **_peak_memory(problem.device), "wall_s": round(wall, 4),
               "total_s": round(time.perf_counter() - prepared.started, 4)},

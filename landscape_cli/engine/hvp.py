@@ -14,6 +14,10 @@ multiplies by it:
   once the data fills a group. A product goes through forward-over-reverse
   (``torch.func.jvp`` of ``torch.func.grad``, vmapped over the k vectors) or double backward
   (one first-order graph per group, then a backward pass per row).
+* ``fd``: finite differences of ordinary gradients (``_hvp_fd``), for models whose exact
+  products fail (no double backward: custom operators, a sharded model) or where the user asks;
+  each product carries a measured error (``product_error``) that the algorithms add to their
+  residuals. Attention keeps SDPA's fused kernels (``Objective.fused_attention``).
 * ``compile`` (an option of ``stream``): forward-over-reverse through ``torch.compile``, in
   chunks of ``COMPILED_ROWS`` rows, so a run compiles once per batch shape for single vectors
   and once for blocks. ``auto`` then streams, since a kept graph has nothing left to compile.
@@ -37,7 +41,7 @@ import torch
 
 from landscape_cli.engine import distributed
 from landscape_cli.engine.host_memory import keep_freed_memory
-from landscape_cli.engine.names import AUTO, CACHED, STRATEGIES, STREAM
+from landscape_cli.engine.names import AUTO, CACHED, FD, STRATEGIES, STREAM
 from landscape_cli.engine.passes import Cost, Evaluation, Group, Passes, SavedBytes, reduce
 from landscape_cli.engine.plan import COMPILED_ROWS, Plan, join_batches, start, weighted_terms
 from landscape_cli.engine.problem import Problem
@@ -46,6 +50,8 @@ from landscape_cli.errors import first_line
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "
              "(try dtype: float64)")
+#: the fd step: the perturbation h·v has length ε^FD_STEP_POWER·max(1, rms θ₀) (``_hvp_fd``)
+FD_STEP_POWER = 1 / 4
 
 
 class _OverBudget(Exception):
@@ -94,7 +100,10 @@ class HVPEngine:
         #: exact(): the float64 engine, made when first asked (False: it could not be made)
         self._exact: HVPEngine | bool | None = None
         self._compiled = None
-        if self.compile:
+        #: fd: the length of the perturbation h·v, and the largest measured error so far
+        self._fd_length = 0.0
+        self._fd_error: torch.Tensor | None = None
+        if self.compile and self.strategy != FD:
             # Dynamo keeps its graphs, and its limit of 8 recompilations, per code object: shared
             # by every engine of the process, so once 8 graphs were spent (two or three models)
             # the next engine's "compiled" HVPs would silently run eagerly.
@@ -102,14 +111,16 @@ class HVPEngine:
             self._compiled = torch.compile(self._forward_over_reverse, dynamic=False)
         self.plan: Plan = start(self.problem, self.memory_budget, self.compile)
         self.memory_budget = self.plan.memory_budget
-        if self.strategy == CACHED:
+        if self.strategy == FD:
+            self._finite_differences("asked (--hvp-strategy fd)")
+        elif self.strategy == CACHED:
             self._build_cache(None)
         elif self.strategy == AUTO and not self.compile and self.memory_budget > 0:
             self._cache_or_stream()
 
     @property
     def mode(self) -> str:
-        """``cached`` or ``stream``: how products go (``plan.mode``)."""
+        """``cached``, ``stream`` or ``fd``: how products go (``plan.mode``)."""
         return self.plan.mode
 
     # ------------------------------------------------------------------ the operator (linalg)
@@ -122,7 +133,10 @@ class HVPEngine:
         """The same Hessian with float64 products where this engine's are float32 (None where
         they are float64): a float64 copy of the model on the same data (the batches cast as
         they go to the device), streamed batch by batch, its products counted in ``cost``. The
-        algorithms measure the float32 products' distance to it (``linalg/lanczos.py``)."""
+        algorithms measure the float32 products' distance to it (``linalg/lanczos.py``). An
+        ``fd`` engine's copy is ``fd`` too: it works wherever the float32 products do (exact
+        products fail on the models fd is for), and its float64 error, ~1e-12 relative and
+        measured, adds to the residuals as the float32 one would."""
         if self.problem.dtype == torch.float64:
             return None
         if self._exact is None:
@@ -138,7 +152,8 @@ class HVPEngine:
                 return None
             problem = replace(self.problem, objective=objective,
                               theta0=self.problem.theta0.double(), dtype=torch.float64)
-            self._exact = HVPEngine(problem, strategy=STREAM, memory_budget=0,
+            strategy = FD if self.mode == FD else AUTO  # auto with no budget: streamed
+            self._exact = HVPEngine(problem, strategy=strategy, memory_budget=0,
                                     passes=Passes(problem, cost=self.cost, warnings=self.warnings))
         return self._exact or None
 
@@ -240,13 +255,71 @@ class HVPEngine:
         single = vectors.dim() == 1
         block = vectors.unsqueeze(0) if single else vectors
         block = block.to(device=self.problem.device, dtype=self.problem.dtype)
-        if self.mode == CACHED:
-            out, = reduce([self._hvp_cached(block)])  # the kept graph is this process's data
-        else:
-            out = self._hvp_stream(block)
+        out = self._hvp_fd(block) if self.mode == FD else self._exact_hvp(block)
         self.cost.hvps += block.shape[0]
         self.cost.hvp_blocks += 1
         return out[0] if single else out
+
+    def _exact_hvp(self, block: torch.Tensor) -> torch.Tensor:
+        """H·V through the kept graph or streamed; under ``auto``, by finite differences where
+        the model's exact products fail (no double backward)."""
+        try:
+            if self.mode == CACHED:
+                out, = reduce([self._hvp_cached(block)])  # the kept graph is this process's data
+                return out
+            return self._hvp_stream(block)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:  # NotImplementedError too: a derivative with none of its own
+            if self.strategy != AUTO:
+                raise
+            self._warn("exact Hessian-vector products failed for this model", exc,
+                       "products are finite differences of gradients (fd), their measured "
+                       "error added to the residuals")
+            self._finite_differences(f"auto: exact products failed ({first_line(exc)})")
+            return self._hvp_fd(block)
+
+    def _finite_differences(self, reason: str) -> None:
+        """Products by finite differences from now on (``_hvp_fd``): the kept graph, if any, is
+        dropped, and attention runs through SDPA's fused kernels in every later pass."""
+        self._grad_graph = self._theta = None
+        self.plan = self.plan.finite_differences(reason)
+        self.problem.objective.fused_attention = True
+        theta = self.problem.theta0
+        rms = float(torch.linalg.vector_norm(theta.double())) / max(theta.numel(), 1) ** 0.5
+        self._fd_length = torch.finfo(self.problem.dtype).eps ** FD_STEP_POWER * max(1.0, rms)
+
+    def _hvp_fd(self, block: torch.Tensor) -> torch.Tensor:
+        """H·vᵢ for each row by central differences of gradients, Richardson-extrapolated:
+        D(h) = (∇L(θ+hv) − ∇L(θ−hv))/2h = Hv + c·h² + O(h⁴) + ρ_h/h (ρ: the gradients'
+        rounding), and R = D(h) + (D(h) − D(2h))/3 cancels the h² term (Nocedal & Wright,
+        *Numerical Optimization*, §8.1). Step: h·‖v‖ = ε^(1/4)·max(1, rms θ₀), between the
+        rounding/truncation balance of D (ε^(1/3)) and of R (ε^(1/5)): R is nearly as
+        accurate as at its own balance, while D's truncation, which the error estimate
+        measures, is still large enough to stand above the rounding. Error, per unit vector:
+        2‖D(h) − D(2h)‖/‖v‖ (the largest so far: ``product_error``). D(h) − D(2h) =
+        −3c·h² + ρ_h/h − ρ_2h/2h, so the estimate is six times D's truncation where that
+        dominates (R's is O(h⁴)), and where rounding dominates it is ~2.2ρ/h against R's own
+        (8ρ_h − ρ_2h)/6h ~ 1.3ρ/h for independent roundings. Four gradients per row, all
+        rows' in one pass over the groups (``Passes.grads_at``); differences in float64."""
+        rows = len(block)
+        wide = block.to(torch.float64)
+        norms = torch.linalg.vector_norm(wide, dim=1, keepdim=True)
+        norms = torch.where(norms > 0, norms, torch.ones_like(norms))  # H·0 = 0 at any step
+        h = self._fd_length / norms
+        steps = torch.cat([h, -h, 2 * h, -2 * h])
+        points = self.problem.theta0.to(torch.float64) + steps * wide.repeat(4, 1)
+        grads = self.passes.grads_at(points, self._batch_groups()).to(torch.float64)
+        plus, minus, far_plus, far_minus = grads.split(rows)
+        near, far = (plus - minus) / (2 * h), (far_plus - far_minus) / (4 * h)
+        error = (2 * torch.linalg.vector_norm(near - far, dim=1) / norms[:, 0]).max()
+        self._fd_error = error if self._fd_error is None else torch.maximum(self._fd_error, error)
+        return (near + (near - far) / 3).to(self.problem.dtype)
+
+    def product_error(self) -> float:
+        """The largest measured error ‖H̃v − Hv‖ per unit vector of the products so far (``fd``;
+        0 for exact products, whose rounding the algorithms measure themselves)."""
+        return 0.0 if self._fd_error is None else float(self._fd_error)
 
     def _cached_backward(self, vectors: torch.Tensor, batched: bool) -> torch.Tensor:
         """One backward pass through the kept graph: H·v, or H·vᵢ for each row when batched."""
@@ -344,5 +417,7 @@ class HVPEngine:
         self.warnings.append(f"{what} ({first_line(exc)}); {action}")
 
     def describe(self) -> dict[str, object]:
-        """The plan, for the report's settings (``Plan.describe``)."""
-        return self.plan.describe()
+        """The plan, for the report's settings (``Plan.describe``), with the fd products'
+        largest measured error."""
+        fd = self.mode == FD
+        return {**self.plan.describe(), **({"fd_product_error": self.product_error()} if fd else {})}

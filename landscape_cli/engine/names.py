@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-AUTO, CACHED, STREAM = "auto", "cached", "stream"
+AUTO, CACHED, STREAM, FD = "auto", "cached", "stream", "fd"
 #: ``engine.strategy`` / ``--hvp-strategy``: keep the first-order graph, stream the data, or
-#: keep it where it fits the memory budget (``engine/plan.py``)
-STRATEGIES = (AUTO, CACHED, STREAM)
+#: keep it where it fits the memory budget (``engine/plan.py``); or finite differences of
+#: ordinary gradients, for models without double backward (``engine/hvp.py``)
+STRATEGIES = (AUTO, CACHED, STREAM, FD)
 Strategy = Literal[STRATEGIES]
 #: ``precision`` / ``--precision`` (Lightning's names): how the passes run, with the dtype each
 #: holds the weights in (``dtype``); the mixed ones run the forward and backward passes under
 #: autocast over float32 weights (``engine/problem.py``)
 PRECISIONS = {"32": "float32", "64": "float64", "bf16-mixed": "float32", "16-mixed": "float32"}
 Precision = Literal[tuple(PRECISIONS)]
+#: how attention runs (``settings.attention``): SDPA's math backend, whose double backward the
+#: exact products need, or its fused kernels (flash, memory-efficient) under ``fd``
+SDPA_MATH, SDPA_FUSED = "sdpa-math", "sdpa-fused"

@@ -251,6 +251,25 @@ class Passes:
             self.keep_loss(float(loss))
         return float(loss), grad
 
+    def grads_at(self, thetas: torch.Tensor, groups: Sequence[Group] | None = None) -> torch.Tensor:
+        """∇L(θⱼ) for each row of ``thetas`` (k×n) in one pass over the data (each batch, or
+        group, moved to the device once): one ordinary backward pass per row and batch, no
+        graph kept past it (the finite-difference products of ``engine/hvp.py``)."""
+        rows = thetas.detach().to(device=self.problem.device, dtype=self.problem.dtype)
+
+        def term(weight: float, batch: Any) -> tuple[torch.Tensor]:
+            grads = []
+            for row in rows:
+                theta = row.clone().requires_grad_(True)
+                loss = weight * self.problem.mean_batch_loss(theta, batch)
+                grads.append(torch.autograd.grad(loss, theta)[0])
+            return (torch.stack(grads),)
+
+        grads, = self.sum_over(term, groups)
+        self.cost.grads += len(rows)
+        self.cost.forwards += len(rows) * len(self.problem.own)
+        return grads
+
     def evaluate_many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,
                       *, buffers_per_row: bool = False) -> list[Evaluation]:
         """``evaluate`` at each row of ``thetas`` (k×n), in one pass over the data: each batch

@@ -14,6 +14,10 @@ batches). Two modes:
   forward-over-reverse (vmapped over the rows, in chunks of ``Plan.chunk`` rows) or double
   backward (``Plan.forward_over_reverse_for``); with ``compile``, forward-over-reverse through
   ``torch.compile`` in chunks of ``COMPILED_ROWS`` rows.
+* ``fd``: the stream plan without double backward: a block's products are finite differences
+  of ordinary gradients at 4 points per row, all taken in one pass over the groups
+  (``Passes.grads_at``); nothing is kept between passes. Chosen by the user, or by ``auto``
+  where a model's exact products fail (``Plan.reason`` says which).
 
 Every choice is a rule on the device type and the measured bytes (fixed for a model, data,
 dtype and device): the ways round differently, and the same seed must give the same numbers
@@ -29,7 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from landscape_cli.data_batches import concatenates
-from landscape_cli.engine.names import CACHED, STREAM
+from landscape_cli.engine.names import CACHED, FD, STREAM
 from landscape_cli.engine.passes import Group, Passes, SavedBytes
 from landscape_cli.engine.problem import Problem
 
@@ -98,6 +102,8 @@ class Plan:
     chunk: int = UNCHUNKED
     vectorized: bool = True
     compiled: bool = False
+    #: why products go by finite differences (``fd``), for the report
+    reason: str = ""
 
     def with_groups(self, groups: list[Group], group_bytes: int, batches: int) -> Plan:
         """The plan once the groups are worked out. vmap holds about a group's activations per
@@ -111,6 +117,12 @@ class Plan:
         """The plan once the kept graph is built."""
         return replace(self, mode=CACHED, cached_bytes=cached_bytes, largest_group=largest_group,
                        batched_rows=max(1, BATCHED_BYTES // max(largest_group, 1)))
+
+    def finite_differences(self, reason: str) -> Plan:
+        """The plan once products go by finite differences of gradients (``fd``), and why:
+        nothing kept, nothing compiled, no vmap."""
+        return replace(self, mode=FD, reason=reason, cached_bytes=0, largest_group=0,
+                       compiled=False, vectorized=False)
 
     def cached_blocks_batched(self) -> bool:
         """Whether cached blocks go in batched backward passes (``batches_rows`` on the largest
@@ -142,6 +154,10 @@ class Plan:
 
     def describe(self) -> dict[str, object]:
         """The plan, for the report's settings."""
+        if self.mode == FD:
+            return {"hvp_strategy": FD, "hvp_strategy_reason": self.reason,
+                    **({"batch_groups": len(self.groups)} if self.groups is not None else {}),
+                    "memory_budget_mb": round(self.memory_budget / 2**20, 3)}
         stream = self.mode == STREAM
         return {"hvp_strategy": self.mode, "vectorized": self.vectorized,
                 "compiled": stream and self.compiled,

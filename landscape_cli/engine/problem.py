@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from landscape_cli.data_batches import to_device
 from landscape_cli.engine import distributed
+from landscape_cli.engine.names import SDPA_FUSED, SDPA_MATH
 from landscape_cli.errors import ConfigError, LandscapeError, NumericalError, exception_line
 from landscape_cli.loading.data import Batches
 from landscape_cli.loading.factory import USER_CODE_ERRORS
@@ -90,17 +91,27 @@ class Objective(nn.Module):
         """The config key that names the loss."""
         return "loss.factory" if isinstance(self.loss_fn, CriterionLoss) else "loss.fn"
 
+    #: attention through SDPA's fused kernels: set by the ``fd`` engine, whose products need
+    #: no double backward (``engine/hvp.py``), for every pass after it
+    fused_attention = False
+
+    @property
+    def attention_kernels(self) -> str:
+        """How attention runs, for ``settings.attention``."""
+        return SDPA_FUSED if self.fused_attention else SDPA_MATH
+
     def forward(self, batch: Any) -> Any:
         """What the loss returns: the mean loss, or (mean loss, sample count); ``build_problem``
-        checks every batch's once. Attention runs through SDPA's math backend in every pass:
-        the fused kernels (flash, memory-efficient) have no double backward, and one backend
-        everywhere keeps the loss the same function of θ in every pass. Under a mixed precision
-        the forward pass runs under autocast, here, so that every pass and every way to a
-        product (double backward, forward-over-reverse) differentiates the same function; the
-        backward passes follow the dtypes the forward chose."""
+        checks every batch's once. Attention runs through SDPA's math backend in every pass
+        (unless ``fused_attention``): the fused kernels (flash, memory-efficient) have no double
+        backward, and one backend everywhere keeps the loss the same function of θ in every
+        pass. Under a mixed precision the forward pass runs under autocast, here, so that every
+        pass and every way to a product (double backward, forward-over-reverse, finite
+        differences) differentiates the same function; the backward passes follow the dtypes
+        the forward chose."""
         mixed = nullcontext() if self.autocast is None else torch.autocast(
             self.autocast[0], dtype=self.autocast[1])
-        with sdpa_kernel(SDPBackend.MATH), mixed:
+        with nullcontext() if self.fused_attention else sdpa_kernel(SDPBackend.MATH), mixed:
             return self.loss_fn(self.model, batch)
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from landscape_cli.linalg.host import read_finite
-from landscape_cli.linalg.operator import LinearOperator
+from landscape_cli.linalg.operator import LinearOperator, product_error
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -206,21 +206,22 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
             break
         prev, q = q, w / beta_t
     return _measured(result, product, operator.exact(), basis[: result.steps], columns, alphas,
-                     betas, dropped, vectors, values, tol)
+                     betas, dropped, vectors, values, tol, operator)
 
 
 def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | None,
               basis: torch.Tensor,
               columns: list[torch.Tensor], alphas: list[float], betas: list[float],
               dropped: list[tuple[int, float]], vectors: torch.Tensor, values: torch.Tensor,
-              tol: float) -> LanczosResult:
+              tol: float, operator: LinearOperator) -> LanczosResult:
     """Replace the estimated residuals of the requested pairs by measured ones: column j of
     H_m holds the coefficients of A·q_j on q_0..q_{j+1} (α_j, β_{j−1}, β_j and what the
     reorthogonalization removed), so ‖Ay − θy‖ = ‖H_m s − θs‖, plus |β_j·s_j| for each
     coupling a restart dropped. The first wanted pair's residual is also measured with a fresh
     product, or, where ``exact`` (the operator in float64) is given, every wanted pair's with a
     float64 product; the most that adds is the products' own error, added to every pair (one
-    read)."""
+    read), with the error the checking operator measured in its own products (finite
+    differences: ``operator.product_error``)."""
     m = len(alphas)
     top, bottom = len(result.top.values), len(result.bottom.values)
     order_top, order_bottom = _ends(m, top, bottom)
@@ -250,6 +251,7 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     residuals = torch.linalg.vector_norm(gap, dim=0) + _coupling_bound(s, dropped)
     fresh = numbers[len(numbers) - len(checked):]
     rounding = max(0.0, *(f - float(r) for f, r in zip(fresh, residuals)))
+    rounding += product_error(exact or operator)  # what approximate products measured of theirs
     measured = (residuals + rounding).tolist()
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
 

@@ -7,7 +7,8 @@ on ``device``; it says how many bytes the algorithm's own vectors may take
 (``memory_left()``, None: no limit) and, where its products round in less than float64, gives
 the same operator in float64 (``exact()``) so that an algorithm can measure the products' own
 error against it. Restricting an operator to some coordinates (a diagonal block) is an operator
-too (``restrict``).
+too (``restrict``). An operator whose products are approximations (finite differences) may
+also say how far off they were (``product_error``), which the algorithms add to their residuals.
 """
 
 from __future__ import annotations
@@ -99,6 +100,14 @@ class CallableOperator:
         return self.reference
 
 
+def product_error(operator: LinearOperator) -> float:
+    """The largest error ‖Ãv − Av‖ per unit vector that ``operator`` measured in its products so
+    far (its optional ``product_error()``; 0 for operators whose products are exact up to the
+    rounding the algorithms measure themselves)."""
+    measured = getattr(operator, "product_error", None)
+    return 0.0 if measured is None else measured()
+
+
 class Wrapping:
     """An operator that is ``self.operator`` in all but what a subclass overrides (its products,
     its size): the size, dtype, device, memory and float64 reference are the wrapped one's."""
@@ -122,6 +131,10 @@ class Wrapping:
 
     def exact(self) -> LinearOperator | None:
         return self.operator.exact()
+
+    def product_error(self) -> float:
+        """The wrapped operator's (a restriction's products are its products, cut down)."""
+        return product_error(self.operator)
 
 
 @dataclass(frozen=True)
