@@ -69,7 +69,7 @@ class LanczosResult:
     checks: int = 1
     #: how the basis was held (``memory.BasisLayout``: storage, restarted, most vectors)
     layout: BasisLayout | None = None
-    #: the most basis vectors held at once (the rows grow as steps are taken, by doubling)
+    #: the basis' rows at the end: grown by doubling as steps were taken, at most ``layout``'s
     basis_rows: int = 0
 
     @property
@@ -146,8 +146,6 @@ class KrylovBasis:
         home = torch.device("cpu") if layout.on_host else device
         self.rows = torch.empty(1, n, dtype=layout.storage, device=home)
         self.size = 0
-        #: the most rows held at once (the last growth's copy counts both)
-        self.peak = 1
 
     @property
     def full(self) -> bool:
@@ -158,7 +156,6 @@ class KrylovBasis:
         if self.size == len(self.rows):
             grown = self.rows.new_empty(min(2 * len(self.rows), self.layout.max_vectors),
                                         self.rows.shape[1])
-            self.peak = max(self.peak, len(self.rows) + len(grown))
             grown[: self.size] = self.rows
             self.rows = grown
         self.rows[self.size] = q
@@ -291,7 +288,7 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
         w = product(q)
         alpha_t = torch.dot(q, w)
         if kept and row == len(kept):
-            w = w - alpha_t * q - basis.combination(torch.tensor(arrow, device=device), row)
+            w = w - alpha_t * q - basis.combination(torch.tensor(arrow, dtype=krylov, device=device), row)
         else:
             w = w - alpha_t * q - (beta * prev if prev is not None else 0)
         w, removed = _orthogonalize(w, basis, row + 1)
@@ -339,7 +336,7 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
         prev, q = q, w / beta_t
     measured = _measured(result, product, operator.exact(), basis, columns, T, betas[-1],
                          dropped, vectors, values, tol)
-    return replace(measured, layout=layout, basis_rows=basis.peak)
+    return replace(measured, layout=layout, basis_rows=len(basis.rows))
 
 
 def _restart(basis: KrylovBasis, values: torch.Tensor, vectors: torch.Tensor, beta: float,

@@ -14,6 +14,10 @@ per Krylov basis (``plan_lanczos``) takes the first way that fits, in this order
 3. else held on the host while the products run on the device (a GPU operator only);
 4. none: ``NoMemory``, one line naming what would fit.
 
+A budget of 0 (``--memory-budget 0``: always stream) asks for the least each algorithm works
+with, and is never refused: Lanczos restarts over ``restart_minimum`` vectors, SLQ keeps no
+bases, Hutch++ no sketch and one probe at a time.
+
 Float32 storage comes after a bounded float64 basis, not before: it changes the last digits of
 every number, while a bound that a run never reaches changes none.
 
@@ -158,30 +162,36 @@ def plan_lanczos(n: int, steps: int, wanted: int, tol: float, memory: int | None
     ``wanted`` pairs fits ``memory`` bytes (None: no limit) on ``device``, with ``host`` bytes on
     the host (default ``host_memory()``) where the device is not the CPU: as many rows as fit, up
     to ``steps``, restarted when they fill before ``steps``."""
+    least = min(steps, restart_minimum(wanted))
     if memory is None:
         return BasisLayout(max_vectors=steps)
+    if memory == 0:
+        return BasisLayout(max_vectors=least, restarted=least < steps)
     ways = [(torch.float64, False), (torch.float32, False)]
     if device.type != "cpu":
         ways.append((torch.float64, True))
     host = host_memory() if host is None else host
-    least = min(steps, restart_minimum(wanted))
     for storage, on_host in ways:
         work = lanczos_bytes(n, 0, wanted, storage, on_host)
         room = host if on_host else memory - work
         rows = _most_rows(room, n * storage.itemsize, steps) if work <= memory else 0
         if rows >= least and (storage == torch.float64 or float32_storage_keeps(tol, rows)):
             return BasisLayout(storage, on_host, rows, restarted=rows < steps)
-    raise NoMemory(_no_room(n, wanted, least, memory))
+    raise _no_room(n, wanted, least, memory)
 
 
-def _no_room(n: int, wanted: int, least: int, memory: int) -> str:
-    """The one line of ``NoMemory``: what Lanczos needs at the least, what is left, what fits."""
-    needed = lanczos_bytes(n, least, wanted, torch.float32)
+def no_memory(what: str, needed: int, memory: int, fewer: str = "") -> NoMemory:
+    """The one line when ``what`` needs ``needed`` bytes at the least and ``memory`` are left:
+    how much more budget would fit, or ``fewer`` (what to ask less of), or the other ways."""
+    return NoMemory(f"{what} needs at least {gib(needed)} for its vectors, but the memory budget "
+                    f"leaves {gib(memory)}: raise --memory-budget by {gib(needed - memory)} or "
+                    f"more, or use {fewer}--hvp-strategy fd (no kept graph) or --shard-model")
+
+
+def _no_room(n: int, wanted: int, least: int, memory: int) -> NoMemory:
+    """``no_memory`` for Lanczos: a restarted basis of ``least`` float32 vectors, or fewer pairs."""
     fewer = max((k for k in range(1, wanted)
                  if lanczos_bytes(n, restart_minimum(k), k, torch.float32) <= memory), default=0)
-    top = f"--top {fewer} (fewer pairs), " if fewer else ""
-    return (f"Lanczos for {wanted} eigenpair(s) of {n:,} parameters needs at least "
-            f"{gib(needed)} for its vectors (a restarted basis of {least} float32 vectors), but "
-            f"the memory budget leaves {gib(memory)}: raise --memory-budget by "
-            f"{gib(needed - memory)} or more, or use {top}--hvp-strategy fd (no kept graph) or "
-            "--shard-model")
+    return no_memory(f"Lanczos for {wanted} eigenpair(s) of {n:,} parameters (a restarted basis "
+                     f"of {least} float32 vectors)", lanczos_bytes(n, least, wanted, torch.float32),
+                     memory, f"--top {fewer} (fewer pairs), " if fewer else "")
