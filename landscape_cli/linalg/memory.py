@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -83,7 +84,7 @@ def lanczos_bytes(n: int, rows: int, wanted: int, storage: torch.dtype = torch.f
     the device when it is on the host), its working vectors and the Ritz vectors of the
     ``wanted`` pairs, and a float64 slice it is read through when not float64."""
     basis = 0 if on_host else basis_peak(rows) * n * storage.itemsize
-    chunk = 0 if storage == torch.float64 and not on_host else CHUNK_BYTES
+    chunk = 0 if storage == torch.float64 and not on_host else min(CHUNK_BYTES, rows * n * 8)
     return basis + (LANCZOS_WORK + LANCZOS_PER_WANTED * wanted) * n * 8 + chunk
 
 
@@ -146,13 +147,13 @@ def float32_storage_keeps(tol: float, rows: int) -> bool:
     return torch.finfo(torch.float32).eps / 2 * math.sqrt(rows) <= tol / FLOAT32_STORAGE
 
 
-def _most_rows(room: int, per_row: int, cap: int) -> int:
-    """The largest m ≤ cap whose growth peak (``basis_peak``) fits ``room`` bytes of rows of
-    ``per_row`` bytes."""
+def _most_rows(fits: Callable[[int], bool], cap: int) -> int:
+    """The largest m ≤ cap for which ``fits(m)`` (monotone: fewer rows fit whenever more do),
+    0 where none does."""
     low, high = 0, cap
     while low < high:
         middle = (low + high + 1) // 2
-        low, high = (middle, high) if basis_peak(middle) * per_row <= room else (low, middle - 1)
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
     return low
 
 
@@ -172,9 +173,12 @@ def plan_lanczos(n: int, steps: int, wanted: int, tol: float, memory: int | None
         ways.append((torch.float64, True))
     host = host_memory() if host is None else host
     for storage, on_host in ways:
-        work = lanczos_bytes(n, 0, wanted, storage, on_host)
-        room = host if on_host else memory - work
-        rows = _most_rows(room, n * storage.itemsize, steps) if work <= memory else 0
+        def fits(rows: int, storage=storage, on_host=on_host) -> bool:
+            held = basis_peak(rows) * n * storage.itemsize
+            return (lanczos_bytes(n, rows, wanted, storage, on_host) <= memory
+                    and (not on_host or held <= host))
+
+        rows = _most_rows(fits, steps)
         if rows >= least and (storage == torch.float64 or float32_storage_keeps(tol, rows)):
             return BasisLayout(storage, on_host, rows, restarted=rows < steps)
     raise _no_room(n, wanted, least, memory)
