@@ -171,10 +171,11 @@ RUN_OPTIONS: dict[str, Option] = {
                            "differences of gradients, with their measured error in the "
                            "residuals (no double backward: fused attention kernels, custom "
                            "ops).", choices=STRATEGIES, panel=_ENGINE),
-    "memory_budget": Option("Memory the cached graph and then the SLQ bases may hold, e.g. 8GB "
-                            "or 512MiB (0: always stream, SLQ without bases). Default: half the "
-                            "GPU's memory, or 40% of the RAM (what the machine has, not what is "
-                            "free now).", metavar="SIZE", panel=_ENGINE),
+    "memory_budget": Option("Memory the cached graph and then the algorithms' vectors (Krylov "
+                            "bases, sketches) may hold, e.g. 8GB or 512MiB (0: always stream, "
+                            "the fewest vectors). Default: half the GPU's memory, or 40% of the "
+                            "RAM (what the machine has, not what is free now).", metavar="SIZE",
+                            panel=_ENGINE),
     "compile": Option("torch.compile the streaming HVP (first call compiles; pays off over many "
                       "HVPs on large models). Implies stream unless --hvp-strategy cached.",
                       flags=("--compile/--no-compile",), panel=_ENGINE),

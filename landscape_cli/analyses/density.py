@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from landscape_cli.linalg.memory import no_memory, slq_bytes
 from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.slq import (
     SLQResult,
@@ -58,19 +59,26 @@ def spectral_density(operator: LinearOperator, *, runs: int = 10,
     ``negative_threshold`` to 3·(λ_max − λ_min)/steps (DESIGN §6): eigenvalues closer to 0
     than that cannot be told from 0 by an m-node quadrature. λ_min/λ_max are the extreme
     nodes, which converge first (they are the Lanczos Ritz values). When the bases (runs × steps
-    × n numbers) would exceed the operator's ``memory_left()``, the runs go without full
-    reorthogonalization, keeping three vectors each (see ``linalg/slq.py``), with a note.
+    × n numbers, ``memory.slq_bytes``) would exceed the operator's ``memory_left()``, the runs go
+    without full reorthogonalization, keeping three vectors each (see ``linalg/slq.py``), with a
+    note; where even those do not fit, ``NoMemory`` (exit 2) says what would.
     """
     n, memory_budget = operator.size, operator.memory_left()
     steps = min(steps, n)
     notes = []
-    basis_bytes = runs * steps * n * operator.dtype.itemsize
+    itemsize = operator.dtype.itemsize
+    basis_bytes = slq_bytes(n, runs, steps, itemsize, reorthogonalize=True)
     reorthogonalize = memory_budget is None or basis_bytes <= memory_budget
     if not reorthogonalize:
+        local_bytes = slq_bytes(n, runs, steps, itemsize, reorthogonalize=False)
+        if 0 < memory_budget < local_bytes:
+            raise no_memory(f"SLQ with {runs} runs of {n:,} parameters (three vectors a run)",
+                            local_bytes, memory_budget, "fewer --runs, ")
         notes.append(f"SLQ without full reorthogonalization: the {runs} × {steps} Lanczos vectors "
-                     f"({basis_bytes / 2**20:,.0f} MiB) exceed the memory left in the budget "
-                     f"({memory_budget / 2**20:,.0f} MiB); the density stays accurate, extreme "
-                     "nodes may repeat (raise --memory-budget, or lower --runs/--steps)")
+                     f"({basis_bytes / 2**20:,.0f} MiB with their working vectors) exceed the "
+                     f"memory left in the budget ({memory_budget / 2**20:,.0f} MiB); the density "
+                     "stays accurate, extreme nodes may repeat (raise --memory-budget, or lower "
+                     "--runs/--steps)")
     generator = torch.Generator().manual_seed(seed)
     steps_so_far = SoFar()
     if so_far is not None:  # after an interruption: the density of the steps taken

@@ -44,6 +44,7 @@ def spectrum(operator: LinearOperator, *, top: int = 5,
         tol=tol,
         residual_floor=run.rounding,
         budget_spent=run.steps >= min(n, max_hvps or n),
+        basis=run.layout.describe(),
         saved_vectors=None if save_vectors is None else str(save_vectors.dest.path),
         notes=notes,
     )

@@ -21,18 +21,23 @@ Krylov arithmetic (basis, dot products, norms, reorthogonalization, T) is float6
 the operator's dtype: a float32 basis loses orthogonality at ~1e-7 per step, which bounds the
 Ritz values at ~1e-4 on a model of millions of parameters, while the products' own rounding
 allows ~1e-6.
-Memory: the basis, steps·n float64 numbers, grown as steps are taken. Operator in
-(``linalg/operator.py``), numbers out.
+Memory: the basis, steps·n float64 numbers, grown by doubling as steps are taken, planned
+against the operator's ``memory_left()`` before the first product (``linalg/memory.py``): where
+it cannot hold the steps allowed, it is bounded and restarted when full, keeping the wanted
+Ritz vectors and as many more (thick restart: Wu & Simon 2000, "Thick-restart Lanczos method
+for large symmetric eigenvalue problems"), stored in float32 or held on the host where even
+that does not fit in float64 on the device. Operator in (``linalg/operator.py``), numbers out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from landscape_cli.linalg.host import read_finite
+from landscape_cli.linalg.memory import CHUNK_BYTES, BasisLayout, plan_lanczos
 from landscape_cli.linalg.operator import LinearOperator, product_error
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
@@ -62,6 +67,10 @@ class LanczosResult:
     rounding: float = 0.0
     #: products spent measuring the residuals (float64 ones where the operator's round in less)
     checks: int = 1
+    #: how the basis was held (``memory.BasisLayout``: storage, restarted, most vectors)
+    layout: BasisLayout | None = None
+    #: the basis' rows at the end: grown by doubling as steps were taken, at most ``layout``'s
+    basis_rows: int = 0
 
     @property
     def converged(self) -> bool:
@@ -114,33 +123,142 @@ def _ritz(values: torch.Tensor, vectors: torch.Tensor, couplings: list[tuple[int
     return pairs(order_top), pairs(order_bottom), scale
 
 
-def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w minus its projection on the rows of ``basis``, done twice for stability, and the
-    coefficients of what was removed."""
-    removed = torch.zeros(len(basis), dtype=w.dtype, device=w.device)
+def _orthogonalize(w: torch.Tensor, basis: KrylovBasis, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w minus its projection on the first ``size`` rows of ``basis``, done twice for stability,
+    and the coefficients of what was removed."""
+    removed = torch.zeros(size, dtype=w.dtype, device=w.device)
     for _ in range(2):
-        coefficients = basis @ w
-        w = w - basis.T @ coefficients
+        coefficients = basis.coefficients(w, size)
+        w = w - basis.combination(coefficients, size)
         removed = removed + coefficients
     return w, removed
 
 
+class KrylovBasis:
+    """The Lanczos vectors as the rows of one tensor, held as ``layout`` says (``linalg/memory.py``):
+    grown by doubling as steps are taken up to ``layout.max_vectors`` rows, so no row exists
+    before a step needs it. The arithmetic is float64 on the operator's ``device`` whatever the
+    storage: a float64 basis on that device is multiplied whole (today's arithmetic, bit for
+    bit), a float32 or host one a slice of columns at a time (``CHUNK_BYTES``)."""
+
+    def __init__(self, n: int, layout: BasisLayout, device: torch.device):
+        self.layout, self.device = layout, device
+        home = torch.device("cpu") if layout.on_host else device
+        self.rows = torch.empty(1, n, dtype=layout.storage, device=home)
+        self.size = 0
+
+    @property
+    def full(self) -> bool:
+        return self.size == self.layout.max_vectors
+
+    def append(self, q: torch.Tensor) -> torch.Tensor:
+        """Store q as the next row; q as stored (rounded where the storage is float32)."""
+        if self.size == len(self.rows):
+            grown = self.rows.new_empty(min(2 * len(self.rows), self.layout.max_vectors),
+                                        self.rows.shape[1])
+            grown[: self.size] = self.rows
+            self.rows = grown
+        self.rows[self.size] = q
+        self.size += 1
+        return q if self.layout.storage == torch.float64 else self._columns(self.size - 1, slice(None))[0]
+
+    def rounding(self, q: torch.Tensor) -> torch.Tensor | None:
+        """‖q − q as stored‖ (None where the storage is float64)."""
+        if self.layout.storage == torch.float64:
+            return None
+        return torch.linalg.vector_norm(q - q.to(self.layout.storage).to(torch.float64))
+
+    def _columns(self, start: int, columns: slice, stop: int | None = None) -> torch.Tensor:
+        """Rows start..stop (one row when stop is None) of some columns, float64 on the device."""
+        rows = self.rows[start: start + 1 if stop is None else stop, columns]
+        return rows.to(self.device, torch.float64)
+
+    def _slices(self, size: int) -> list[slice]:
+        width = max(1, CHUNK_BYTES // (8 * max(size, 1)))
+        return [slice(i, i + width) for i in range(0, self.rows.shape[1], width)]
+
+    def coefficients(self, w: torch.Tensor, size: int) -> torch.Tensor:
+        """Q·w over the first ``size`` rows."""
+        if self.layout.exact:
+            return self.rows[:size] @ w
+        return sum(self._columns(0, c, size) @ w[c] for c in self._slices(size))
+
+    def combination(self, c: torch.Tensor, size: int) -> torch.Tensor:
+        """Qᵀ·c over the first ``size`` rows."""
+        if self.layout.exact:
+            return self.rows[:size].T @ c
+        return torch.cat([self._columns(0, cols, size).T @ c for cols in self._slices(size)])
+
+    def ritz(self, s: torch.Tensor, size: int) -> torch.Tensor:
+        """s·Q over the first ``size`` rows (s a vector or rows of coefficients)."""
+        s = s.to(device=self.device)
+        if self.layout.exact:
+            return s @ self.rows[:size]
+        return torch.cat([s @ self._columns(0, c, size) for c in self._slices(size)], dim=-1)
+
+    def restart(self, s: torch.Tensor) -> torch.Tensor:
+        """Keep the rows Sᵀ·Q (thick restart), written over the first ones a slice at a time (no
+        second basis); returns each kept row's distance to its stored value."""
+        size, kept = s.shape
+        s = s.to(self.device)
+        rounding = torch.zeros(kept, dtype=torch.float64, device=self.device)
+        for columns in self._slices(size):
+            y = s.T @ self._columns(0, columns, size)
+            self.rows[:kept, columns] = y
+            if self.layout.storage != torch.float64:
+                rounding += ((y - self._columns(0, columns, kept)) ** 2).sum(dim=1)
+        self.size = kept
+        return rounding.sqrt()
+
+
+def projected(kept: list[float], arrow: list[float], alphas: list[float],
+              betas: list[float]) -> torch.Tensor:
+    """The cycle's projection of A on the basis: the kept Ritz values on the diagonal, coupled to
+    the first new vector by ``arrow`` (β·s_m of the restart), then the tridiagonal T."""
+    T = tridiagonal(alphas, betas)
+    if not kept:
+        return T
+    k = len(kept)
+    whole = torch.zeros(k + len(alphas), k + len(alphas), dtype=torch.float64)
+    whole[:k, :k] = torch.diag(torch.tensor(kept, dtype=torch.float64))
+    whole[k:, k:] = T
+    whole[k, :k] = whole[:k, k] = torch.tensor(arrow, dtype=torch.float64)
+    return whole
+
+
+def _kept(m: int, top: int, bottom: int) -> list[int]:
+    """Indices (of m ascending Ritz values) a restart keeps: the wanted ends and as many again
+    as half of the rest, shared between the ends asked for."""
+    extra = max(1, (m - top - bottom) // 2)
+    extra_top = extra if not bottom else (extra + 1) // 2 if top else 0
+    kept_top = top + extra_top if top or not bottom else 0
+    kept_bottom = bottom + extra - extra_top if bottom else 0
+    return [*range(kept_bottom), *range(m - kept_top, m)]
+
+
 def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: float = 1e-4,
             max_steps: int | None = None, generator: torch.Generator | None = None,
-            callback: Callable[[int, int, int], None] | None = None) -> LanczosResult:
+            callback: Callable[[int, int, int], None] | None = None,
+            layout: BasisLayout | None = None) -> LanczosResult:
     """The ``top`` largest and ``bottom`` smallest eigenvalues of a symmetric operator whose
     products are computed in its dtype (the Krylov arithmetic is float64).
 
     Stops once every requested Ritz value has residual ≤ ``tol``·‖A‖ (‖A‖ estimated by the
     largest |Ritz value|), or after ``max_steps`` matvecs (at most n, where T_n is exact).
-    ``callback(step, converged, wanted)`` is called after each step.
+    ``callback(step, converged, wanted)`` is called after each step. The basis is held as
+    ``layout`` says, by default as planned against the operator's ``memory_left()`` before the
+    first product (``memory.plan_lanczos``; ``memory.NoMemory`` where nothing fits); a bounded
+    one restarts when it fills (thick restart, Wu & Simon 2000): the Ritz pairs kept carry
+    A·y = θy + b·q plus the error their cycle measured, which stays in every residual.
     """
-    n, dtype, device = operator.size, operator.dtype, operator.device
+    n, dtype, device = operator.size, operator.dtype, torch.device(operator.device)
     top, bottom = min(top, n), min(bottom, n)
     wanted = top + bottom
     max_steps = n if max_steps is None else max(1, min(max_steps, n))
+    if layout is None:
+        layout = plan_lanczos(n, max_steps, wanted, tol, operator.memory_left(), device)
     krylov = torch.float64
-    basis = torch.empty(min(max_steps, 32), n, dtype=krylov, device=device)  # grows by doubling
+    basis = KrylovBasis(n, layout, device)
     eps = torch.finfo(dtype).eps  # breakdown is judged at the products' own precision
 
     def product(v: torch.Tensor) -> torch.Tensor:
@@ -153,33 +271,44 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
     q = random_unit()
     alphas: list[float] = []
     betas: list[float] = []
-    dropped: list[tuple[int, float]] = []  # (step, β) of couplings cut at restarts
+    dropped: list[tuple[int, float]] = []  # (row, β) of couplings cut at breakdowns or carried
     columns: list[torch.Tensor] = []  # reorthogonalization coefficients of each step
+    kept: list[float] = []  # the Ritz values a restart kept, and their coupling to the next row
+    arrow: list[float] = []
     beta, prev = 0.0, None
-    result = None
+    result = T = values = vectors = None  # the last step's run so far, projection, its eigh
     block_start, first_block, at_last_breakdown = 0, None, None
     for step in range(max_steps):
-        if step == len(basis):
-            extra = torch.empty(min(len(basis), max_steps - len(basis)), n, dtype=krylov,
-                                device=device)
-            basis = torch.cat((basis, extra))
-        basis[step] = q
+        if basis.full:
+            kept, arrow, dropped, columns = _restart(basis, values, vectors, beta, columns, dropped,
+                                                     T, top, bottom, result.scale)
+            alphas, betas, prev = [], [], None
+        row = basis.size
+        q = basis.append(q)
         w = product(q)
         alpha_t = torch.dot(q, w)
-        w = w - alpha_t * q - (beta * prev if prev is not None else 0)
-        w, removed = _orthogonalize(w, basis[: step + 1])
+        if kept and row == len(kept):
+            w = w - alpha_t * q - basis.combination(torch.tensor(arrow, dtype=krylov, device=device), row)
+        else:
+            w = w - alpha_t * q - (beta * prev if prev is not None else 0)
+        w, removed = _orthogonalize(w, basis, row + 1)
         columns.append(removed)
         beta_t = torch.linalg.vector_norm(w)
-        alpha, beta = read_finite(torch.stack((alpha_t, beta_t)))  # the step's one sync
+        rounding = basis.rounding(w / beta_t)
+        read = (alpha_t, beta_t) if rounding is None else (alpha_t, beta_t, beta_t * rounding)
+        alpha, beta, *stored = read_finite(torch.stack(read))  # the step's one sync
+        if stored:  # A·q = H·q + β·(q_next − q_next as stored): a coupling T leaves out
+            dropped.append((row, stored[0]))
         alphas.append(alpha)
         betas.append(beta)
-        values, vectors = tridiagonal_eigh(alphas, betas)
-        top_pairs, bottom_pairs, scale = _ritz(values, vectors, [*dropped, (step, beta)],
-                                               min(top, step + 1), min(bottom, step + 1), tol)
+        T = projected(kept, arrow, alphas, betas)
+        values, vectors = torch.linalg.eigh(T)
+        top_pairs, bottom_pairs, scale = _ritz(values, vectors, [*dropped, (row, beta)],
+                                               min(top, row + 1), min(bottom, row + 1), tol)
         result = LanczosResult(top_pairs, bottom_pairs, step + 1, scale)
         if callback is not None:
             callback(step + 1, sum(top_pairs.converged) + sum(bottom_pairs.converged), wanted)
-        if step + 1 == n:
+        if row + 1 == n:
             break
         complete = len(top_pairs.values) == top and len(bottom_pairs.values) == bottom
         if beta <= eps ** 0.5 * max(scale, abs(alpha), 1e-300):
@@ -190,13 +319,13 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
             if (complete and at_last_breakdown is not None
                     and torch.allclose(wanted_now, at_last_breakdown, rtol=0, atol=tol * scale)):
                 break
-            fresh, _ = _orthogonalize(random_unit(), basis[: step + 1])
+            fresh, _ = _orthogonalize(random_unit(), basis, row + 1)
             norm = float(torch.linalg.vector_norm(fresh))
             if norm < 1e-8:
                 break
             at_last_breakdown = wanted_now
             first_block = first_block or step + 1
-            dropped.append((step, beta))
+            dropped.append((row, beta))
             betas[-1], beta, prev, q, block_start = 0.0, 0.0, None, fresh / norm, step + 1
             continue
         # After a restart, a block must outlast the first one before a stop by convergence:
@@ -205,24 +334,59 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
                 and (first_block is None or step + 1 - block_start > first_block)):
             break
         prev, q = q, w / beta_t
-    return _measured(result, product, operator.exact(), basis[: result.steps], columns, alphas,
-                     betas, dropped, vectors, values, tol, operator)
+    measured = _measured(result, product, operator.exact(), basis, columns, T, betas[-1],
+                         dropped, vectors, values, tol, operator)
+    return replace(measured, layout=layout, basis_rows=len(basis.rows))
+
+
+def _restart(basis: KrylovBasis, values: torch.Tensor, vectors: torch.Tensor, beta: float,
+             columns: list[torch.Tensor], couplings: list[tuple[int, float]], T: torch.Tensor,
+             top: int, bottom: int, scale: float):
+    """Thick restart of a full basis: keep the Ritz vectors y = Q·s of ``_kept``, with their
+    values θ and their coupling b = β·s_m to the next vector (A·y = θy + b·q_next + e). What
+    their cycle's H knows of e (‖(H − θ)s‖ over the rows kept, the couplings cut, a float32
+    basis' rounding of y times 2‖A‖) goes on as each kept row's coupling error."""
+    m = basis.size
+    index = _kept(m, top, bottom)
+    s = vectors[:, index]
+    numbers = read_finite(torch.cat(columns))
+    H = _arnoldi(numbers, T, beta)
+    carried = (torch.linalg.vector_norm(H[:m] @ s - s * values[index], dim=0)
+               + _coupling_bound(s, couplings))
+    rounding = basis.restart(s).cpu()
+    carried = carried + 2 * scale * rounding
+    zeros = [torch.zeros(i + 1, dtype=torch.float64, device=basis.device) for i in range(len(index))]
+    return (values[index].tolist(), (beta * s[m - 1]).tolist(),
+            list(enumerate(carried.tolist())), zeros)
+
+
+def _arnoldi(numbers: list[float], T: torch.Tensor, beta: float) -> torch.Tensor:
+    """H_m ((m+1)×m) of A·Q_m = Q_{m+1}·H_m: column j holds the coefficients of A·q_j on
+    q_0..q_{j+1}: the projection T, what the reorthogonalization removed (``numbers``, column by
+    column) and the last coupling β."""
+    m = len(T)
+    cols, rows = torch.tril_indices(m, m)  # column j's rows 0..j, in the order they were stored
+    H = torch.zeros(m + 1, m, dtype=torch.float64)
+    H[rows, cols] = torch.tensor(numbers, dtype=torch.float64)
+    H[:m] += T
+    H[m, m - 1] = beta
+    return H
 
 
 def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | None,
-              basis: torch.Tensor,
-              columns: list[torch.Tensor], alphas: list[float], betas: list[float],
+              basis: KrylovBasis, columns: list[torch.Tensor], T: torch.Tensor, beta: float,
               dropped: list[tuple[int, float]], vectors: torch.Tensor, values: torch.Tensor,
               tol: float, operator: LinearOperator) -> LanczosResult:
     """Replace the estimated residuals of the requested pairs by measured ones: column j of
     H_m holds the coefficients of A·q_j on q_0..q_{j+1} (α_j, β_{j−1}, β_j and what the
-    reorthogonalization removed), so ‖Ay − θy‖ = ‖H_m s − θs‖, plus |β_j·s_j| for each
-    coupling a restart dropped. The first wanted pair's residual is also measured with a fresh
+    reorthogonalization removed; ``_arnoldi``), so ‖Ay − θy‖ = ‖H_m s − θs‖, plus |β_j·s_j| for
+    each coupling T leaves out (cut at breakdowns, carried by restarts, a float32 basis'
+    rounding). The first wanted pair's residual is also measured with a fresh
     product, or, where ``exact`` (the operator in float64) is given, every wanted pair's with a
     float64 product; the most that adds is the products' own error, added to every pair (one
     read), with the error the checking operator measured in its own products (finite
     differences: ``operator.product_error``)."""
-    m = len(alphas)
+    m = len(T)
     top, bottom = len(result.top.values), len(result.bottom.values)
     order_top, order_bottom = _ends(m, top, bottom)
     wanted = [*order_top, *order_bottom]
@@ -231,21 +395,17 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     s = vectors[:, wanted]
     if exact is None:
         checked = wanted[:1]
-        y = s[:, 0].to(device=basis.device) @ basis
+        y = basis.ritz(s[:, 0], m)
         y = y / torch.linalg.vector_norm(y)
         fresh_t = torch.linalg.vector_norm(product(y) - float(values[wanted[0]]) * y)[None]
     else:
         checked = wanted
-        ys = s.T.to(device=basis.device) @ basis
+        ys = basis.ritz(s.T, m)
         ys = ys / torch.linalg.vector_norm(ys, dim=1, keepdim=True)
         thetas = values[wanted].to(device=basis.device)[:, None]
-        fresh_t = torch.linalg.vector_norm(exact(ys).to(basis.dtype) - thetas * ys, dim=1)
+        fresh_t = torch.linalg.vector_norm(exact(ys).to(torch.float64) - thetas * ys, dim=1)
     numbers = read_finite(torch.cat((*columns, fresh_t)))
-    cols, rows = torch.tril_indices(m, m)  # column j's rows 0..j, in the order they were stored
-    H = torch.zeros(m + 1, m, dtype=torch.float64)
-    H[rows, cols] = torch.tensor(numbers[:len(numbers) - len(checked)], dtype=torch.float64)
-    H[:m] += tridiagonal(alphas, betas)
-    H[m, m - 1] = betas[m - 1]
+    H = _arnoldi(numbers[:len(numbers) - len(checked)], T, beta)
     gap = H @ s  # A·y on q_0..q_m, minus θ·y on q_0..q_{m-1}
     gap[:m] -= s * values[wanted]
     residuals = torch.linalg.vector_norm(gap, dim=0) + _coupling_bound(s, dropped)
@@ -259,7 +419,7 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
         return RitzPairs(values=old.values, residuals=residuals,
                          converged=[r <= limit for r in residuals], vectors=vectors)
 
-    ritz = s.T.to(device=basis.device) @ basis
+    ritz = basis.ritz(s.T, m)
     ritz = ritz / torch.linalg.vector_norm(ritz, dim=1, keepdim=True)
     return LanczosResult(pairs(result.top, measured[:top], ritz[:top]),
                          pairs(result.bottom, measured[top:], ritz[top:]),

@@ -10,7 +10,8 @@ via Hessian eigenvalue density").
 
 All runs advance together: each step is one block product A·V with V (runs × n), so an engine
 that batches Hessian-vector products pays much less per vector. Each run keeps its own basis
-(runs × steps × n) and is fully reorthogonalized against it, twice ("twice is enough").
+(runs × steps × n, grown by doubling as steps are taken) and is fully reorthogonalized against
+it, twice ("twice is enough").
 Without reorthogonalization only three vectors per run are kept (runs × 3 × n): orthogonality
 is lost once Ritz values converge, which adds spurious copies of converged nodes, but the
 quadrature stays accurate for the smooth functionals SLQ estimates (Knizhnerman 1996; Ubaru,
@@ -84,7 +85,8 @@ def slq(operator: LinearOperator, *, runs: int = 10, steps: int = 90,
         raise ValueError(f"slq needs runs, steps and n ≥ 1 (got {runs}, {steps}, {n})")
     steps = min(steps, n)
     eps = torch.finfo(dtype).eps
-    basis = torch.zeros(runs, steps, n, dtype=dtype, device=device) if reorthogonalize else None
+    # grown by doubling along the steps as they are taken (``memory.slq_bytes``)
+    basis = torch.zeros(runs, 1, n, dtype=dtype, device=device) if reorthogonalize else None
     alphas = torch.zeros(runs, steps, dtype=torch.float64)
     betas = torch.zeros(runs, steps, dtype=torch.float64)
     scale = torch.zeros(runs, dtype=torch.float64)  # largest |α|, |β| so far: ‖T‖ estimate
@@ -98,6 +100,10 @@ def slq(operator: LinearOperator, *, runs: int = 10, steps: int = 90,
         alpha = (q * w).sum(dim=1)
         w = w - alpha[:, None] * q - beta_prev[:, None] * previous
         if basis is not None:
+            if step == basis.shape[1]:
+                grown = basis.new_zeros(runs, min(2 * step, steps), n)
+                grown[:, :step] = basis
+                basis = grown
             basis[active, step] = q
             block = basis[:, : step + 1] if len(active) == runs else basis[active, : step + 1]
             w = _orthogonalize(w, block)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from landscape_cli.linalg.host import read_finite
+from landscape_cli.linalg.memory import hutchpp_bytes, no_memory
 from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.probes import rademacher
 
@@ -100,10 +101,30 @@ def independent_columns(r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return diagonal > torch.finfo(dtype).eps ** 0.5 * diagonal.max()
 
 
+def fitting(operator: LinearOperator, sketch: int, block: int) -> tuple[int, int]:
+    """The sketch and probe block whose vectors (``memory.hutchpp_bytes``) fit the operator's
+    ``memory_left()``: the block shrinks first (it only batches products), then the sketch;
+    ``NoMemory`` where one probe at a time does not fit (0: the least, never refused)."""
+    n, itemsize, memory = operator.size, operator.dtype.itemsize, operator.memory_left()
+    if memory is None or hutchpp_bytes(n, sketch, block, itemsize) <= memory:
+        return sketch, block
+    least = hutchpp_bytes(n, 0, 1, itemsize)
+    if 0 < memory < least:
+        raise no_memory(f"The trace of {n:,} parameters (one probe and its product)", least,
+                        memory)
+    while block > 1 and hutchpp_bytes(n, sketch, block, itemsize) > memory:
+        block //= 2
+    while sketch > 0 and hutchpp_bytes(n, sketch, block, itemsize) > memory:
+        sketch //= 2
+    return sketch, block
+
+
 def hutchinson(operator: LinearOperator, *, rtol: float = 0.01, max_matvecs: int = 1000,
                block: int = 8, min_probes: int = 10, generator: torch.Generator,
                callback: Callback | None = None) -> TraceEstimate:
-    """Hutchinson's estimator: the mean of zᵀAz over Rademacher probes z."""
+    """Hutchinson's estimator: the mean of zᵀAz over Rademacher probes z (in blocks that fit the
+    operator's memory, ``fitting``)."""
+    _, block = fitting(operator, 0, block)
     samples, spent, converged = _probe_loop(
         operator, 0.0, lambda g: g, rtol=rtol, budget=max_matvecs, block=block,
         min_probes=min_probes, generator=generator, callback=callback,
@@ -118,12 +139,13 @@ def hutchpp(operator: LinearOperator, *, rtol: float = 0.01, max_matvecs: int = 
     """Hutch++: exact trace on the sketched top subspace, Hutchinson on the rest.
 
     ``sketch`` vectors (default: a third of the budget when ``rtol`` is 0, as in the paper's
-    fixed-budget form; else min(24, budget/3)) cost 2·sketch matvecs; the rest go to probes.
+    fixed-budget form; else min(24, budget/3); fewer where they do not fit the operator's
+    memory, ``fitting``) cost 2·sketch matvecs; the rest go to probes.
     """
     n, dtype, device = operator.size, operator.dtype, operator.device
     if sketch is None:
         sketch = max_matvecs // 3 if rtol == 0 else min(24, max_matvecs // 3)
-    sketch = max(0, min(sketch, n, max_matvecs // 2))
+    sketch, block = fitting(operator, max(0, min(sketch, n, max_matvecs // 2)), block)
     offset, spent = 0.0, 0
     basis = torch.zeros(0, n, dtype=dtype, device=device)
     if sketch > 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from landscape_cli.results.base import Result, internal, numbered, reported
 from landscape_cli.results.blocks import BLOCK_ROWS, BlockSpectrum
@@ -46,6 +46,9 @@ class SpectrumResult(Result):
     #: True when the step budget ran out; else the products' precision stopped convergence
     budget_spent: bool = internal()
     density: DensityResult | None = reported(omit_none=True, default=None)
+    #: how the Lanczos basis was held (``linalg.memory.BasisLayout.describe``): ``storage``
+    #: float64, float32 or host, ``restarted`` (bounded, thick restart), ``max_vectors``
+    basis: dict[str, Any] | None = reported(omit_none=True, default=None)
     #: the file --save-vectors wrote the Ritz vectors to (the vectors stay out of the report)
     saved_vectors: str | None = reported(omit_none=True, default=None)
     #: with --bottom: λ_max/λ_min and its error where λ_min exceeds its residual (positive

@@ -8,6 +8,9 @@ box) and P the exact projection. At checkpoints w_j (after 22%, then shrinking i
 least 6% of the steps) η is halved and the search restarts from the best point when fewer than
 75% of the steps since the last checkpoint improved f, or when neither η nor the best value
 changed across the interval.
+
+Memory: a few vectors of n (x, the previous x, the best, z, the gradient, a step), declared as
+``linalg.memory.ascent_bytes``.
 """
 
 from __future__ import annotations

@@ -26,9 +26,12 @@ def _each(keys: tuple[str, ...], why: str) -> dict[str, str]:
     return dict.fromkeys(keys, why)
 
 
-_RESIDUALS = _each(("top_residuals", "bottom_residuals", "residual_floor"), _FLOAT64_CHECK)
+_BASIS = {"basis": "issue 27 §0: a new key, how the Lanczos basis was held (no number changed)"}
+_RESIDUALS = {**_each(("top_residuals", "bottom_residuals", "residual_floor"), _FLOAT64_CHECK),
+              **_BASIS}
 CHANGED_ON_PURPOSE: dict[str, dict[str, str]] = {
     **{name: _RESIDUALS for name in ("spectrum_mlp_density", "spectrum_cnn", "spectrum_transformer")},
+    **{name: _BASIS for name in ("spectrum_cnn_train_stats", "spectrum_mlp_params")},
     "spectrum_mlp": {**_RESIDUALS, "condition_number_note": _CONDITION},
     **{name: {**_each(("lambda_max_residual", "lambda_min_residual", "evidence"), _FLOAT64_CHECK),
               **_each(("condition_number", "condition_number_error", "condition_number_note"),

@@ -16,6 +16,7 @@ from helpers.quadratic import save_quadratic_checkpoint, symmetric_with_spectrum
 
 from landscape_cli.analyses.density import spectral_density
 from landscape_cli.linalg.lanczos import tridiagonal_eigh
+from landscape_cli.linalg.memory import NoMemory, slq_bytes
 from landscape_cli.linalg.operator import CallableOperator
 from landscape_cli.linalg.slq import (
     gaussian_density,
@@ -208,12 +209,18 @@ def test_without_reorthogonalization_the_quadrature_keeps_its_moments():
 
 
 def test_density_beyond_the_memory_budget_drops_reorthogonalization(quarter):
-    basis_bytes = 3 * 20 * 400 * 8
+    """The declared bytes: 3 runs × (the basis grown by doubling to 20 rows, which peaks at
+    20 + 16 rows while it copies, and 5 working vectors) × 400 numbers × 8 bytes; without
+    reorthogonalization 3 × (3 + 5) vectors; below that, nothing fits."""
+    basis_bytes = 3 * (20 + 16 + 5) * 400 * 8
+    assert slq_bytes(400, 3, 20, 8, reorthogonalize=True) == basis_bytes
     kept = spectral_density(matvec_of(quarter, memory=basis_bytes), runs=3, steps=20)
     dropped = spectral_density(matvec_of(quarter, memory=basis_bytes - 1), runs=3, steps=20)
     assert kept.reorthogonalized and not kept.notes
     assert not dropped.reorthogonalized and "without full reorthogonalization" in dropped.notes[0]
     assert dropped.negative_mass == pytest.approx(kept.negative_mass, abs=0.02)
+    with pytest.raises(NoMemory, match=r"SLQ with 3 runs of 400 parameters .* fewer --runs"):
+        spectral_density(matvec_of(quarter, memory=3 * 8 * 400 * 8 - 1), runs=3, steps=20)
 
 
 def test_negative_weight_ratio_matches_exact(quarter):
