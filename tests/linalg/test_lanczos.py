@@ -213,7 +213,7 @@ def test_a_residual_floor_from_rounding_is_named_not_blamed_on_steps():
     assert not all(result.top_converged) and result.lanczos_steps < 60
     assert result.residual_floor > 1e-10 * 10
     (note,) = result.warnings()
-    assert "not for want of steps" in note and "--dtype float64" in note
+    assert "not for want of steps" in note and "--precision 64" in note
     exhausted = spectrum(CallableOperator(operator, 200_000, torch.float32), top=2, tol=1e-10, max_hvps=3)
     assert "raise --max-hvps" in exhausted.warnings()[0]
 
