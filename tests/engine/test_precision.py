@@ -263,19 +263,20 @@ def _digits_file(path: Path, rows: int) -> Path:
 
 
 @pytest.mark.slow
-def test_a_run_on_eight_times_the_data_reports_more_memory(tmp_path):
+def test_a_run_on_32_times_the_data_reports_more_memory(tmp_path):
     """Each run in its own process: the maximum RSS of a process cannot be reset, so two runs in
-    one would compare the first with itself. 80,000 digits hold ~18 MB more than 10,000 (and
-    their kept graph more again), well above the few MB two runs of one size differ by (at 4×,
-    a loaded machine once measured less than 10 MiB between them)."""
+    one would compare the first with itself. 320,000 digits hold ~80 MB more than 10,000, and
+    their kept graph ~150 MB more again: far above what two runs of one size differ by, even on
+    a machine short of memory, where the kernel drops a process's clean library pages from its
+    RSS (at 8×, such a machine once measured less than 10 MiB between them)."""
     peaks = []
-    for rows in (10_000, 80_000):
+    for rows in (10_000, 320_000):
         data = _digits_file(tmp_path / f"digits{rows}.npz", rows)
         ran = run_process(["spectrum", MLP_CKPT, "--top", "1", "--max-hvps", "3", "--set",
                            f"data.path={data}", "--json"], env={"OMP_NUM_THREADS": "1"})
         assert ran.returncode == 0, ran.detail()
         peaks.append(ran.json()["cost"]["peak_memory_bytes"])
-    assert peaks[1] >= peaks[0] + (10 << 20), peaks
+    assert peaks[1] >= peaks[0] + (64 << 20), peaks
 
 
 @pytest.mark.slow
