@@ -32,8 +32,8 @@ from pydantic import (
 from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from landscape_cli.engine.names import AUTO, PRECISIONS, Precision, Strategy
 from landscape_cli.errors import CheckpointError, ConfigError
+from landscape_cli.names import AUTO, PRECISIONS, Precision, Strategy
 
 CONFIG_FILENAME = "landscape.yaml"
 CONFIG_ENV = "LANDSCAPE_CONFIG"

@@ -16,8 +16,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from landscape_cli.engine.names import PRECISIONS, STRATEGIES
 from landscape_cli.errors import LandscapeError
+from landscape_cli.names import PRECISIONS, STRATEGIES
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,11 @@ import torch
 
 from landscape_cli.engine import distributed
 from landscape_cli.engine.host_memory import keep_freed_memory
-from landscape_cli.engine.names import AUTO, CACHED, FD, STRATEGIES, STREAM
 from landscape_cli.engine.passes import Cost, Evaluation, Group, Passes, SavedBytes, reduce
 from landscape_cli.engine.plan import COMPILED_ROWS, Plan, join_batches, start, weighted_terms
 from landscape_cli.engine.problem import Problem
 from landscape_cli.errors import first_line
+from landscape_cli.names import AUTO, CACHED, FD, STRATEGIES, STREAM
 
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "

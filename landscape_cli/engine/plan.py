@@ -33,9 +33,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from landscape_cli.data_batches import concatenates
-from landscape_cli.engine.names import CACHED, FD, STREAM
 from landscape_cli.engine.passes import Group, Passes, SavedBytes
 from landscape_cli.engine.problem import Problem
+from landscape_cli.names import CACHED, FD, STREAM
 
 #: rows per compiled block: every block goes through ``torch.compile`` in chunks of this many
 #: rows (a single vector alone), so a run compiles once per batch shape, not once per block size

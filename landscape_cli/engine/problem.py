@@ -24,10 +24,10 @@ from torch.overrides import TorchFunctionMode
 
 from landscape_cli.data_batches import to_device
 from landscape_cli.engine import distributed
-from landscape_cli.engine.names import SDPA_FUSED, SDPA_MATH
 from landscape_cli.errors import ConfigError, LandscapeError, NumericalError, exception_line
 from landscape_cli.loading.data import Batches
 from landscape_cli.loading.factory import USER_CODE_ERRORS
+from landscape_cli.names import SDPA_FUSED, SDPA_MATH
 
 LossFn = Callable[[nn.Module, Any], Any]
 #: What a loss may return, by the config key that names it.

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
-from landscape_cli.engine.names import Precision
+from landscape_cli.names import Precision
 from landscape_cli.results.base import Result
 
 Number = float | None  # NaN and Inf are written as null

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from landscape_cli.linalg.names import TraceMethod
+from landscape_cli.names import TraceMethod
 from landscape_cli.results.base import Result, internal, reported
 from landscape_cli.results.rows import Each, Row, Rows, item, text
 
 if TYPE_CHECKING:
     from landscape_cli.linalg.trace import TraceEstimate
 
-#: The estimators (declared once, torch-free, in ``linalg/names.py``).
+#: The estimators (declared once, torch-free, in ``names.py``).
 Method = TraceMethod
 
 #: The columns of a block's row: the total's and each layer's.

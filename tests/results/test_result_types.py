@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from landscape_cli.commands import result_types
-from landscape_cli.linalg.names import TRACE_METHODS as METHODS
 from landscape_cli.linalg.trace import TraceEstimate
+from landscape_cli.names import TRACE_METHODS as METHODS
 from landscape_cli.report.gates import check_names, parse_gate
 from landscape_cli.report.render import rows_of
 from landscape_cli.report.schema import results_model

@@ -1,4 +1,6 @@
-"""The engine's names, declared once and torch-free (the CLI's ``--help`` reads them)."""
+"""The names a user types or reads (config values, option choices, report settings), declared
+once and torch-free: the config, the options, ``--help``, the schema and the code that acts on
+them all import them from here."""
 
 from __future__ import annotations
 
@@ -18,3 +20,7 @@ Precision = Literal[tuple(PRECISIONS)]
 #: how attention runs (``settings.attention``): SDPA's math backend, whose double backward the
 #: exact products need, or its fused kernels (flash, memory-efficient) under ``fd``
 SDPA_MATH, SDPA_FUSED = "sdpa-math", "sdpa-fused"
+
+#: the trace estimators (``linalg/trace.py``): Hutch++ (Meyer et al. 2021), Hutchinson (1989)
+TRACE_METHODS = ("hutchpp", "hutchinson")
+TraceMethod = Literal[TRACE_METHODS]
