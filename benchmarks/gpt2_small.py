@@ -2,7 +2,7 @@
 
     python benchmarks/gpt2_small.py build     # train 3 AdamW steps, save_pretrained + landscape.yaml
     python benchmarks/gpt2_small.py measure   # each figure from the CLI (--json) in a fresh process
-    python benchmarks/gpt2_small.py grads     # 1, 2 and 4 gradients in one pass (Passes.grads_at)
+    python benchmarks/gpt2_small.py products  # a gradient, exact and fd products, timed directly
 
 ``build`` makes ``transformers.GPT2Config()`` with ``n_positions=128`` (12 layers, width 768,
 the default vocabulary of 50,257 tokens: 124.4M parameters, the output layer tied to the token
@@ -11,15 +11,17 @@ windows of 128 bytes (byte-level tokens: ids < 256 of the vocabulary), and write
 ``save_pretrained`` (safetensors) and a ``landscape.yaml`` into ``benchmarks/.gpt2_small/``
 (ignored by git). The config's model, data and loss are this file's ``make_gpt2``,
 ``corpus_windows`` and ``lm_loss``. ``measure`` writes each command's report under
-``.gpt2_small/runs/`` and prints a Markdown table; ``grads`` times ``Passes.grads_at`` on 1, 2
-and 4 weight vectors: the cost of one gradient, of a plain central difference D(h) (2 gradients)
-and of the ``fd`` engine's Richardson product (4 gradients). transformers is needed here only.
+``.gpt2_small/runs/`` and prints a Markdown table; ``products`` times one gradient, exact
+products, gradients at 1 and 2 points in one pass (``Passes.grads_at``: a plain central
+difference D(h) costs 2) and the ``fd`` engine's Richardson product (4 gradients) directly.
+transformers is needed here only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -101,19 +103,28 @@ def build() -> None:
     print(f"{n:,} parameters saved to {FOLDER}")
 
 
-#: name: landscape arguments after the checkpoint folder (``--json`` is added)
+#: name: landscape arguments after the checkpoint folder (``--json`` is added). The default
+#: memory budget (40% of the RAM) refuses spectrum on a 23 GiB machine (benchmarks/README.md):
+#: the budgets below are the least that fit, the kept graph's 6 GiB included for exact products
 RUNS = {
     "gradient": ["sharpness", "--measures", "grad_norm"],
-    "exact_2": ["spectrum", "--top", "1", "--max-hvps", "2"],
-    "exact_4": ["spectrum", "--top", "1", "--max-hvps", "4"],
-    "fd_2": ["spectrum", "--top", "1", "--max-hvps", "2", "--hvp-strategy", "fd"],
-    "fd_4": ["spectrum", "--top", "1", "--max-hvps", "4", "--hvp-strategy", "fd"],
+    "gradient_plain": ["sharpness", "--measures", "grad_norm", "--hvp-strategy", "stream"],
+    "exact_2": ["spectrum", "--top", "1", "--max-hvps", "2", "--memory-budget", "17GiB"],
+    "exact_4": ["spectrum", "--top", "1", "--max-hvps", "4", "--memory-budget", "17GiB"],
+    "fd_2": ["spectrum", "--top", "1", "--max-hvps", "2", "--hvp-strategy", "fd", "--memory-budget", "11GiB"],
+    "fd_4": ["spectrum", "--top", "1", "--max-hvps", "4", "--hvp-strategy", "fd", "--memory-budget", "11GiB"],
 }
 
 
-def measure(names: list[str], extra: list[str]) -> None:
+def measure(names: list[str], extra: list[str], limit_gib: float | None) -> None:
     """Each run in a fresh process; its report goes to ``runs/NAME.json``, its one-line error
-    (if any) is printed with the exit code."""
+    (if any) is printed with the exit code. ``limit_gib``: the processes' address space, so that
+    a run that outgrows a shared machine fails alone instead of waking the OOM killer."""
+    def limit() -> None:
+        if limit_gib is not None:
+            size = int(limit_gib * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
     runs = FOLDER / "runs"
     runs.mkdir(exist_ok=True)
     print("| run | exit | wall s | HVPs | grads | peak memory GiB | strategy | attention |")
@@ -121,7 +132,7 @@ def measure(names: list[str], extra: list[str]) -> None:
     for name in names:
         command = ["landscape", *RUNS[name][:1], str(FOLDER), *RUNS[name][1:], *extra, "--json"]
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit)
         wall = time.perf_counter() - start
         (runs / f"{name}.json").write_text(done.stdout)
         if done.returncode not in (0, 1):
@@ -135,42 +146,74 @@ def measure(names: list[str], extra: list[str]) -> None:
               f"{peak:.2f} | {settings.get('hvp_strategy')} | {settings.get('attention')} |", flush=True)
 
 
-def grads(repeats: int) -> None:
-    """Seconds for ∇L at 1, 2 and 4 points in one pass over the data (median of ``repeats``)."""
-    import statistics
+def _timed(what: str, fn):
+    """``fn()``, its seconds printed after ``what``."""
+    start = time.perf_counter()
+    out = fn()
+    print(f"{what}: {time.perf_counter() - start:.1f} s", flush=True)
+    return out
 
+
+def products(parts: list[str]) -> None:
+    """Seconds of each piece in one process, one call each (a call is 0.5–2 minutes, so the
+    fixed costs the CLI's differences cancel are absent here): with SDPA's math backend, a plain
+    gradient, the kept first-order graph and two exact products through it (``cached``); then
+    with the fused kernels, gradients at 1 and 2 points in one pass (``Passes.grads_at``: a
+    plain central difference D(h) costs the 2) and one ``fd`` product (4 gradients, Richardson).
+    ``parts``: ``exact``, ``fd`` or both."""
     from landscape_cli.config import load_config
     from landscape_cli.engine.passes import Passes
     from landscape_cli.session import load
 
     problem = load(load_config(FOLDER / "landscape.yaml", []), FOLDER).problem
-    problem.objective.fused_attention = True  # as the fd engine runs them
+    print(f"n = {problem.n:,}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    generator = torch.Generator().manual_seed(0)
+    vector = torch.randn(problem.n, generator=generator, dtype=problem.theta0.dtype)
     passes = Passes(problem)
+    if "exact" in parts:
+        _exact_products(problem, passes, vector)
+    if "fd" in parts:
+        _fd_products(problem, passes, vector, generator)
+
+
+def _exact_products(problem, passes, vector: torch.Tensor) -> None:
+    from landscape_cli.engine.hvp import HVPEngine
+
+    _timed("gradient (math SDPA)", passes.value_and_grad)
+    engine = _timed("kept first-order graph (math SDPA)", lambda: HVPEngine(problem, strategy="cached"))
+    for i in range(2):
+        _timed(f"exact product {i + 1} (cached, math SDPA)", lambda e=engine: e.hvp(vector))
+    del engine  # and its kept graph
+    print(f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
+
+
+def _fd_products(problem, passes, vector: torch.Tensor, generator: torch.Generator) -> None:
+    from landscape_cli.engine.hvp import HVPEngine
+
     theta = problem.theta0
-    print(f"n = {problem.n:,}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for k in (1, 2, 4):
-        points = theta + 1e-3 * torch.randn(k, problem.n, dtype=theta.dtype)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            passes.grads_at(points)
-            times.append(time.perf_counter() - start)
-        runs = ", ".join(f"{t:.2f}" for t in times)
-        print(f"{k} gradient(s): {statistics.median(times):.2f} s (runs {runs})", flush=True)
+    problem.objective.fused_attention = True  # as the fd engine runs every pass
+    for k in (1, 2):
+        points = theta + 1e-3 * torch.randn(k, problem.n, generator=generator, dtype=theta.dtype)
+        _timed(f"{k} gradient(s) in one pass (fused SDPA)", lambda p=points: passes.grads_at(p))
+    fd = HVPEngine(problem, strategy="fd")
+    _timed("fd product (4 gradients, fused SDPA)", lambda: fd.hvp(vector))
+    print(f"fd measured error per unit vector {fd.product_error():.3e}; peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["build", "measure", "grads"])
+    parser.add_argument("what", choices=["build", "measure", "products"])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--limit-gib", type=float, default=None)
+    parser.add_argument("--parts", nargs="+", default=["exact", "fd"], choices=["exact", "fd"])
     args, extra = parser.parse_known_args()
     if args.what == "build":
         build()
     elif args.what == "measure":
-        measure(args.runs, extra)
+        measure(args.runs, extra, args.limit_gib)
     else:
-        grads(args.repeats)
+        products(args.parts)
 
 
 if __name__ == "__main__":
