@@ -104,8 +104,9 @@ def build() -> None:
 
 
 #: name: landscape arguments after the checkpoint folder (``--json`` is added). The default
-#: memory budget (40% of the RAM) refuses spectrum on a 23 GiB machine (benchmarks/README.md):
-#: the budgets below are the least that fit, the kept graph's 6 GiB included for exact products
+#: memory budget (40% of the RAM) refuses spectrum on a 23 GiB machine; the budgets below are
+#: the least the plan accepts for 2 products (the kept graph's 6 GiB included for exact ones),
+#: yet the runs outgrow the machine (benchmarks/README.md)
 RUNS = {
     "gradient": ["sharpness", "--measures", "grad_norm"],
     "gradient_plain": ["sharpness", "--measures", "grad_norm", "--hvp-strategy", "stream"],
