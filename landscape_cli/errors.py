@@ -68,6 +68,25 @@ class NumericalError(LandscapeError):
     """The loss, gradient or a Hessian-vector product is not finite."""
 
 
+#: how allocators say they ran out (torch's CPU allocator, CUDA's, Python's)
+_NO_MEMORY = ("can't allocate memory", "out of memory", "Cannot allocate memory")
+
+
+class OutOfMemory(LandscapeError):
+    """An allocation failed during the analysis: the memory budget plans the kept graph and
+    the algorithms' vectors, not everything a model's passes allocate."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> OutOfMemory | None:
+        """The one-line error for an allocation failure (None: ``exc`` is something else)."""
+        if not isinstance(exc, MemoryError) and not any(s in str(exc) for s in _NO_MEMORY):
+            return None
+        return cls(f"out of memory during the analysis ({first_line(exc)}): the memory budget "
+                   "covers the kept graph and the algorithms' vectors, not the model's own "
+                   "passes; lower --memory-budget, or use --hvp-strategy stream (no kept graph), "
+                   "fewer --top, or a smaller data.batch_size")
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM asked the run to stop (``cli/entry.py`` raises it from the signal
     handler). A ``BaseException``, like KeyboardInterrupt, so that no handler of errors turns

@@ -23,7 +23,7 @@ from landscape_cli.commands.context import ProgressFactory, Run, no_progress
 from landscape_cli.config import Config, find_config, load_config, resolve_device
 from landscape_cli.engine import distributed, peak_memory
 from landscape_cli.engine.hvp import NONFINITE
-from landscape_cli.errors import Interrupted, LandscapeError, NumericalError
+from landscape_cli.errors import Interrupted, LandscapeError, NumericalError, OutOfMemory
 from landscape_cli.loading.assemble import LoadOptions
 from landscape_cli.options import RunOptions, checked, jsonable
 from landscape_cli.paths import expand
@@ -130,6 +130,11 @@ def execute(prepared: Prepared, *, session: Session | None = None,
         result = prepared.command.run(run, **prepared.options)
     except FloatingPointError:
         raise NumericalError(NONFINITE) from None
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        error = OutOfMemory.of(exc)
+        if error is None:
+            raise
+        raise error from None
     except Interrupted as stop:
         if stop.partial is None:
             raise

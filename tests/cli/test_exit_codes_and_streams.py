@@ -389,3 +389,39 @@ def test_env_config_missing_is_an_error(tmp_path):
     assert result.returncode == 2
     assert "gone.yaml" in result.stderr and "LANDSCAPE_CONFIG" in result.stderr
     assert result.stdout == ""
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+#: what torch's CPU allocator raised on GPT-2-small (benchmarks/README.md, issue 27.4)
+CPU_ALLOCATOR = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                 "allocate memory: you tried to allocate 3960053760 bytes. Error code 12 "
+                 "(Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("error", [RuntimeError(CPU_ALLOCATOR), torch.OutOfMemoryError(
+    "CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError()],
+                         ids=["cpu-allocator", "cuda", "python"])
+def test_an_allocation_failure_is_one_line_naming_what_to_lower(monkeypatch, tmp_path, error):
+    from landscape_cli.engine.hvp import HVPEngine
+
+    def exhausted(self, vectors):
+        raise error
+
+    monkeypatch.setattr(HVPEngine, "hvp", exhausted)
+    ran = invoke(["spectrum", MLP, *FAST, "--top", "1", "-o", tmp_path / "out.json"])
+    line = assert_one_error(ran, ["out of memory", "--memory-budget", "--hvp-strategy stream"],
+                            folder=tmp_path, before=[])
+    assert "internal error" not in line
+
+
+def test_any_other_runtime_error_stays_an_internal_error(monkeypatch):
+    from landscape_cli.engine.hvp import HVPEngine
+
+    def broken(self, vectors):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(HVPEngine, "hvp", broken)
+    ran = invoke(["spectrum", MLP, *FAST, "--top", "1"])
+    assert ran.returncode == 3, ran.detail()
+    assert ran.stderr.startswith("internal error: RuntimeError: mat1 and mat2"), ran.detail()
