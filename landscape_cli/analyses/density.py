@@ -73,7 +73,7 @@ def spectral_density(operator: LinearOperator, *, runs: int = 10,
         local_bytes = slq_bytes(n, runs, steps, itemsize, reorthogonalize=False)
         if 0 < memory_budget < local_bytes:
             raise no_memory(f"SLQ with {runs} runs of {n:,} parameters (three vectors a run)",
-                            local_bytes, memory_budget, "fewer --runs, ")
+                            local_bytes, memory_budget, "ask fewer --runs")
         notes.append(f"SLQ without full reorthogonalization: the {runs} × {steps} Lanczos vectors "
                      f"({basis_bytes / 2**20:,.0f} MiB with their working vectors) exceed the "
                      f"memory left in the budget ({memory_budget / 2**20:,.0f} MiB); the density "

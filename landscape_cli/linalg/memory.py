@@ -187,9 +187,11 @@ def plan_lanczos(n: int, steps: int, wanted: int, tol: float, memory: int | None
 def no_memory(what: str, needed: int, memory: int, fewer: str = "") -> NoMemory:
     """The one line when ``what`` needs ``needed`` bytes at the least and ``memory`` are left:
     how much more budget would fit, or ``fewer`` (what to ask less of), or the other ways."""
+    ways = [f"raise --memory-budget by {gib(needed - memory)} or more",
+            *([fewer] if fewer else []),
+            "where the engine keeps its graph, --hvp-strategy stream or fd (no kept graph)"]
     return NoMemory(f"{what} needs at least {gib(needed)} for its vectors, but the memory budget "
-                    f"leaves {gib(memory)}: raise --memory-budget by {gib(needed - memory)} or "
-                    f"more, or use {fewer}--hvp-strategy fd (no kept graph)")
+                    f"leaves {gib(memory)}: " + "; or ".join(ways))
 
 
 def _no_room(n: int, wanted: int, least: int, memory: int) -> NoMemory:
@@ -198,4 +200,4 @@ def _no_room(n: int, wanted: int, least: int, memory: int) -> NoMemory:
                  if lanczos_bytes(n, restart_minimum(k), k, torch.float32) <= memory), default=0)
     return no_memory(f"Lanczos for {wanted} eigenpair(s) of {n:,} parameters (a restarted basis "
                      f"of {least} float32 vectors)", lanczos_bytes(n, least, wanted, torch.float32),
-                     memory, f"--top {fewer} (fewer pairs), " if fewer else "")
+                     memory, f"ask --top {fewer} (fewer pairs)" if fewer else "")

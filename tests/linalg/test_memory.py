@@ -142,4 +142,4 @@ def test_nothing_fits_refuses_before_any_product_in_one_line():
     line = str(refused.value)
     assert "\n" not in line and "124,000,000 parameters" in line
     assert "--memory-budget by" in line and "--top 1 (fewer pairs)" in line
-    assert "--hvp-strategy fd" in line and "--shard-model" not in line  # not an option yet
+    assert "--hvp-strategy stream or fd (no kept graph)" in line and "--shard-model" not in line
