@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from landscape_cli.analyses.directions import Plane
 from landscape_cli.analyses.plane_file import save_plane
+from landscape_cli.engine.problem import Problem
 from landscape_cli.linalg.lanczos import RitzPairs
 from landscape_cli.report.output import Destination, write_file
 from landscape_cli.report.tensor_file import safetensors_bytes
@@ -39,6 +40,13 @@ class VectorsFile:
     shapes: Sequence[Sequence[int]]
     theta0: torch.Tensor
     model_parameters: int
+
+    @classmethod
+    def of(cls, dest: Destination, problem: Problem) -> VectorsFile:
+        """The file for ``problem``'s analysed parameters, against its model's trainable ones."""
+        model = problem.objective.model
+        return cls(dest, problem.names, problem.shapes, problem.theta0,
+                   sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
 def _vectors(end: str, pairs: RitzPairs) -> list[tuple[str, dict, torch.Tensor]]:

@@ -83,9 +83,7 @@ def spectrum(
     if vectors_to is not None:
         from landscape_cli.analyses.eigenvectors import VectorsFile
 
-        model = problem.objective.model
-        vectors_file = VectorsFile(vectors_to, problem.names, problem.shapes, problem.theta0,
-                                   sum(p.numel() for p in model.parameters() if p.requires_grad))
+        vectors_file = VectorsFile.of(vectors_to, problem)
     with run.converging("Lanczos", total=None) as callback:
         result = lanczos_spectrum(run.engine, top=top, bottom=bottom, tol=tol,
                                   max_hvps=budget, seed=run.seed, callback=callback,
