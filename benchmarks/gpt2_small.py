@@ -11,9 +11,8 @@ windows of 128 bytes (byte-level tokens: ids < 256 of the vocabulary), and write
 ``save_pretrained`` (safetensors) and a ``landscape.yaml`` into ``benchmarks/.gpt2_small/``
 (ignored by git). The config's model, data and loss are this file's ``make_gpt2``,
 ``corpus_windows`` and ``lm_loss``. ``measure`` writes each command's report under
-``.gpt2_small/runs/`` and prints a Markdown table; ``products`` times one gradient, exact
-products, gradients at 1 and 2 points in one pass (``Passes.grads_at``: a plain central
-difference D(h) costs 2) and the ``fd`` engine's Richardson product (4 gradients) directly.
+``.gpt2_small/runs/`` and prints a Markdown table; ``products`` times a gradient, exact
+products and ``fd`` products (2 gradients, 4 with the error measured) directly.
 transformers is needed here only.
 """
 
@@ -103,17 +102,20 @@ def build() -> None:
     print(f"{n:,} parameters saved to {FOLDER}")
 
 
-#: name: landscape arguments after the checkpoint folder (``--json`` is added). The default
-#: memory budget (40% of the RAM) refuses spectrum on a 23 GiB machine; the budgets below are
-#: the least the plan accepts for 2 products (the kept graph's 6 GiB included for exact ones),
-#: yet the runs outgrow the machine (benchmarks/README.md)
+#: the parameter groups of the per-block run (``--blocks NAME=GLOB,...``): 4 blocks, so that a
+#: round of products is 4 rows (``module`` or ``tensor`` would give 100-odd blocks)
+GROUPS = ("embedding=transformer.wte.*,embedding=transformer.wpe.*,attention=*.attn.*,"
+          "mlp=*.mlp.*,norm=*.ln_*")
+
+#: name: landscape arguments after the checkpoint folder (``--json`` is added), each at the
+#: default memory budget (40% of the RAM)
 RUNS = {
-    "gradient": ["sharpness", "--measures", "grad_norm"],
-    "gradient_plain": ["sharpness", "--measures", "grad_norm", "--hvp-strategy", "stream"],
-    "exact_2": ["spectrum", "--top", "1", "--max-hvps", "2", "--memory-budget", "17GiB"],
-    "exact_4": ["spectrum", "--top", "1", "--max-hvps", "4", "--memory-budget", "17GiB"],
-    "fd_2": ["spectrum", "--top", "1", "--max-hvps", "2", "--hvp-strategy", "fd", "--memory-budget", "11GiB"],
-    "fd_4": ["spectrum", "--top", "1", "--max-hvps", "4", "--hvp-strategy", "fd", "--memory-budget", "11GiB"],
+    "gradient": ["sharpness", "--measures", "grad_norm", "--hvp-strategy", "stream"],
+    "spectrum_fd": ["spectrum", "--top", "1", "--hvp-strategy", "fd"],
+    "trace_fd": ["trace", "--max-hvps", "20", "--hvp-strategy", "fd"],
+    "spectrum_exact": ["spectrum", "--top", "1"],
+    "trace_exact": ["trace", "--max-hvps", "20"],
+    "per_block_fd": ["spectrum", "--per-block", "--top", "1", "--blocks", GROUPS, "--hvp-strategy", "fd"],
 }
 
 
@@ -156,12 +158,11 @@ def _timed(what: str, fn):
 
 
 def products(parts: list[str]) -> None:
-    """Seconds of each piece in one process, one call each (a call is 0.5–2 minutes, so the
+    """Seconds of each piece in one process, one call each (a call is 10 s–2 minutes, so the
     fixed costs the CLI's differences cancel are absent here): with SDPA's math backend, a plain
     gradient, the kept first-order graph and two exact products through it (``cached``); then
-    with the fused kernels, gradients at 1 and 2 points in one pass (``Passes.grads_at``: a
-    plain central difference D(h) costs the 2) and one ``fd`` product (4 gradients, Richardson).
-    ``parts``: ``exact``, ``fd`` or both."""
+    with the fused kernels, a gradient, two ``fd`` products (2 gradients each, the first with
+    its error measured: 4) and a checked one (4). ``parts``: ``exact``, ``fd`` or both."""
     from landscape_cli.config import load_config
     from landscape_cli.engine.passes import Passes
     from landscape_cli.session import load
@@ -174,32 +175,37 @@ def products(parts: list[str]) -> None:
     if "exact" in parts:
         _exact_products(problem, passes, vector)
     if "fd" in parts:
-        _fd_products(problem, passes, vector, generator)
+        _fd_products(problem, passes, vector)
+
+
+def _peak() -> str:
+    return f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
 
 
 def _exact_products(problem, passes, vector: torch.Tensor) -> None:
     from landscape_cli.engine.hvp import HVPEngine
 
     _timed("gradient (math SDPA)", passes.value_and_grad)
+    print(_peak(), flush=True)
     engine = _timed("kept first-order graph (math SDPA)", lambda: HVPEngine(problem, strategy="cached"))
     for i in range(2):
         _timed(f"exact product {i + 1} (cached, math SDPA)", lambda e=engine: e.hvp(vector))
     del engine  # and its kept graph
-    print(f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
+    print(_peak(), flush=True)
 
 
-def _fd_products(problem, passes, vector: torch.Tensor, generator: torch.Generator) -> None:
+def _fd_products(problem, passes, vector: torch.Tensor) -> None:
     from landscape_cli.engine.hvp import HVPEngine
 
-    theta = problem.theta0
     problem.objective.fused_attention = True  # as the fd engine runs every pass
-    for k in (1, 2):
-        points = theta + 1e-3 * torch.randn(k, problem.n, generator=generator, dtype=theta.dtype)
-        _timed(f"{k} gradient(s) in one pass (fused SDPA)", lambda p=points: passes.grads_at(p))
-    fd = HVPEngine(problem, strategy="fd")
-    _timed("fd product (4 gradients, fused SDPA)", lambda: fd.hvp(vector))
-    print(f"fd measured error per unit vector {fd.product_error():.3e}; peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
+    _timed("gradient (fused SDPA)", passes.value_and_grad)
+    print(_peak(), flush=True)
+    fd = HVPEngine(problem, strategy="fd", passes=passes)
+    for i in range(2):
+        _timed(f"fd product {i + 1} (fused SDPA{', error measured' if i == 0 else ''})",
+               lambda: fd.hvp(vector))
+    _timed("checked fd product (4 gradients)", lambda: fd.checked(vector[None]))
+    print(f"fd measured error per unit vector {fd.product_error():.3e}; {_peak()}", flush=True)
 
 
 def main() -> None:

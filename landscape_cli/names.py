@@ -8,7 +8,7 @@ from typing import Literal
 
 AUTO, CACHED, STREAM, FD = "auto", "cached", "stream", "fd"
 #: ``engine.strategy`` / ``--hvp-strategy``: keep the first-order graph, stream the data, or
-#: keep it where it fits the memory budget (``engine/plan.py``); or finite differences of
+#: keep it where it fits half the memory budget (``engine/plan.py``); or finite differences of
 #: ordinary gradients, for models without double backward (``engine/hvp.py``)
 STRATEGIES = (AUTO, CACHED, STREAM, FD)
 Strategy = Literal[STRATEGIES]

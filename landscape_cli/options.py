@@ -166,7 +166,7 @@ RUN_OPTIONS: dict[str, Option] = {
                      "(repeatable).", metavar="GLOB", panel=_INPUT),
     "batches": Option("Use only the first N batches of the data.", min=1, panel=_INPUT),
     "hvp_strategy": Option("HVP engine strategy: auto (default) keeps the first-order graph "
-                           "('cached') when it fits the memory budget, else streams batches "
+                           "('cached') when it fits half the memory budget, else streams batches "
                            "('stream'), and goes 'fd' where exact products fail; 'fd': finite "
                            "differences of gradients, with their measured error in the "
                            "residuals (no double backward: fused attention kernels, custom "

@@ -42,7 +42,7 @@ import torch
 from landscape_cli.engine import distributed
 from landscape_cli.engine.host_memory import keep_freed_memory
 from landscape_cli.engine.passes import Cost, Evaluation, Group, Passes, SavedBytes, reduce
-from landscape_cli.engine.plan import COMPILED_ROWS, Plan, join_batches, start, weighted_terms
+from landscape_cli.engine.plan import CACHED_SHARE, COMPILED_ROWS, Plan, join_batches, start, weighted_terms
 from landscape_cli.engine.problem import Problem
 from landscape_cli.errors import first_line
 from landscape_cli.names import AUTO, CACHED, FD, STRATEGIES, STREAM
@@ -50,8 +50,18 @@ from landscape_cli.names import AUTO, CACHED, FD, STRATEGIES, STREAM
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
              "the loss is not twice differentiable there or overflows in this dtype "
              "(try dtype: float64)")
-#: the fd step: the perturbation h·v has length ε^FD_STEP_POWER·max(1, rms θ₀) (``_hvp_fd``)
-FD_STEP_POWER = 1 / 4
+#: the fd step: the perturbation h·v has length ε^FD_STEP_POWER·max(1, rms θ₀), ε of the dtype
+#: the passes compute in: a central difference's rounding (~ε/h) and truncation (~h²) balance
+#: at h ~ ε^(1/3) (``_hvp_fd``)
+FD_STEP_POWER = 1 / 3
+#: fd products measure their error (a second step, two more gradients) on the first product and
+#: then on one in every FD_CHECK_EVERY, so that a product costs about two gradients
+FD_CHECK_EVERY = 16
+#: the measured error is FD_MARGIN·‖D(h) − D(2h)‖ per unit vector (``_hvp_fd``)
+FD_MARGIN = 2
+#: vectors of n (the model's dtype) an fd product holds beyond its result: a checked product's
+#: two rows, a point and its gradient, and the sum over groups (``Passes.gradient_differences``)
+FD_VECTORS = 6
 
 
 class _OverBudget(Exception):
@@ -99,10 +109,14 @@ class HVPEngine:
         self._grad: torch.Tensor | None = None
         #: exact(): the float64 engine, made when first asked (False: it could not be made)
         self._exact: HVPEngine | bool | None = None
+        #: the bytes a kept graph had saved when it outgrew its share of the budget (auto)
+        self._graph_at_least = 0
         self._compiled = None
-        #: fd: the length of the perturbation h·v, and the largest measured error so far
+        #: fd: the length of the perturbation h·v, the largest measured error so far, and the
+        #: products since the last measurement (None: none measured yet)
         self._fd_length = 0.0
-        self._fd_error: torch.Tensor | None = None
+        self._fd_error = 0.0
+        self._fd_unchecked: int | None = None
         if self.compile and self.strategy != FD:
             # Dynamo keeps its graphs, and its limit of 8 recompilations, per code object: shared
             # by every engine of the process, so once 8 graphs were spent (two or three models)
@@ -133,13 +147,21 @@ class HVPEngine:
         """The same Hessian with float64 products where this engine's are float32 (None where
         they are float64): a float64 copy of the model on the same data (the batches cast as
         they go to the device), streamed batch by batch, its products counted in ``cost``. The
-        algorithms measure the float32 products' distance to it (``linalg/lanczos.py``). An
-        ``fd`` engine's copy is ``fd`` too: it works wherever the float32 products do (exact
-        products fail on the models fd is for), and its float64 error, ~1e-12 relative and
-        measured, adds to the residuals as the float32 one would."""
-        if self.problem.dtype == torch.float64:
+        algorithms measure the float32 products' distance to it (``linalg/lanczos.py``). None for
+        an ``fd`` engine too: the error its products measure (``product_error``) is their
+        distance to the exact products, the float32 gradients' rounding included."""
+        if self.problem.dtype == torch.float64 or self.mode == FD:
             return None
         if self._exact is None:
+            needed = self._float64_bytes()
+            if needed > self.memory_budget > 0:
+                self._warn("no float64 copy of the model for the error bars",
+                           RuntimeError(f"it needs at least {needed / 2**30:,.2f} GiB, over the "
+                                        f"memory budget of {self.memory_budget / 2**30:,.2f} GiB"),
+                           "float32 residuals measure the products against themselves, not "
+                           "against the exact Hessian (--dtype float64 is exact)")
+                self._exact = False
+                return None
             try:
                 objective = copy.deepcopy(self.problem.objective).double()
                 objective.autocast = None  # the reference runs in float64 alone
@@ -157,14 +179,22 @@ class HVPEngine:
                                     passes=Passes(problem, cost=self.cost, warnings=self.warnings))
         return self._exact or None
 
+    def _float64_bytes(self) -> int:
+        """The least a float64 copy's products hold: θ and the model in float64, and twice the
+        first-order graph this engine kept, or had saved when it outgrew the budget's share
+        (0 where none was measured)."""
+        graph = max(self.plan.cached_bytes, self._graph_at_least)
+        return 2 * self.size * 8 + 2 * graph
+
     # ------------------------------------------------------------------ first order
 
     def _cache_or_stream(self) -> None:
-        """``auto``: keep the graph where it fits the budget, and stream, with a warning, where
-        the GPU runs out of memory first (the default budget is a share of the GPU's memory,
-        not of what other processes left free)."""
+        """``auto``: keep the graph where it fits ``CACHED_SHARE`` of the budget (the rest is the
+        algorithms' vectors': a graph that filled the budget would leave a Krylov basis no
+        room), and stream, with a warning, where the GPU runs out of memory first (the default
+        budget is a share of the GPU's memory, not of what other processes left free)."""
         try:
-            self._build_cache(self.memory_budget)
+            self._build_cache(int(self.memory_budget * CACHED_SHARE))
         except torch.OutOfMemoryError as exc:
             self._warn("the kept first-order graph ran out of GPU memory", exc,
                        "streamed instead (a set --memory-budget or --hvp-strategy keeps the "
@@ -216,6 +246,7 @@ class HVPEngine:
                 # a process's own graph: its products are reduced (``_hvp_cached``), not it
                 loss, grad_graph = self.passes.sum_over(term, groups, reduced=False)
         except _OverBudget:
+            self._graph_at_least = saved.bytes
             return None
         return _FirstOrderGraph(theta, grad_graph, loss, saved.bytes, largest_group)
 
@@ -228,9 +259,13 @@ class HVPEngine:
         return self.plan.groups
 
     def memory_left(self) -> int:
-        """Bytes of the memory budget the cached graph leaves for the algorithms' vectors (the
-        least over the ranks under torchrun: the algorithms' choices must be the same on all)."""
-        return distributed.all_min(max(self.memory_budget - self.plan.cached_bytes, 0))
+        """Bytes of the memory budget the cached graph, or the fd products' own vectors
+        (``FD_VECTORS``), leave for the algorithms' vectors (the least over the ranks under
+        torchrun: the algorithms' choices must be the same on all)."""
+        held = self.plan.cached_bytes
+        if self.mode == FD:
+            held += FD_VECTORS * self.size * self.dtype.itemsize
+        return distributed.all_min(max(self.memory_budget - held, 0))
 
     def loss(self) -> float:
         """L(θ₀), the sample-weighted mean loss over the dataset (``Passes.at_theta0``)."""
@@ -250,15 +285,29 @@ class HVPEngine:
 
     # ------------------------------------------------------------------ second order
 
-    def hvp(self, vectors: torch.Tensor) -> torch.Tensor:
-        """H·vᵢ for each row of ``vectors`` (k×n, or a single vector of n)."""
+    def hvp(self, vectors: torch.Tensor, *, every_row_checked: bool = False) -> torch.Tensor:
+        """H·vᵢ for each row of ``vectors`` (k×n, or a single vector of n); by ``fd``, with each
+        row's error measured where asked (``checked``), else on the schedule of ``_hvp_fd``."""
         single = vectors.dim() == 1
         block = vectors.unsqueeze(0) if single else vectors
         block = block.to(device=self.problem.device, dtype=self.problem.dtype)
-        out = self._hvp_fd(block) if self.mode == FD else self._exact_hvp(block)
+        if self.mode == FD:
+            out = self._hvp_fd(block, every_row_checked)
+        else:
+            out = self._exact_hvp(block)
         self.cost.hvps += block.shape[0]
         self.cost.hvp_blocks += 1
         return out[0] if single else out
+
+    def checked(self, block: torch.Tensor) -> torch.Tensor:
+        """H·vᵢ for each row with each row's error measured (``fd``; the vectors a result is
+        reported at: ``linalg.operator.checked``); exact products otherwise."""
+        return self.hvp(block, every_row_checked=True)
+
+    @property
+    def approximate(self) -> bool:
+        """Whether the products are finite differences with a measured error (``fd``)."""
+        return self.mode == FD
 
     def _exact_hvp(self, block: torch.Tensor) -> torch.Tensor:
         """H·V through the kept graph or streamed; under ``auto``, by finite differences where
@@ -281,45 +330,57 @@ class HVPEngine:
 
     def _finite_differences(self, reason: str) -> None:
         """Products by finite differences from now on (``_hvp_fd``): the kept graph, if any, is
-        dropped, and attention runs through SDPA's fused kernels in every later pass."""
+        dropped, and attention runs through SDPA's fused kernels in every later pass. The step
+        follows the precision the passes compute in (the autocast dtype under a mixed one)."""
         self._grad_graph = self._theta = None
         self.plan = self.plan.finite_differences(reason)
-        self.problem.objective.fused_attention = True
+        objective = self.problem.objective
+        objective.fused_attention = True
+        computed_in = objective.autocast[1] if objective.autocast else self.problem.dtype
         theta = self.problem.theta0
-        rms = float(torch.linalg.vector_norm(theta.double())) / max(theta.numel(), 1) ** 0.5
-        self._fd_length = torch.finfo(self.problem.dtype).eps ** FD_STEP_POWER * max(1.0, rms)
+        rms = float(torch.linalg.vector_norm(theta, dtype=torch.float64)) / max(theta.numel(), 1) ** 0.5
+        self._fd_length = torch.finfo(computed_in).eps ** FD_STEP_POWER * max(1.0, rms)
 
-    def _hvp_fd(self, block: torch.Tensor) -> torch.Tensor:
-        """H·vᵢ for each row by central differences of gradients, Richardson-extrapolated:
-        D(h) = (∇L(θ+hv) − ∇L(θ−hv))/2h = Hv + c·h² + O(h⁴) + ρ_h/h (ρ: the gradients'
-        rounding), and R = D(h) + (D(h) − D(2h))/3 cancels the h² term (Nocedal & Wright,
-        *Numerical Optimization*, §8.1). Step: h·‖v‖ = ε^(1/4)·max(1, rms θ₀), between the
-        rounding/truncation balance of D (ε^(1/3)) and of R (ε^(1/5)): R is nearly as
-        accurate as at its own balance, while D's truncation, which the error estimate
-        measures, is still large enough to stand above the rounding. Error, per unit vector:
-        2‖D(h) − D(2h)‖/‖v‖ (the largest so far: ``product_error``). D(h) − D(2h) =
-        −3c·h² + ρ_h/h − ρ_2h/2h, so the estimate is six times D's truncation where that
-        dominates (R's is O(h⁴)), and where rounding dominates it is ~2.2ρ/h against R's own
-        (8ρ_h − ρ_2h)/6h ~ 1.3ρ/h for independent roundings. Four gradients per row, all
-        rows' in one pass over the groups (``Passes.grads_at``); differences in float64."""
+    def _hvp_fd(self, block: torch.Tensor, every_row: bool = False) -> torch.Tensor:
+        """H·vᵢ for each row by a central difference of gradients, D(h) = (∇L(θ+hv) − ∇L(θ−hv))/2h
+        = Hv + c·h² + ρ/h (c: the third derivative's term along v, ρ: the gradients' rounding),
+        with h·‖v‖ = ε^(1/3)·max(1, rms θ₀), where the two balance (Nocedal & Wright, *Numerical
+        Optimization*, §8.1). The error is measured from a second step on a row:
+        D(h) − D(2h) = −3c·h² + ρ_h/h − ρ_2h/2h, three times D's truncation where that
+        dominates and ~1.1ρ/h against D's ρ/h where rounding does; ``FD_MARGIN`` times it per
+        unit vector is the error reported (the largest so far: ``product_error``). Measured on
+        ``every_row`` where asked (the vectors a result is reported at, whose c can be far
+        larger than a random vector's), else on the first row of the first product and of one
+        product in every ``FD_CHECK_EVERY``. Two gradients per row, two more per measured row,
+        all in one pass over the groups (``Passes.gradient_differences``), in the model's
+        dtype."""
         rows = len(block)
-        wide = block.to(torch.float64)
-        norms = torch.linalg.vector_norm(wide, dim=1, keepdim=True)
+        norms = torch.linalg.vector_norm(block, dim=1, dtype=torch.float64)
         norms = torch.where(norms > 0, norms, torch.ones_like(norms))  # H·0 = 0 at any step
-        h = self._fd_length / norms
-        steps = torch.cat([h, -h, 2 * h, -2 * h])
-        points = self.problem.theta0.to(torch.float64) + steps * wide.repeat(4, 1)
-        grads = self.passes.grads_at(points, self._batch_groups()).to(torch.float64)
-        plus, minus, far_plus, far_minus = grads.split(rows)
-        near, far = (plus - minus) / (2 * h), (far_plus - far_minus) / (4 * h)
-        error = (2 * torch.linalg.vector_norm(near - far, dim=1) / norms[:, 0]).max()
-        self._fd_error = error if self._fd_error is None else torch.maximum(self._fd_error, error)
-        return (near + (near - far) / 3).to(self.problem.dtype)
+        steps = (self._fd_length / norms).tolist()
+        due = self._fd_unchecked is None or self._fd_unchecked + rows > FD_CHECK_EVERY
+        measured = rows if every_row else int(due)
+        directions = torch.cat([block, block[:measured]]) if measured else block
+        differences = self.passes.gradient_differences(
+            directions, steps + [2 * step for step in steps[:measured]], self._batch_groups())
+        products = differences[:rows].div_(
+            torch.tensor([2 * step for step in steps], dtype=differences.dtype,
+                         device=differences.device)[:, None])
+        if measured:
+            far = differences[rows:].div_(
+                torch.tensor([4 * step for step in steps[:measured]], dtype=differences.dtype,
+                             device=differences.device)[:, None])
+            gaps = torch.linalg.vector_norm(products[:measured] - far, dim=1, dtype=torch.float64)
+            error = float((FD_MARGIN * gaps / norms[:measured]).max())
+            self._fd_error = max(self._fd_error, error)
+            self._fd_unchecked = 0
+        self._fd_unchecked += rows - measured
+        return products
 
     def product_error(self) -> float:
         """The largest measured error ‖H̃v − Hv‖ per unit vector of the products so far (``fd``;
         0 for exact products, whose rounding the algorithms measure themselves)."""
-        return 0.0 if self._fd_error is None else float(self._fd_error)
+        return self._fd_error
 
     def _cached_backward(self, vectors: torch.Tensor, batched: bool) -> torch.Tensor:
         """One backward pass through the kept graph: H·v, or H·vᵢ for each row when batched."""

@@ -63,6 +63,15 @@ def reduce(sums: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return tuple(all_sum([s.contiguous() for s in sums]))
 
 
+def _added(total: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """total + value, in place where no graph records it (the same sum, without a third copy
+    of a sum as large as the model); every term returns fresh tensors."""
+    if (total.requires_grad or value.requires_grad or total.shape != value.shape
+            or total.dtype != value.dtype):
+        return total + value
+    return total.add_(value)
+
+
 class SavedBytes:
     """Saved-tensor hooks that add up the distinct storages autograd keeps for backward."""
 
@@ -167,7 +176,7 @@ class Passes:
         self.cost.data_passes += 1
         for weight, indices in self.per_batch() if groups is None else groups:
             values = term(weight, self.batch_of(indices))
-            total = list(values) if total is None else [a + b for a, b in zip(total, values)]
+            total = list(values) if total is None else [_added(a, b) for a, b in zip(total, values)]
         if total is None:  # a process without batches adds zeros of the sums' shapes
             total = [torch.zeros_like(v) for v in term(0.0, self.batch_of([0]))]
         return reduce(total) if reduced else tuple(total)
@@ -251,24 +260,31 @@ class Passes:
             self.keep_loss(float(loss))
         return float(loss), grad
 
-    def grads_at(self, thetas: torch.Tensor, groups: Sequence[Group] | None = None) -> torch.Tensor:
-        """∇L(θⱼ) for each row of ``thetas`` (k×n) in one pass over the data (each batch, or
-        group, moved to the device once): one ordinary backward pass per row and batch, no
-        graph kept past it (the finite-difference products of ``engine/hvp.py``)."""
-        rows = thetas.detach().to(device=self.problem.device, dtype=self.problem.dtype)
+    def gradient_differences(self, directions: torch.Tensor, steps: Sequence[float],
+                             groups: Sequence[Group] | None = None) -> torch.Tensor:
+        """∇L(θ₀ + sⱼdⱼ) − ∇L(θ₀ − sⱼdⱼ) for each row dⱼ of ``directions`` (k×n) and step sⱼ, in
+        one pass over the data (each batch, or group, moved to the device once): two ordinary
+        backward passes per row and batch, each point formed in the model's dtype only while its
+        gradient is taken, no graph kept past it (the finite-difference products of
+        ``engine/hvp.py``). Holds k + 2 vectors of n, and as many again for a sum over groups."""
+        theta0 = self.problem.theta0
+        rows = directions.detach().to(device=theta0.device, dtype=theta0.dtype)
+
+        def gradient(weight: float, batch: Any, row: torch.Tensor, step: float) -> torch.Tensor:
+            theta = torch.add(theta0, row, alpha=step).requires_grad_(True)
+            return torch.autograd.grad(weight * self.problem.mean_batch_loss(theta, batch), theta)[0]
 
         def term(weight: float, batch: Any) -> tuple[torch.Tensor]:
-            grads = []
-            for row in rows:
-                theta = row.clone().requires_grad_(True)
-                loss = weight * self.problem.mean_batch_loss(theta, batch)
-                grads.append(torch.autograd.grad(loss, theta)[0])
-            return (torch.stack(grads),)
+            out = torch.empty_like(rows)
+            for j, (row, step) in enumerate(zip(rows, steps)):
+                out[j] = gradient(weight, batch, row, step)
+                out[j].sub_(gradient(weight, batch, row, -step))
+            return (out,)
 
-        grads, = self.sum_over(term, groups)
-        self.cost.grads += len(rows)
-        self.cost.forwards += len(rows) * len(self.problem.own)
-        return grads
+        differences, = self.sum_over(term, groups)
+        self.cost.grads += 2 * len(rows)
+        self.cost.forwards += 2 * len(rows) * len(self.problem.own)
+        return differences
 
     def evaluate_many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,
                       *, buffers_per_row: bool = False) -> list[Evaluation]:

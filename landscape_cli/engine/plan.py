@@ -9,14 +9,15 @@ batches). Two modes:
 
 * ``cached``: the first-order graph of the whole dataset is kept and each block H·V is a
   backward pass through it, batched over the rows (``is_grads_batched``) or one row at a time
-  (``Plan.cached_blocks_batched``); chosen by ``auto`` when that graph fits the memory budget.
+  (``Plan.cached_blocks_batched``); chosen by ``auto`` when that graph fits half the memory
+  budget (``CACHED_SHARE``), the other half left to the algorithms' vectors.
 * ``stream``: group by group, one group on the device at a time; a product goes through
   forward-over-reverse (vmapped over the rows, in chunks of ``Plan.chunk`` rows) or double
   backward (``Plan.forward_over_reverse_for``); with ``compile``, forward-over-reverse through
   ``torch.compile`` in chunks of ``COMPILED_ROWS`` rows.
-* ``fd``: the stream plan without double backward: a block's products are finite differences
-  of ordinary gradients at 4 points per row, all taken in one pass over the groups
-  (``Passes.grads_at``); nothing is kept between passes. Chosen by the user, or by ``auto``
+* ``fd``: the stream plan without double backward: a block's products are central differences
+  of ordinary gradients at 2 points per row, all taken in one pass over the groups
+  (``Passes.gradient_differences``); nothing is kept between passes. Chosen by the user, or by ``auto``
   where a model's exact products fail (``Plan.reason`` says which).
 
 Every choice is a rule on the device type and the measured bytes (fixed for a model, data,
@@ -50,6 +51,9 @@ BATCHED_BYTES = 256 << 20
 #: batching pays where a group's operators are too small to keep the cores busy, and otherwise
 #: only adds vmap's overhead (measured at 2 threads; more cores may want a larger bound)
 CPU_BATCHED_GROUP_BYTES = 6 << 20
+#: the share of the memory budget ``auto`` lets the kept graph take; the rest is the algorithms'
+#: (a Krylov basis of a 124M-parameter model needs gigabytes: ``linalg/memory.py``)
+CACHED_SHARE = 0.5
 #: rows per vmapped forward-over-reverse before any bound applies
 UNCHUNKED = 1 << 30
 

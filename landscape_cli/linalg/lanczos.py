@@ -38,7 +38,7 @@ import torch
 
 from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.memory import CHUNK_BYTES, BasisLayout, plan_lanczos
-from landscape_cli.linalg.operator import LinearOperator, product_error
+from landscape_cli.linalg.operator import LinearOperator, approximate, checked, product_error
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -129,7 +129,7 @@ def _orthogonalize(w: torch.Tensor, basis: KrylovBasis, size: int) -> tuple[torc
     removed = torch.zeros(size, dtype=w.dtype, device=w.device)
     for _ in range(2):
         coefficients = basis.coefficients(w, size)
-        w = w - basis.combination(coefficients, size)
+        basis.subtract_combination(w, coefficients, size)
         removed = removed + coefficients
     return w, removed
 
@@ -144,7 +144,10 @@ class KrylovBasis:
     def __init__(self, n: int, layout: BasisLayout, device: torch.device):
         self.layout, self.device = layout, device
         home = torch.device("cpu") if layout.on_host else device
-        self.rows = torch.empty(1, n, dtype=layout.storage, device=home)
+        # a bounded basis that restarts will fill: it takes its bound at once, which the plan
+        # set aside for it, rather than a copy of half of it at the last doubling
+        first = layout.max_vectors if layout.restarted else 1
+        self.rows = torch.empty(first, n, dtype=layout.storage, device=home)
         self.size = 0
 
     @property
@@ -163,10 +166,12 @@ class KrylovBasis:
         return q if self.layout.storage == torch.float64 else self._columns(self.size - 1, slice(None))[0]
 
     def rounding(self, q: torch.Tensor) -> torch.Tensor | None:
-        """‖q − q as stored‖ (None where the storage is float64)."""
+        """‖q − q as stored‖ (None where the storage is float64), a slice at a time."""
         if self.layout.storage == torch.float64:
             return None
-        return torch.linalg.vector_norm(q - q.to(self.layout.storage).to(torch.float64))
+        squares = sum(float(((q[c] - q[c].to(self.layout.storage).to(torch.float64)) ** 2).sum())
+                      for c in self._slices(1))
+        return torch.tensor(squares, dtype=torch.float64, device=q.device).sqrt()
 
     def _columns(self, start: int, columns: slice, stop: int | None = None) -> torch.Tensor:
         """Rows start..stop (one row when stop is None) of some columns, float64 on the device."""
@@ -188,6 +193,15 @@ class KrylovBasis:
         if self.layout.exact:
             return self.rows[:size].T @ c
         return torch.cat([self._columns(0, cols, size).T @ c for cols in self._slices(size)])
+
+    def subtract_combination(self, w: torch.Tensor, c: torch.Tensor, size: int) -> None:
+        """w −= Qᵀ·c over the first ``size`` rows, in place (a slice at a time where the basis
+        is read through slices: no temporary of n)."""
+        if self.layout.exact:
+            w.sub_(self.rows[:size].T @ c)
+            return
+        for cols in self._slices(size):
+            w[cols].sub_(self._columns(0, cols, size).T @ c)
 
     def ritz(self, s: torch.Tensor, size: int) -> torch.Tensor:
         """s·Q over the first ``size`` rows (s a vector or rows of coefficients)."""
@@ -262,7 +276,9 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
     eps = torch.finfo(dtype).eps  # breakdown is judged at the products' own precision
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        return operator(v.to(dtype)[None])[0].to(krylov)
+        """A·v in float64, a fresh tensor (the step works on it in place)."""
+        out = operator(v.to(dtype)[None])[0]
+        return out.clone() if out.dtype == krylov else out.to(krylov)
 
     def random_unit() -> torch.Tensor:
         v = torch.randn(n, generator=generator, dtype=dtype, device="cpu").to(device, krylov)
@@ -287,10 +303,11 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
         q = basis.append(q)
         w = product(q)
         alpha_t = torch.dot(q, w)
+        w.sub_(alpha_t * q)  # in place: the same numbers, no copy of n
         if kept and row == len(kept):
-            w = w - alpha_t * q - basis.combination(torch.tensor(arrow, dtype=krylov, device=device), row)
-        else:
-            w = w - alpha_t * q - (beta * prev if prev is not None else 0)
+            basis.subtract_combination(w, torch.tensor(arrow, dtype=krylov, device=device), row)
+        elif prev is not None:
+            w.sub_(beta * prev)
         w, removed = _orthogonalize(w, basis, row + 1)
         columns.append(removed)
         beta_t = torch.linalg.vector_norm(w)
@@ -333,7 +350,8 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
         if (step + 1 >= wanted and complete and result.converged
                 and (first_block is None or step + 1 - block_start > first_block)):
             break
-        prev, q = q, w / beta_t
+        prev, q = q, w.div_(beta_t)
+    q = prev = w = None  # the working vectors, before the Ritz vectors take their place
     measured = _measured(result, product, operator.exact(), basis, columns, T, betas[-1],
                          dropped, vectors, values, tol, operator)
     return replace(measured, layout=layout, basis_rows=len(basis.rows))
@@ -383,9 +401,10 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     each coupling T leaves out (cut at breakdowns, carried by restarts, a float32 basis'
     rounding). The first wanted pair's residual is also measured with a fresh
     product, or, where ``exact`` (the operator in float64) is given, every wanted pair's with a
-    float64 product; the most that adds is the products' own error, added to every pair (one
-    read), with the error the checking operator measured in its own products (finite
-    differences: ``operator.product_error``)."""
+    float64 product, or, where the products are approximate (finite differences), every wanted
+    pair's with a product whose own error is measured at that vector (``operator.checked``);
+    the most that adds is the products' own error, added to every pair (one read), with the
+    error the checking operator measured in its own products (``operator.product_error``)."""
     m = len(T)
     top, bottom = len(result.top.values), len(result.bottom.values)
     order_top, order_bottom = _ends(m, top, bottom)
@@ -393,23 +412,26 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     if not wanted:
         return result
     s = vectors[:, wanted]
-    if exact is None:
-        checked = wanted[:1]
-        y = basis.ritz(s[:, 0], m)
-        y = y / torch.linalg.vector_norm(y)
-        fresh_t = torch.linalg.vector_norm(product(y) - float(values[wanted[0]]) * y)[None]
+    ritz = basis.ritz(s.T, m)
+    ritz.div_(torch.linalg.vector_norm(ritz, dim=1, keepdim=True))
+    if exact is None and not approximate(operator):
+        fresh_rows = wanted[:1]
+        image = product(ritz[0])
+        fresh_t = torch.linalg.vector_norm(image.sub_(float(values[wanted[0]]) * ritz[0]))[None]
     else:
-        checked = wanted
-        ys = basis.ritz(s.T, m)
-        ys = ys / torch.linalg.vector_norm(ys, dim=1, keepdim=True)
-        thetas = values[wanted].to(device=basis.device)[:, None]
-        fresh_t = torch.linalg.vector_norm(exact(ys).to(torch.float64) - thetas * ys, dim=1)
+        fresh_rows = wanted
+        images = (exact(ritz) if exact is not None
+                  else checked(operator, ritz.to(operator.dtype))).to(torch.float64)
+        for i, theta in enumerate(values[wanted].tolist()):
+            images[i].sub_(theta * ritz[i])  # in place: A·y − θy, a temporary of n at a time
+        fresh_t = torch.linalg.vector_norm(images, dim=1)
+        del images
     numbers = read_finite(torch.cat((*columns, fresh_t)))
-    H = _arnoldi(numbers[:len(numbers) - len(checked)], T, beta)
+    H = _arnoldi(numbers[:len(numbers) - len(fresh_rows)], T, beta)
     gap = H @ s  # A·y on q_0..q_m, minus θ·y on q_0..q_{m-1}
     gap[:m] -= s * values[wanted]
     residuals = torch.linalg.vector_norm(gap, dim=0) + _coupling_bound(s, dropped)
-    fresh = numbers[len(numbers) - len(checked):]
+    fresh = numbers[len(numbers) - len(fresh_rows):]
     rounding = max(0.0, *(f - float(r) for f, r in zip(fresh, residuals)))
     rounding += product_error(exact or operator)  # what approximate products measured of theirs
     measured = (residuals + rounding).tolist()
@@ -419,8 +441,6 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
         return RitzPairs(values=old.values, residuals=residuals,
                          converged=[r <= limit for r in residuals], vectors=vectors)
 
-    ritz = basis.ritz(s.T, m)
-    ritz = ritz / torch.linalg.vector_norm(ritz, dim=1, keepdim=True)
     return LanczosResult(pairs(result.top, measured[:top], ritz[:top]),
                          pairs(result.bottom, measured[top:], ritz[top:]),
-                         result.steps, result.scale, rounding, checks=len(checked))
+                         result.steps, result.scale, rounding, checks=len(fresh_rows))

@@ -26,10 +26,12 @@ from typing import Any
 
 import torch
 
-from landscape_cli.linalg.operator import LinearOperator, restrict
+from landscape_cli.linalg.operator import (LinearOperator, approximate, checked, product_error,
+                                           restrict)
 
-#: which of the shared operator's products a request asks for: A's own, or A.exact()'s
-_OWN, _EXACT = "own", "exact"
+#: which of the shared operator's products a request asks for: A's own, A's with each row's
+#: error measured (``operator.checked``), or A.exact()'s
+_OWN, _CHECKED, _EXACT = "own", "checked", "exact"
 
 
 class _Stopped(BaseException):
@@ -114,6 +116,16 @@ class BlockView:
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         return self.shared.ask(self.index, block, self.channel)
+
+    def checked(self, block: torch.Tensor) -> torch.Tensor:
+        return self.shared.ask(self.index, block, _CHECKED if self.channel == _OWN else self.channel)
+
+    @property
+    def approximate(self) -> bool:
+        return self.channel == _OWN and approximate(self.shared.operator)
+
+    def product_error(self) -> float:
+        return 0.0 if self.channel == _EXACT else product_error(self.shared.operator)
 
     def memory_left(self) -> int | None:
         return self.shared.share
@@ -200,17 +212,17 @@ def _multiply(shared: _Shared, posted: list[_Task]) -> None:
     """One product of A (and one of A.exact() where asked) for the posted rows, each scattered
     onto its block's coordinates; each algorithm gets its rows of the product back."""
     requests = [(task.index, task.request) for task in posted]
-    for channel in (_OWN, _EXACT):
+    for channel in (_OWN, _CHECKED, _EXACT):
         asked = [(index, request) for index, request in requests if request.channel == channel]
         if not asked:
             continue
-        operator = shared.operator if channel == _OWN else shared.exact()
+        operator = shared.exact() if channel == _EXACT else shared.operator
         counts = [request.rows.shape[0] for _, request in asked]
         full = torch.zeros(sum(counts), operator.size, dtype=operator.dtype, device=operator.device)
         spans = torch.tensor([0, *counts]).cumsum(0).tolist()
         for (index, request), low, high in zip(asked, spans[:-1], spans[1:]):
             full[low:high, shared.indices[index]] = request.rows.to(operator.dtype)
-        product = operator(full)
+        product = checked(operator, full) if channel == _CHECKED else operator(full)
         with shared.condition:
             for (index, request), low, high in zip(asked, spans[:-1], spans[1:]):
                 request.product = product[low:high, shared.indices[index]]

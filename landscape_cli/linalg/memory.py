@@ -22,7 +22,8 @@ Float32 storage comes after a bounded float64 basis, not before: it changes the 
 every number, while a bound that a run never reaches changes none.
 
 A basis grown by doubling holds, while it copies itself into its next size, the old rows and
-the new ones: a bound of m rows peaks at m + (the size before the last doubling) rows.
+the new ones: a bound of m rows peaks at m + (the size before the last doubling) rows. A basis
+that restarts (bounded below its steps) takes its m rows at once instead.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ import torch
 
 from landscape_cli.errors import LandscapeError
 
-#: float64 vectors of n that Lanczos holds beside its basis: the vector, the previous one, the
-#: product and the orthogonalization's two temporaries, and a fresh random vector at breakdown
-LANCZOS_WORK = 6
-#: float64 vectors of n per wanted pair at the end: the Ritz vectors, and their products and
-#: normalised copies while the residuals are measured (``lanczos._measured``)
-LANCZOS_PER_WANTED = 4
+#: float64 vectors of n that Lanczos holds beside its basis while it steps: the vector, the
+#: previous one, the product (worked on in place) and one temporary (a float32 operator's
+#: product, or a float64 basis' combination); a fresh random vector at breakdown replaces it
+LANCZOS_WORK = 4
+#: float64 vectors of n per wanted pair once the steps are done (their vectors freed): the Ritz
+#: vectors, their products, and a float32 operator's product before it is widened
+#: (``lanczos._measured``)
+LANCZOS_PER_WANTED = 3
 #: vectors of n (in the operator's dtype) per SLQ run beside the basis: q, the previous q, the
 #: product and the orthogonalization's temporaries
 SLQ_WORK = 5
@@ -78,14 +81,21 @@ def basis_peak(rows: int) -> int:
     return rows + before_last_doubling(rows)
 
 
+def basis_bytes(n: int, rows: int, storage: torch.dtype, restarted: bool) -> int:
+    """A basis of at most ``rows`` vectors of n in ``storage``: taken at once where it restarts,
+    else grown by doubling (``basis_peak``)."""
+    return (rows if restarted else basis_peak(rows)) * n * storage.itemsize
+
+
 def lanczos_bytes(n: int, rows: int, wanted: int, storage: torch.dtype = torch.float64,
-                  on_host: bool = False) -> int:
+                  on_host: bool = False, restarted: bool = False) -> int:
     """Lanczos' own device bytes: a basis of at most ``rows`` vectors in ``storage`` (none on
-    the device when it is on the host), its working vectors and the Ritz vectors of the
-    ``wanted`` pairs, and a float64 slice it is read through when not float64."""
-    basis = 0 if on_host else basis_peak(rows) * n * storage.itemsize
+    the device when it is on the host), its working vectors or, once the steps are done, the
+    Ritz vectors of the ``wanted`` pairs, and a float64 slice it is read through when not
+    float64."""
+    basis = 0 if on_host else basis_bytes(n, rows, storage, restarted)
     chunk = 0 if storage == torch.float64 and not on_host else min(CHUNK_BYTES, rows * n * 8)
-    return basis + (LANCZOS_WORK + LANCZOS_PER_WANTED * wanted) * n * 8 + chunk
+    return basis + max(LANCZOS_WORK, LANCZOS_PER_WANTED * wanted) * n * 8 + chunk
 
 
 def slq_bytes(n: int, runs: int, steps: int, itemsize: int, reorthogonalize: bool) -> int:
@@ -174,8 +184,9 @@ def plan_lanczos(n: int, steps: int, wanted: int, tol: float, memory: int | None
     host = host_memory() if host is None else host
     for storage, on_host in ways:
         def fits(rows: int, storage=storage, on_host=on_host) -> bool:
-            held = basis_peak(rows) * n * storage.itemsize
-            return (lanczos_bytes(n, rows, wanted, storage, on_host) <= memory
+            restarted = rows < steps
+            held = basis_bytes(n, rows, storage, restarted)
+            return (lanczos_bytes(n, rows, wanted, storage, on_host, restarted) <= memory
                     and (not on_host or held <= host))
 
         rows = _most_rows(fits, steps)
@@ -197,7 +208,9 @@ def no_memory(what: str, needed: int, memory: int, fewer: str = "") -> NoMemory:
 def _no_room(n: int, wanted: int, least: int, memory: int) -> NoMemory:
     """``no_memory`` for Lanczos: a restarted basis of ``least`` float32 vectors, or fewer pairs."""
     fewer = max((k for k in range(1, wanted)
-                 if lanczos_bytes(n, restart_minimum(k), k, torch.float32) <= memory), default=0)
+                 if lanczos_bytes(n, restart_minimum(k), k, torch.float32, restarted=True) <= memory),
+                default=0)
     return no_memory(f"Lanczos for {wanted} eigenpair(s) of {n:,} parameters (a restarted basis "
-                     f"of {least} float32 vectors)", lanczos_bytes(n, least, wanted, torch.float32),
+                     f"of {least} float32 vectors)",
+                     lanczos_bytes(n, least, wanted, torch.float32, restarted=True),
                      memory, f"ask --top {fewer} (fewer pairs)" if fewer else "")

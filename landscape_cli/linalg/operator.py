@@ -7,8 +7,11 @@ on ``device``; it says how many bytes the algorithm's own vectors may take
 (``memory_left()``, None: no limit) and, where its products round in less than float64, gives
 the same operator in float64 (``exact()``) so that an algorithm can measure the products' own
 error against it. Restricting an operator to some coordinates (a diagonal block) is an operator
-too (``restrict``). An operator whose products are approximations (finite differences) may
-also say how far off they were (``product_error``), which the algorithms add to their residuals.
+too (``restrict``). An operator whose products are approximations (finite differences) says
+so (``approximate``), how far off they were (``product_error``), which the algorithms add to
+their residuals, and measures that error on every row of a block where asked (``checked``):
+an approximation's error depends on the vector (a central difference's on the third derivative
+along it), so the vectors a result is reported at get theirs measured.
 """
 
 from __future__ import annotations
@@ -100,6 +103,19 @@ class CallableOperator:
         return self.reference
 
 
+def approximate(operator: LinearOperator) -> bool:
+    """Whether ``operator``'s products are approximations with a measured error (its optional
+    ``approximate``)."""
+    return bool(getattr(operator, "approximate", False))
+
+
+def checked(operator: LinearOperator, block: torch.Tensor) -> torch.Tensor:
+    """A·vᵢ for each row, each row's error measured into ``product_error`` where the products
+    are approximate (the operator's optional ``checked``), else its plain products."""
+    measure = getattr(operator, "checked", None)
+    return operator(block) if measure is None else measure(block)
+
+
 def product_error(operator: LinearOperator) -> float:
     """The largest error ‖Ãv − Av‖ per unit vector that ``operator`` measured in its products so
     far (its optional ``product_error()``; 0 for operators whose products are exact up to the
@@ -136,6 +152,10 @@ class Wrapping:
         """The wrapped operator's (a restriction's products are its products, cut down)."""
         return product_error(self.operator)
 
+    @property
+    def approximate(self) -> bool:
+        return approximate(self.operator)
+
 
 @dataclass(frozen=True)
 class Restricted(Wrapping):
@@ -150,9 +170,15 @@ class Restricted(Wrapping):
         return len(self.index)
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
+        return self.operator(self._embedded(block))[:, self.index]
+
+    def checked(self, block: torch.Tensor) -> torch.Tensor:
+        return checked(self.operator, self._embedded(block))[:, self.index]
+
+    def _embedded(self, block: torch.Tensor) -> torch.Tensor:
         full = block.new_zeros(block.shape[0], self.operator.size)
         full[:, self.index] = block
-        return self.operator(full)[:, self.index]
+        return full
 
     def exact(self) -> Restricted | None:
         exact = self.operator.exact()

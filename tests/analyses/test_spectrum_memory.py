@@ -28,7 +28,7 @@ def test_a_small_budget_restarts_the_transformer_with_the_same_top3():
     working ones: 5.2 MB, so the kept graph streams): the bounded basis is restarted (more steps
     than vectors) and gives the unbounded run's top 3, each within the two runs' residuals."""
     rows = restart_minimum(3)
-    budget = lanczos_bytes(TRANSFORMER_N, rows, 3)
+    budget = lanczos_bytes(TRANSFORMER_N, rows, 3, restarted=True)
     bounded, whole = _top3("--memory-budget", str(budget)), _top3()
     assert whole["results"]["basis"] == {"storage": "float64", "restarted": False,
                                          "max_vectors": TRANSFORMER_N}

@@ -55,7 +55,7 @@ def test_restarted_lanczos_with_a_basis_far_below_the_steps_matches_eigvalsh(mat
     exact = torch.linalg.eigvalsh(matrix)
     rows = restart_minimum(5)
     assert rows == 14
-    bounded = run(DenseOperator(matrix, memory=lanczos_bytes(N, rows, 5)))
+    bounded = run(DenseOperator(matrix, memory=lanczos_bytes(N, rows, 5, restarted=True)))
     assert bounded.layout == BasisLayout(torch.float64, False, rows, restarted=True)
     assert bounded.basis_rows == rows and bounded.converged
     whole = run(DenseOperator(matrix))
@@ -72,7 +72,7 @@ def test_restarted_lanczos_one_end(matrix, top, bottom, tol):
     """The bottom of this spectrum is a cluster (spacing 0.15 under ‖A‖ = 144): slower."""
     exact = torch.linalg.eigvalsh(matrix)
     rows = restart_minimum(top + bottom)
-    result = run(DenseOperator(matrix, memory=lanczos_bytes(N, rows, top + bottom)),
+    result = run(DenseOperator(matrix, memory=lanczos_bytes(N, rows, top + bottom, restarted=True)),
                  top=top, bottom=bottom, tol=tol)
     assert result.layout.restarted and result.layout.max_vectors == rows and result.converged
     assert result.steps > rows
@@ -101,7 +101,7 @@ def test_the_chooser_takes_float32_only_where_float64_cannot_hold_a_restarted_ba
     """n = 10⁷ (a float64 vector: 80 MB; float32 is read through a 64 MiB float64 slice)."""
     n, cpu = 10**7, torch.device("cpu")
     least = restart_minimum(1)  # 6 vectors for one pair
-    f64 = lanczos_bytes(n, least, 1)
+    f64 = lanczos_bytes(n, least, 1, restarted=True)
     assert plan_lanczos(n, 500, 1, 1e-4, None, cpu) == BasisLayout(max_vectors=500)
     assert plan_lanczos(n, 500, 1, 1e-4, lanczos_bytes(n, 500, 1), cpu) == BasisLayout(max_vectors=500)
     assert plan_lanczos(n, 500, 1, 1e-4, f64, cpu) == BasisLayout(max_vectors=least, restarted=True)
@@ -130,9 +130,9 @@ def test_no_row_is_allocated_before_a_step_needs_it():
 
 
 def test_nothing_fits_refuses_before_any_product_in_one_line():
-    """124M parameters, 16 GiB: 6 float64 working vectors + 4 per pair and a restarted basis of
-    14 float32 vectors (37 GB) do not fit for top 5, before a product is asked for (the
-    operator would fail); the line says what would fit (top 1: 15 GB)."""
+    """124M parameters, 16 GiB: a restarted basis of 14 float32 vectors and, at the end, 3
+    float64 vectors per pair (20.4 GiB) do not fit for top 5, before a product is asked for
+    (the operator would fail); the line says what would fit (top 3: 14.3 GiB)."""
     def never(block):
         raise AssertionError("a product was asked for")
 
@@ -141,5 +141,6 @@ def test_nothing_fits_refuses_before_any_product_in_one_line():
         run(CallableOperator(never, n, memory=16 << 30), top=5, bottom=0)
     line = str(refused.value)
     assert "\n" not in line and "124,000,000 parameters" in line
-    assert "--memory-budget by" in line and "--top 1 (fewer pairs)" in line
+    assert "needs at least 20.39 GiB" in line
+    assert "--memory-budget by" in line and "--top 3 (fewer pairs)" in line
     assert "--hvp-strategy stream or fd (no kept graph)" in line and "--shard-model" not in line
