@@ -23,6 +23,7 @@ from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.errors import LandscapeError
 from landscape_cli.estimate import PASSES_PER_GRADIENT, CostEstimate
 from landscape_cli.linalg.lanczos import LanczosResult, lanczos
+from landscape_cli.linalg.memory import ascent_bytes, no_memory
 from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.linalg.trace import t975
@@ -186,6 +187,9 @@ class _Measurer:
         starts themselves, and the largest is the value: never below a warm start's."""
         o = self.options
         generator = self.generator(name)
+        memory, needed = self.operator.memory_left(), ascent_bytes(self.n, self.theta.element_size())
+        if memory is not None and 0 < memory < needed:
+            raise no_memory(f"The {name} ascent over {self.n:,} parameters", needed, memory)
 
         def f(u: torch.Tensor) -> tuple[float, torch.Tensor]:
             loss, grad = self.passes.value_and_grad(self.theta + scale * u)

@@ -260,31 +260,37 @@ class Passes:
             self.keep_loss(float(loss))
         return float(loss), grad
 
-    def gradient_differences(self, directions: torch.Tensor, steps: Sequence[float],
-                             groups: Sequence[Group] | None = None) -> torch.Tensor:
-        """∇L(θ₀ + sⱼdⱼ) − ∇L(θ₀ − sⱼdⱼ) for each row dⱼ of ``directions`` (k×n) and step sⱼ, in
-        one pass over the data (each batch, or group, moved to the device once): two ordinary
-        backward passes per row and batch, each point formed in the model's dtype only while its
-        gradient is taken, no graph kept past it (the finite-difference products of
-        ``engine/hvp.py``). Holds k + 2 vectors of n, and as many again for a sum over groups."""
+    def gradient_combinations(self, directions: torch.Tensor,
+                              outputs: Sequence[Sequence[tuple[int, float, float]]],
+                              groups: Sequence[Group] | None = None) -> torch.Tensor:
+        """For each output, Σ c·(∇L(θ₀ + s·dⱼ) − ∇L(θ₀ − s·dⱼ)) over its terms (j, s, c), dⱼ a
+        row of ``directions`` (k×n): the finite differences of ``engine/hvp.py``. One pass over
+        the data (each batch, or group, moved to the device once), two ordinary backward passes
+        per distinct (j, s) and batch, each point formed in the model's dtype only while its
+        gradient is taken, no graph kept past it. Holds the outputs and 3 vectors of n, and the
+        outputs again for a sum over groups."""
         theta0 = self.problem.theta0
         rows = directions.detach().to(device=theta0.device, dtype=theta0.dtype)
+        pairs = list(dict.fromkeys((j, s) for terms in outputs for j, s, _ in terms))
 
         def gradient(weight: float, batch: Any, row: torch.Tensor, step: float) -> torch.Tensor:
             theta = torch.add(theta0, row, alpha=step).requires_grad_(True)
             return torch.autograd.grad(weight * self.problem.mean_batch_loss(theta, batch), theta)[0]
 
         def term(weight: float, batch: Any) -> tuple[torch.Tensor]:
-            out = torch.empty_like(rows)
-            for j, (row, step) in enumerate(zip(rows, steps)):
-                out[j] = gradient(weight, batch, row, step)
-                out[j].sub_(gradient(weight, batch, row, -step))
+            out = rows.new_zeros(len(outputs), rows.shape[1])
+            for j, step in pairs:
+                difference = gradient(weight, batch, rows[j], step)
+                difference.sub_(gradient(weight, batch, rows[j], -step))
+                for r, terms in enumerate(outputs):
+                    for c in (c for jj, s, c in terms if (jj, s) == (j, step)):
+                        out[r].add_(difference, alpha=c)
             return (out,)
 
-        differences, = self.sum_over(term, groups)
-        self.cost.grads += 2 * len(rows)
-        self.cost.forwards += 2 * len(rows) * len(self.problem.own)
-        return differences
+        combined, = self.sum_over(term, groups)
+        self.cost.grads += 2 * len(pairs)
+        self.cost.forwards += 2 * len(pairs) * len(self.problem.own)
+        return combined
 
     def evaluate_many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,
                       *, buffers_per_row: bool = False) -> list[Evaluation]:

@@ -17,7 +17,7 @@ batches). Two modes:
   ``torch.compile`` in chunks of ``COMPILED_ROWS`` rows.
 * ``fd``: the stream plan without double backward: a block's products are central differences
   of ordinary gradients at 2 points per row, all taken in one pass over the groups
-  (``Passes.gradient_differences``); nothing is kept between passes. Chosen by the user, or by ``auto``
+  (``Passes.gradient_combinations``); nothing is kept between passes. Chosen by the user, or by ``auto``
   where a model's exact products fail (``Plan.reason`` says which).
 
 Every choice is a rule on the device type and the measured bytes (fixed for a model, data,

@@ -401,10 +401,9 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     each coupling T leaves out (cut at breakdowns, carried by restarts, a float32 basis'
     rounding). The first wanted pair's residual is also measured with a fresh
     product, or, where ``exact`` (the operator in float64) is given, every wanted pair's with a
-    float64 product, or, where the products are approximate (finite differences), every wanted
-    pair's with a product whose own error is measured at that vector (``operator.checked``);
-    the most that adds is the products' own error, added to every pair (one read), with the
-    error the checking operator measured in its own products (``operator.product_error``)."""
+    float64 product; the most that adds is the products' own error, added to every pair (one
+    read), with the error the checking operator measured in its own products
+    (``operator.product_error``). Approximate products (finite differences): ``_refined``."""
     m = len(T)
     top, bottom = len(result.top.values), len(result.bottom.values)
     order_top, order_bottom = _ends(m, top, bottom)
@@ -414,14 +413,15 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     s = vectors[:, wanted]
     ritz = basis.ritz(s.T, m)
     ritz.div_(torch.linalg.vector_norm(ritz, dim=1, keepdim=True))
-    if exact is None and not approximate(operator):
+    if exact is None and approximate(operator):
+        return _refined(result, operator, ritz, tol)
+    if exact is None:
         fresh_rows = wanted[:1]
         image = product(ritz[0])
         fresh_t = torch.linalg.vector_norm(image.sub_(float(values[wanted[0]]) * ritz[0]))[None]
     else:
         fresh_rows = wanted
-        images = (exact(ritz) if exact is not None
-                  else checked(operator, ritz.to(operator.dtype))).to(torch.float64)
+        images = exact(ritz).to(torch.float64)
         for i, theta in enumerate(values[wanted].tolist()):
             images[i].sub_(theta * ritz[i])  # in place: A·y − θy, a temporary of n at a time
         fresh_t = torch.linalg.vector_norm(images, dim=1)
@@ -444,3 +444,32 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     return LanczosResult(pairs(result.top, measured[:top], ritz[:top]),
                          pairs(result.bottom, measured[top:], ritz[top:]),
                          result.steps, result.scale, rounding, checks=len(fresh_rows))
+
+
+def _refined(result: LanczosResult, operator: LinearOperator, ritz: torch.Tensor,
+             tol: float) -> LanczosResult:
+    """The wanted pairs of an operator with approximate products (finite differences), refined
+    by one product of each Ritz vector y whose own error δ_y is measured there
+    (``operator.checked``): the value is the Rayleigh quotient θ = yᵀÃy and its residual
+    ‖Ãy − θy‖ + δ, δ the largest error measured (``product_error``), since
+    ‖Ay − θy‖ ≤ ‖Ãy − θy‖ + ‖(Ã − A)y‖. The steps' products may be far less accurate at these
+    vectors than the checked ones (a central difference's truncation grows with the third
+    derivative along y), and what they made of T is replaced, not bounded."""
+    images = checked(operator, ritz.to(operator.dtype)).to(torch.float64)
+    values = (images * ritz).sum(dim=1)
+    images.sub_(values[:, None] * ritz)
+    numbers = read_finite(torch.cat((values, torch.linalg.vector_norm(images, dim=1))))
+    del images
+    wanted = len(ritz)
+    rounding = product_error(operator)
+    residuals = [r + rounding for r in numbers[wanted:]]
+    limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
+    top = len(result.top.values)
+
+    def pairs(values: list[float], residuals: list[float], vectors: torch.Tensor) -> RitzPairs:
+        return RitzPairs(values=values, residuals=residuals,
+                         converged=[r <= limit for r in residuals], vectors=vectors)
+
+    return LanczosResult(pairs(numbers[:top], residuals[:top], ritz[:top]),
+                         pairs(numbers[top:wanted], residuals[top:], ritz[top:]),
+                         result.steps, result.scale, rounding, checks=wanted)

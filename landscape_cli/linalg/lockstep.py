@@ -26,8 +26,7 @@ from typing import Any
 
 import torch
 
-from landscape_cli.linalg.operator import (LinearOperator, approximate, checked, product_error,
-                                           restrict)
+from landscape_cli.linalg.operator import LinearOperator, approximate, checked, product_error, restrict
 
 #: which of the shared operator's products a request asks for: A's own, A's with each row's
 #: error measured (``operator.checked``), or A.exact()'s

@@ -7,7 +7,11 @@ second, estimated à la Hutchinson, has the variance of A with its top direction
 decaying spectrum needs far fewer probes. Probes go through the operator in blocks (k, n); both
 estimators stop once the standard error is within ``rtol``·|estimate| or the budget is spent.
 After each block, ``callback(matvecs, estimate)`` receives the estimate so far (not converged):
-a progress display shows it, and an interrupted run can report it.
+a progress display shows it, and an interrupted run can report it. Where the products are
+approximate with a measured error δ per unit vector (finite differences,
+``operator.product_error``), a sample moves by |zᵀ(Ã−A)z| ≤ ‖z‖²·δ = n·δ at most, and
+tr(QᵀÃQ) by k·δ: that bound (``bias_bound``) widens the 95% interval, since a systematic
+error does not average out over probes.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.memory import hutchpp_bytes, no_memory
-from landscape_cli.linalg.operator import LinearOperator
+from landscape_cli.linalg.operator import LinearOperator, product_error
 from landscape_cli.linalg.probes import rademacher
 
 Callback = Callable[[int, "TraceEstimate"], None]
@@ -48,6 +52,8 @@ class TraceEstimate:
     method: str
     sketch: int
     converged: bool
+    #: the most the products' measured error can move the estimate (0 for exact products)
+    bias_bound: float = 0.0
 
 
 def _probe_loop(operator: LinearOperator, offset: float, project, *, rtol: float, budget: int,
@@ -83,14 +89,21 @@ def _stderr(samples: list[float]) -> float:
 
 
 def _estimate(offset: float, samples: list[float], matvecs: int, method: str, sketch: int,
-              converged: bool) -> TraceEstimate:
+              converged: bool, bias_bound: float = 0.0) -> TraceEstimate:
     mean = sum(samples) / len(samples) if samples else 0.0
     stderr = _stderr(samples) if samples else 0.0
     half = t975(len(samples) - 1) * stderr if len(samples) > 1 else (math.inf if samples else 0.0)
     value = offset + mean
+    half += bias_bound
     return TraceEstimate(trace=value, stderr=stderr, ci95=(value - half, value + half),
                          probes=len(samples), matvecs=matvecs, method=method, sketch=sketch,
-                         converged=converged)
+                         converged=converged, bias_bound=bias_bound)
+
+
+def _bias_bound(operator: LinearOperator, sketch: int, probed: bool = True) -> float:
+    """k·δ + n·δ: the most products with a measured error δ per unit vector can move an
+    estimate with a sketch of k and (where ``probed``) probes (module docstring)."""
+    return (sketch + (operator.size if probed else 0)) * product_error(operator)
 
 
 def independent_columns(r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -129,7 +142,7 @@ def hutchinson(operator: LinearOperator, *, rtol: float = 0.01, max_matvecs: int
         operator, 0.0, lambda g: g, rtol=rtol, budget=max_matvecs, block=block,
         min_probes=min_probes, generator=generator, callback=callback,
         method="hutchinson", sketch=0)
-    return _estimate(0.0, samples, spent, "hutchinson", 0, converged)
+    return _estimate(0.0, samples, spent, "hutchinson", 0, converged, _bias_bound(operator, 0))
 
 
 def hutchpp(operator: LinearOperator, *, rtol: float = 0.01, max_matvecs: int = 1000,
@@ -156,7 +169,7 @@ def hutchpp(operator: LinearOperator, *, rtol: float = 0.01, max_matvecs: int = 
         spent = sketch + len(basis)
 
     if len(basis) == n:  # the sketch spans everything: tr(QᵀAQ) is exact
-        return _estimate(offset, [], spent, "hutchpp", n, True)
+        return _estimate(offset, [], spent, "hutchpp", n, True, _bias_bound(operator, n, False))
 
     def project(g: torch.Tensor) -> torch.Tensor:
         return g - (g @ basis.T) @ basis if len(basis) else g
@@ -165,4 +178,5 @@ def hutchpp(operator: LinearOperator, *, rtol: float = 0.01, max_matvecs: int = 
         operator, offset, project, rtol=rtol, budget=max_matvecs - spent, block=block,
         min_probes=min_probes, generator=generator, callback=callback,
         method="hutchpp", sketch=len(basis), spent_before=spent)
-    return _estimate(offset, samples, spent + used, "hutchpp", len(basis), converged)
+    return _estimate(offset, samples, spent + used, "hutchpp", len(basis), converged,
+                     _bias_bound(operator, len(basis)))

@@ -55,6 +55,8 @@ class TraceResult(Result):
     hvps: int = reported(init=False)
     converged: bool = reported(init=False)
     rtol: float = reported()
+    #: fd products: the most their measured error can move the trace (in ``ci95`` already)
+    fd_error_bound: float | None = reported(omit_none=True, init=False, default=None)
     per_layer: list[LayerTrace] | None = reported(omit_none=True, default=None)
     notes: list[str] = internal(default_factory=list)
 
@@ -64,6 +66,7 @@ class TraceResult(Result):
         self.trace_per_param = e.trace / self.n_params
         self.method, self.probes, self.sketch = e.method, e.probes, e.sketch
         self.hvps, self.converged = e.matvecs, e.converged
+        self.fd_error_bound = e.bias_bound or None
 
     def derived_scalars(self) -> dict[str, float]:
         return {"relative_stderr": self.stderr / abs(self.trace) if self.trace else float("inf")}

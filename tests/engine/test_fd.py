@@ -19,6 +19,7 @@ from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.problem import build_problem
 from landscape_cli.linalg.lanczos import lanczos
 from landscape_cli.linalg.operator import product_error, restrict
+from landscape_cli.linalg.trace import hutchpp
 from landscape_cli.loading.data import Batches
 
 CPU = torch.device("cpu")
@@ -118,7 +119,8 @@ def test_the_error_is_measured_at_the_vectors_a_result_is_reported_at():
     """A central difference's truncation follows the third derivative along v: on the float32
     MLP the error along the top eigenvectors is 10–50× a random vector's (measured: 1.2e-4
     against 2–3e-6), so the error measured on the schedule's random vector would not bound it.
-    A checked product measures every row's, and that bounds the true error at each."""
+    A checked product extrapolates every row (Richardson) and measures its error, which bounds
+    the true error at each."""
     problem64 = loaded("mlp.yaml", MLP_CKPT, "data.max_samples=600").problem
     problem32 = loaded("mlp.yaml", MLP_CKPT, "data.max_samples=600", "dtype=float32").problem
     exact = HVPEngine(problem64, strategy="stream")
@@ -127,13 +129,34 @@ def test_the_error_is_measured_at_the_vectors_a_result_is_reported_at():
     random = rows(problem32.n, k=1)
     engine.hvp(random)  # the first product: its first row is measured
     on_random = engine.product_error()
-    assert float(((engine.hvp(random).double() - exact.hvp(random)).norm() / random.norm())) <= on_random
+    assert float((engine.hvp(random).double() - exact.hvp(random)).norm() / random.norm()) <= on_random
     truth = (engine.hvp(top).double() - exact.hvp(top)).norm(dim=1)  # unit vectors
     assert float(truth.max()) > 10 * on_random  # the random vector's error does not bound these
     grads = engine.cost.grads
     products = engine.checked(top).double()
-    assert engine.cost.grads == grads + 4 * 3  # every row measured: a second step each
-    assert float((products - exact.hvp(top)).norm(dim=1).max()) <= engine.product_error()
+    assert engine.cost.grads == grads + 6 * 3  # D at h, 2h and 4h for each row
+    checked_error = (products - exact.hvp(top)).norm(dim=1)
+    assert float(checked_error.max()) <= engine.product_error()
+    # Richardson-extrapolated: far closer than the plain central difference at these vectors
+    assert float(checked_error.max()) < float(truth.min()) / 4
+
+
+def test_a_trace_by_fd_products_carries_their_error_in_its_interval():
+    """A sketch that spans the quadratic's 30 dimensions leaves no probe variance (stderr 0):
+    the interval is the products' measured error alone, n·δ, and holds the exact trace, which
+    a zero-width interval around the fd estimate would miss."""
+    eigenvalues = torch.linspace(-3, 10, 30, dtype=torch.float64)
+    _, problem = quadratic_problem(eigenvalues)
+    engine = HVPEngine(problem, strategy="fd")
+    estimate = hutchpp(engine, rtol=0.0, max_matvecs=90, sketch=30,
+                       generator=torch.Generator().manual_seed(0))
+    truth = float(eigenvalues.sum())
+    assert estimate.stderr == 0 and estimate.trace != truth
+    assert estimate.bias_bound == pytest.approx(30 * engine.product_error()) and estimate.bias_bound > 0
+    assert estimate.ci95[0] <= truth <= estimate.ci95[1]
+    exact = hutchpp(HVPEngine(problem, strategy="stream"), rtol=0.0, max_matvecs=90, sketch=30,
+                    generator=torch.Generator().manual_seed(0))
+    assert exact.bias_bound == 0
 
 
 @pytest.fixture(scope="module")
