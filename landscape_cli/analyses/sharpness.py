@@ -25,6 +25,7 @@ from landscape_cli.estimate import PASSES_PER_GRADIENT, CostEstimate
 from landscape_cli.linalg.lanczos import LanczosResult, lanczos
 from landscape_cli.linalg.memory import ascent_bytes, no_memory
 from landscape_cli.linalg.operator import LinearOperator
+from landscape_cli.linalg.shards import norm
 from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.linalg.trace import t975
 from landscape_cli.results.sharpness import MEASURES, NEEDS, Measure, SharpnessResult
@@ -169,7 +170,7 @@ class _Measurer:
                             ci95=(t.ci95[0] / self.n, t.ci95[1] / self.n), converged=t.converged)
 
     def grad_norm(self) -> Measure:
-        return self.measure("grad_norm", float(self.engine.grad().norm()))
+        return self.measure("grad_norm", float(norm(self.operator, self.engine.grad())))
 
     def stability_lr(self) -> Measure:
         lam = self.done["lambda_max"].value
@@ -221,16 +222,16 @@ class _Measurer:
         rho = self.options.rho
         v = self.top.top.vectors[0].to(self.theta)
         lam, grad_norm = self.done["lambda_max"].value, self.done["grad_norm"].value
-        return self._ascent("worst_case", Ball(rho), 1.0, warm=(rho * v, -rho * v), rho=rho,
+        return self._ascent("worst_case", Ball(rho, self.operator), 1.0, warm=(rho * v, -rho * v), rho=rho,
                             second_order_estimate=rho * grad_norm + 0.5 * rho**2 * lam)[1]
 
     def worst_case_adaptive(self) -> Measure:
         rho = self.options.rho_adaptive
-        return self._ascent("worst_case_adaptive", Ball(rho), self.theta.abs(), rho=rho)[1]
+        return self._ascent("worst_case_adaptive", Ball(rho, self.operator), self.theta.abs(), rho=rho)[1]
 
     def eps_sharpness(self) -> Measure:
         eps = self.options.epsilon
-        gain, m = self._ascent("eps_sharpness", Box(), eps * (self.theta.abs() + 1), epsilon=eps)
+        gain, m = self._ascent("eps_sharpness", Box(self.operator), eps * (self.theta.abs() + 1), epsilon=eps)
         return dataclasses.replace(m, value=100 * gain / (1 + self.base.loss))
 
     # ------------------------------------------------------------------ Monte Carlo

@@ -260,11 +260,17 @@ class HVPEngine:
         return self.plan.groups
 
     def memory_left(self) -> int:
-        """Bytes of the memory budget the cached graph, or the fd products' own vectors
-        (``FD_ROWS``, ``FD_POINT_VECTORS``), leave for the algorithms' vectors (the least over the ranks under
-        torchrun: the algorithms' choices must be the same on all)."""
+        """Bytes of the memory budget left for the algorithms' vectors once the products' own
+        are counted (the least over the ranks under torchrun: the algorithms' choices must be
+        the same on all): the kept graph; a streamed product's group graph, where measured
+        (``plan.group_bytes``, or, for one group, what the graph had saved when it outgrew
+        its share of the budget: ``auto`` measured it); the fd products' own vectors
+        (``FD_ROWS``, ``FD_POINT_VECTORS``)."""
         held = self.plan.cached_bytes
-        if self.mode == FD:
+        if self.mode == STREAM:
+            single = self.plan.groups is not None and len(self.plan.groups) == 1
+            held += self.plan.group_bytes or (self._graph_at_least if single else 0)
+        elif self.mode == FD:
             sums = 2 if len(self._batch_groups()) > 1 else 1
             held += (sums * FD_ROWS + FD_POINT_VECTORS) * self.size * self.dtype.itemsize
         return distributed.all_min(max(self.memory_budget - held, 0))

@@ -39,6 +39,7 @@ import torch
 from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.memory import CHUNK_BYTES, BasisLayout, plan_lanczos
 from landscape_cli.linalg.operator import LinearOperator, approximate, checked, product_error
+from landscape_cli.linalg.shards import dimension, dot, drawn, norm, summed
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -141,8 +142,11 @@ class KrylovBasis:
     storage: a float64 basis on that device is multiplied whole (today's arithmetic, bit for
     bit), a float32 or host one a slice of columns at a time (``CHUNK_BYTES``)."""
 
-    def __init__(self, n: int, layout: BasisLayout, device: torch.device):
-        self.layout, self.device = layout, device
+    def __init__(self, n: int, layout: BasisLayout, device: torch.device,
+                 sums: Callable[[torch.Tensor], torch.Tensor] = lambda partial: partial):
+        #: sums: a partial reduction over the vectors added up over the ranks that hold them
+        #: (``linalg/shards.py``: an all-reduce for a sharded operator's vectors)
+        self.layout, self.device, self.sums = layout, device, sums
         home = torch.device("cpu") if layout.on_host else device
         # a bounded basis that restarts will fill: it takes its bound at once, which the plan
         # set aside for it, rather than a copy of half of it at the last doubling
@@ -171,7 +175,7 @@ class KrylovBasis:
             return None
         squares = sum(float(((q[c] - q[c].to(self.layout.storage).to(torch.float64)) ** 2).sum())
                       for c in self._slices(1))
-        return torch.tensor(squares, dtype=torch.float64, device=q.device).sqrt()
+        return self.sums(torch.tensor(squares, dtype=torch.float64, device=q.device)).sqrt()
 
     def _columns(self, start: int, columns: slice, stop: int | None = None) -> torch.Tensor:
         """Rows start..stop (one row when stop is None) of some columns, float64 on the device."""
@@ -185,8 +189,8 @@ class KrylovBasis:
     def coefficients(self, w: torch.Tensor, size: int) -> torch.Tensor:
         """Q·w over the first ``size`` rows."""
         if self.layout.exact:
-            return self.rows[:size] @ w
-        return sum(self._columns(0, c, size) @ w[c] for c in self._slices(size))
+            return self.sums(self.rows[:size] @ w)
+        return self.sums(sum(self._columns(0, c, size) @ w[c] for c in self._slices(size)))
 
     def combination(self, c: torch.Tensor, size: int) -> torch.Tensor:
         """Qᵀ·c over the first ``size`` rows."""
@@ -222,7 +226,7 @@ class KrylovBasis:
             if self.layout.storage != torch.float64:
                 rounding += ((y - self._columns(0, columns, kept)) ** 2).sum(dim=1)
         self.size = kept
-        return rounding.sqrt()
+        return self.sums(rounding).sqrt()
 
 
 def projected(kept: list[float], arrow: list[float], alphas: list[float],
@@ -265,14 +269,16 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
     one restarts when it fills (thick restart, Wu & Simon 2000): the Ritz pairs kept carry
     A·y = θy + b·q plus the error their cycle measured, which stays in every residual.
     """
-    n, dtype, device = operator.size, operator.dtype, torch.device(operator.device)
+    # n: the whole vectors' length (the mathematics); held: this rank's share (the memory)
+    n, held = dimension(operator), operator.size
+    dtype, device = operator.dtype, torch.device(operator.device)
     top, bottom = min(top, n), min(bottom, n)
     wanted = top + bottom
     max_steps = n if max_steps is None else max(1, min(max_steps, n))
     if layout is None:
-        layout = plan_lanczos(n, max_steps, wanted, tol, operator.memory_left(), device)
+        layout = plan_lanczos(held, max_steps, wanted, tol, operator.memory_left(), device)
     krylov = torch.float64
-    basis = KrylovBasis(n, layout, device)
+    basis = KrylovBasis(held, layout, device, lambda partial: summed(operator, partial))
     eps = torch.finfo(dtype).eps  # breakdown is judged at the products' own precision
 
     def product(v: torch.Tensor) -> torch.Tensor:
@@ -281,8 +287,9 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
         return out.clone() if out.dtype == krylov else out.to(krylov)
 
     def random_unit() -> torch.Tensor:
-        v = torch.randn(n, generator=generator, dtype=dtype, device="cpu").to(device, krylov)
-        return v / torch.linalg.vector_norm(v)
+        v = drawn(operator, lambda size: torch.randn(size, generator=generator, dtype=dtype,
+                                                     device="cpu")).to(device, krylov)
+        return v / norm(operator, v)
 
     q = random_unit()
     alphas: list[float] = []
@@ -302,7 +309,7 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
         row = basis.size
         q = basis.append(q)
         w = product(q)
-        alpha_t = torch.dot(q, w)
+        alpha_t = dot(operator, q, w)
         w.sub_(alpha_t * q)  # in place: the same numbers, no copy of n
         if kept and row == len(kept):
             basis.subtract_combination(w, torch.tensor(arrow, dtype=krylov, device=device), row)
@@ -310,7 +317,7 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
             w.sub_(beta * prev)
         w, removed = _orthogonalize(w, basis, row + 1)
         columns.append(removed)
-        beta_t = torch.linalg.vector_norm(w)
+        beta_t = norm(operator, w)
         rounding = basis.rounding(w / beta_t)
         read = (alpha_t, beta_t) if rounding is None else (alpha_t, beta_t, beta_t * rounding)
         alpha, beta, *stored = read_finite(torch.stack(read))  # the step's one sync
@@ -337,13 +344,13 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
                     and torch.allclose(wanted_now, at_last_breakdown, rtol=0, atol=tol * scale)):
                 break
             fresh, _ = _orthogonalize(random_unit(), basis, row + 1)
-            norm = float(torch.linalg.vector_norm(fresh))
-            if norm < 1e-8:
+            length = float(norm(operator, fresh))
+            if length < 1e-8:
                 break
             at_last_breakdown = wanted_now
             first_block = first_block or step + 1
             dropped.append((row, beta))
-            betas[-1], beta, prev, q, block_start = 0.0, 0.0, None, fresh / norm, step + 1
+            betas[-1], beta, prev, q, block_start = 0.0, 0.0, None, fresh / length, step + 1
             continue
         # After a restart, a block must outlast the first one before a stop by convergence:
         # a shorter one may not yet show a repeated copy.
@@ -412,19 +419,19 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
         return result
     s = vectors[:, wanted]
     ritz = basis.ritz(s.T, m)
-    ritz.div_(torch.linalg.vector_norm(ritz, dim=1, keepdim=True))
+    ritz.div_(norm(operator, ritz, dim=1, keepdim=True))
     if exact is None and approximate(operator):
         return _refined(result, operator, ritz, tol)
     if exact is None:
         fresh_rows = wanted[:1]
         image = product(ritz[0])
-        fresh_t = torch.linalg.vector_norm(image.sub_(float(values[wanted[0]]) * ritz[0]))[None]
+        fresh_t = norm(operator, image.sub_(float(values[wanted[0]]) * ritz[0]))[None]
     else:
         fresh_rows = wanted
         images = exact(ritz).to(torch.float64)
         for i, theta in enumerate(values[wanted].tolist()):
             images[i].sub_(theta * ritz[i])  # in place: A·y − θy, a temporary of n at a time
-        fresh_t = torch.linalg.vector_norm(images, dim=1)
+        fresh_t = norm(operator, images, dim=1)
         del images
     numbers = read_finite(torch.cat((*columns, fresh_t)))
     H = _arnoldi(numbers[:len(numbers) - len(fresh_rows)], T, beta)
@@ -456,9 +463,9 @@ def _refined(result: LanczosResult, operator: LinearOperator, ritz: torch.Tensor
     vectors than the checked ones (a central difference's truncation grows with the third
     derivative along y), and what they made of T is replaced, not bounded."""
     images = checked(operator, ritz.to(operator.dtype)).to(torch.float64)
-    values = (images * ritz).sum(dim=1)
+    values = summed(operator, (images * ritz).sum(dim=1))
     images.sub_(values[:, None] * ritz)
-    numbers = read_finite(torch.cat((values, torch.linalg.vector_norm(images, dim=1))))
+    numbers = read_finite(torch.cat((values, norm(operator, images, dim=1))))
     del images
     wanted = len(ritz)
     rounding = product_error(operator)

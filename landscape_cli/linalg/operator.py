@@ -156,6 +156,11 @@ class Wrapping:
     def approximate(self) -> bool:
         return approximate(self.operator)
 
+    @property
+    def shards(self) -> object:
+        """How the wrapped operator's vectors are held (``linalg/shards.py``)."""
+        return getattr(self.operator, "shards", None)
+
 
 @dataclass(frozen=True)
 class Restricted(Wrapping):
@@ -168,6 +173,9 @@ class Restricted(Wrapping):
     @property
     def size(self) -> int:
         return len(self.index)
+
+    #: a diagonal block of whole vectors (sharded operators are never restricted)
+    shards = None
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         return self.operator(self._embedded(block))[:, self.index]

@@ -26,6 +26,7 @@ from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.memory import hutchpp_bytes, no_memory
 from landscape_cli.linalg.operator import LinearOperator, product_error
 from landscape_cli.linalg.probes import rademacher
+from landscape_cli.linalg.shards import dimension, drawn, matmul, shards_of, summed
 
 Callback = Callable[[int, "TraceEstimate"], None]
 
@@ -65,9 +66,8 @@ def _probe_loop(operator: LinearOperator, offset: float, project, *, rtol: float
     spent = 0
     converged = False
     while spent < budget:
-        probes = project(rademacher(min(block, budget - spent), operator.size, generator,
-                                    operator.dtype, operator.device))
-        samples += read_finite((probes * operator(probes)).sum(dim=1))
+        probes = project(_probes(operator, min(block, budget - spent), generator))
+        samples += read_finite(summed(operator, (probes * operator(probes)).sum(dim=1)))
         spent += probes.shape[0]
         if callback is not None:
             callback(spent_before + spent,
@@ -103,7 +103,7 @@ def _estimate(offset: float, samples: list[float], matvecs: int, method: str, sk
 def _bias_bound(operator: LinearOperator, sketch: int, probed: bool = True) -> float:
     """k·δ + n·δ: the most products with a measured error δ per unit vector can move an
     estimate with a sketch of k and (where ``probed``) probes (module docstring)."""
-    return (sketch + (operator.size if probed else 0)) * product_error(operator)
+    return (sketch + (dimension(operator) if probed else 0)) * product_error(operator)
 
 
 def independent_columns(r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -112,6 +112,30 @@ def independent_columns(r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     which would drop every direction of a large model's sketch."""
     diagonal = r.diagonal().abs()
     return diagonal > torch.finfo(dtype).eps ** 0.5 * diagonal.max()
+
+
+def _probes(operator: LinearOperator, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k Rademacher probes, drawn whole (this rank's pieces where the vectors are sharded)."""
+    return drawn(operator, lambda size: rademacher(k, size, generator, operator.dtype,
+                                                   operator.device))
+
+
+def orthonormal_rows(operator: LinearOperator, images: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning the numerically independent ones of ``images`` (k×n): by
+    Householder QR of a whole block; of a sharded one (rows split over the ranks) from its Gram
+    matrix G = YYᵀ summed over the ranks, G = VΛVᵀ, Q = Λ^(-1/2)VᵀY over the eigenvalues above
+    ε·max (singular values above √ε·max, as ``independent_columns``), done twice, since one
+    pass leaves a loss of orthogonality of ε·cond(Y)² (CholeskyQR2: Fukaya et al. 2014)."""
+    if shards_of(operator) is None:
+        q, r = torch.linalg.qr(images.T)
+        return q[:, independent_columns(r, images.dtype)].T.contiguous()
+    rows = images
+    for _ in range(2):
+        values, vectors = torch.linalg.eigh(matmul(operator, rows, rows.T).double())
+        kept = values > torch.finfo(images.dtype).eps * values.max()
+        scale = (vectors[:, kept] / values[kept].sqrt()).T.to(rows.dtype)
+        rows = scale @ rows
+    return rows.contiguous()
 
 
 def fitting(operator: LinearOperator, sketch: int, block: int) -> tuple[int, int]:
@@ -155,24 +179,22 @@ def hutchpp(operator: LinearOperator, *, rtol: float = 0.01, max_matvecs: int = 
     fixed-budget form; else min(24, budget/3); fewer where they do not fit the operator's
     memory, ``fitting``) cost 2·sketch matvecs; the rest go to probes.
     """
-    n, dtype, device = operator.size, operator.dtype, operator.device
+    n, dtype, device = dimension(operator), operator.dtype, operator.device
     if sketch is None:
         sketch = max_matvecs // 3 if rtol == 0 else min(24, max_matvecs // 3)
     sketch, block = fitting(operator, max(0, min(sketch, n, max_matvecs // 2)), block)
     offset, spent = 0.0, 0
-    basis = torch.zeros(0, n, dtype=dtype, device=device)
+    basis = torch.zeros(0, operator.size, dtype=dtype, device=device)
     if sketch > 0:
-        images = operator(rademacher(sketch, n, generator, dtype, device))
-        q, r = torch.linalg.qr(images.T)
-        basis = q[:, independent_columns(r, dtype)].T.contiguous()
-        offset = read_finite((basis * operator(basis)).sum())[0] if len(basis) else 0.0
+        basis = orthonormal_rows(operator, operator(_probes(operator, sketch, generator)))
+        offset = read_finite(summed(operator, (basis * operator(basis)).sum()))[0] if len(basis) else 0.0
         spent = sketch + len(basis)
 
     if len(basis) == n:  # the sketch spans everything: tr(QᵀAQ) is exact
         return _estimate(offset, [], spent, "hutchpp", n, True, _bias_bound(operator, n, False))
 
     def project(g: torch.Tensor) -> torch.Tensor:
-        return g - (g @ basis.T) @ basis if len(basis) else g
+        return g - matmul(operator, g, basis.T) @ basis if len(basis) else g
 
     samples, used, converged = _probe_loop(
         operator, offset, project, rtol=rtol, budget=max_matvecs - spent, block=block,

@@ -21,29 +21,34 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape_cli.linalg.shards import drawn, norm, shards_of
+
 #: f(u) and ∇f(u)
 ValueAndGrad = Callable[[torch.Tensor], tuple[float, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Ball:
-    """{u : ‖u‖₂ ≤ radius}; steps along ∇f/‖∇f‖, first of length 2·radius."""
+    """{u : ‖u‖₂ ≤ radius}; steps along ∇f/‖∇f‖, first of length 2·radius. ``space``: the
+    operator whose vectors u are (its ``shards``, where they are sharded: ``linalg/shards.py``)."""
 
     radius: float
+    space: object = None
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
-        norm = grad.norm()
-        return grad / norm if norm > 0 else grad
+        length = norm(self.space, grad)
+        return grad / length if length > 0 else grad
 
     def project(self, u: torch.Tensor) -> torch.Tensor:
-        norm = float(u.norm())
-        return u * (self.radius / norm) if norm > self.radius else u
+        length = float(norm(self.space, u))
+        return u * (self.radius / length) if length > self.radius else u
 
     def start(self, n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         """A random point at half the radius (a start at 0 sits on a stationary point when θ
         is a minimum)."""
-        u = torch.randn(n, generator=generator, dtype=torch.float64).to(like)
-        return u * (0.5 * self.radius / float(u.norm()))
+        u = _drawn(self.space, n, lambda size: torch.randn(size, generator=generator,
+                                                           dtype=torch.float64)).to(like)
+        return u * (0.5 * self.radius / float(norm(self.space, u)))
 
     @property
     def step(self) -> float:
@@ -52,7 +57,9 @@ class Ball:
 
 @dataclass(frozen=True)
 class Box:
-    """{u : |u_i| ≤ 1}; sign steps, first of 2 (corner to corner)."""
+    """{u : |u_i| ≤ 1}; sign steps, first of 2 (corner to corner). ``space`` as ``Ball``'s."""
+
+    space: object = None
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         return grad.sign()
@@ -61,12 +68,19 @@ class Box:
         return u.clamp(-1.0, 1.0)
 
     def start(self, n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-        return (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1).to(like)
+        return (2 * _drawn(self.space, n, lambda size: torch.rand(size, generator=generator,
+                                                                  dtype=torch.float64)) - 1).to(like)
 
     step = 2.0
 
 
 Set = Ball | Box
+
+
+def _drawn(space: object, n: int, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """``draw(n)``, or, in a sharded space, this rank's pieces of the whole draw."""
+    return draw(n) if shards_of(space) is None else drawn(space, draw)
+
 
 
 @dataclass(frozen=True)

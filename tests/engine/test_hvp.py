@@ -291,6 +291,20 @@ def test_memory_budget_too_small_streams_instead():
     assert torch.allclose(engine.hvp(v), cached.hvp(v), rtol=1e-10, atol=1e-14)
 
 
+def test_auto_keeps_a_graph_within_half_the_budget_and_counts_what_a_stream_holds():
+    """One batch whose first-order graph saves B bytes: a budget of 3·B keeps it and leaves the
+    rest to the algorithms; under 1.5·B the graph would take more than half, so the products
+    stream, and the group graph a streamed product builds (at least the 0.75·B it had saved
+    when it outgrew its half) is not left to the algorithms either."""
+    run = loaded("mlp.yaml", MLP_CKPT, "data.max_samples=300", "data.batch_size=300")
+    graph = HVPEngine(run.problem, strategy="cached").plan.cached_bytes
+    kept = HVPEngine(run.problem, memory_budget=3 * graph)
+    assert kept.mode == "cached" and kept.memory_left() == 3 * graph - graph
+    streamed = HVPEngine(run.problem, memory_budget=int(1.5 * graph))
+    assert streamed.mode == "stream"
+    assert 0.75 * graph <= int(1.5 * graph) - streamed.memory_left() <= graph
+
+
 def test_compiled_stream_hvp_equals_dense_hessian_and_compiles_once_per_batch_shape(mlp_exact):
     from torch._dynamo.utils import counters
 
