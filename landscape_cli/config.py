@@ -33,7 +33,7 @@ from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from landscape_cli.errors import CheckpointError, ConfigError
-from landscape_cli.names import AUTO, PRECISIONS, Precision, Strategy
+from landscape_cli.names import AUTO, NO_SHARD, PRECISIONS, Precision, Shard, Strategy
 
 CONFIG_FILENAME = "landscape.yaml"
 CONFIG_ENV = "LANDSCAPE_CONFIG"
@@ -213,6 +213,10 @@ class EngineSection(_Section):
         default=None, description="bytes ('8GB', '512MiB') the cached graph, then the SLQ bases, "
         "may hold; default: half the GPU's memory or 40% of the RAM (what the machine has)")
     compile: bool = False
+    #: ``fsdp``: shard the model over the ranks of a torchrun launch (``--shard-model``)
+    shard: Shard = NO_SHARD
+    #: the module classes sharded one by one (then the root); default: the classes that repeat
+    shard_modules: list[str] = Field(default_factory=list)
 
 
 class Config(_Section):

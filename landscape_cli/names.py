@@ -12,6 +12,11 @@ AUTO, CACHED, STREAM, FD = "auto", "cached", "stream", "fd"
 #: ordinary gradients, for models without double backward (``engine/hvp.py``)
 STRATEGIES = (AUTO, CACHED, STREAM, FD)
 Strategy = Literal[STRATEGIES]
+#: ``engine.shard`` / ``--shard-model``: the model whole in every process, or sharded over the
+#: ranks of a torchrun launch with FSDP2 (``engine/sharding.py``)
+NO_SHARD, FSDP = "none", "fsdp"
+SHARDS = (NO_SHARD, FSDP)
+Shard = Literal[SHARDS]
 #: ``precision`` / ``--precision`` (Lightning's names): how the passes run, with the dtype each
 #: holds the weights in (``dtype``); the mixed ones run the forward and backward passes under
 #: autocast over float32 weights (``engine/problem.py``)

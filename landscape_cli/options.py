@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape_cli.errors import LandscapeError
-from landscape_cli.names import PRECISIONS, STRATEGIES
+from landscape_cli.names import FSDP, PRECISIONS, STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ class RunOptions:
     allow_global: list[str] = field(default_factory=list)
     trust_checkpoint: bool = False
     dist_timeout: float | None = None
+    shard_model: bool = False
     fail_if: list[str] = field(default_factory=list)
 
     def flags(self) -> dict[str, tuple[str, Any]]:
@@ -133,6 +134,8 @@ class RunOptions:
                  "precision": ("--precision", self.precision)}
         out = {key: (f"{flag} {value}" if not isinstance(value, bool) else flag, value)
                for key, (flag, value) in given.items() if value is not None}
+        if self.shard_model:
+            out["engine.shard"] = ("--shard-model", FSDP)
         implied = PRECISIONS.get(str(self.precision))
         if self.dtype is None and implied is not None:  # the flag sets the weights' dtype too
             out["dtype"] = (out["precision"][0], implied)
@@ -186,6 +189,10 @@ RUN_OPTIONS: dict[str, Option] = {
     "dist_timeout": Option("Under torchrun: seconds a rank waits for the others before it stops "
                            "with an error (default 600).", min=1, metavar="SECONDS",
                            panel=_ENGINE),
+    "shard_model": Option("Under torchrun: shard the model over the ranks with FSDP2 (each "
+                          "repeated block, then the root), vectors held as shards; products by "
+                          "finite differences (engine.shard: fsdp).", flags=("--shard-model",),
+                          panel=_ENGINE),
     "fail_if": Option("Exit 1 if this holds, e.g. 'lambda_max>50' (repeatable).",
                       metavar="EXPR", panel=_OUTPUT),
 }

@@ -16,7 +16,7 @@ from landscape_cli.engine import distributed
 from landscape_cli.engine.passes import Evaluation, Passes
 from landscape_cli.engine.plan import default_memory_budget
 from landscape_cli.engine.problem import LossFn, Problem, build_problem, criterion_loss, exact_float32
-from landscape_cli.errors import ConfigError, NumericalError
+from landscape_cli.errors import ConfigError, LandscapeError, NumericalError
 from landscape_cli.loading.assemble import (
     DTYPES,
     LoadOptions,
@@ -31,6 +31,7 @@ from landscape_cli.loading.checkpoint import Checkpoint, read_checkpoint
 from landscape_cli.loading.data import load_batches
 from landscape_cli.loading.factory import add_python_path, call, resolve
 from landscape_cli.loading.matching import Match, tied_groups
+from landscape_cli.names import FSDP
 
 
 @dataclass
@@ -131,6 +132,13 @@ class Session:
             built.problem = build_problem(built.model, built.loss_fn, data, bn=config.bn,
                                           params=options.params, device=device, dtype=dtype,
                                           precision=config.precision)
+            if config.engine.shard == FSDP:
+                from landscape_cli.engine.sharding import shard
+
+                built.problem = shard(built.problem, config.engine.shard_modules)
+        elif config.engine.shard == FSDP:
+            raise LandscapeError("--shard-model analyses one checkpoint per run (its model is "
+                                 "sharded once it is loaded)")
         else:
             theta0 = torch.cat([built.model.get_parameter(n).detach().reshape(-1)
                                 for n in built.problem.names]).clone()

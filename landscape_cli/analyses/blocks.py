@@ -40,6 +40,7 @@ from landscape_cli.analyses.spectrum import spectrum
 from landscape_cli.analyses.trace import module_groups
 from landscape_cli.errors import LandscapeError
 from landscape_cli.linalg.lockstep import in_lockstep
+from landscape_cli.linalg.memory import lanczos_bytes, restart_minimum
 from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.slq import gaussian_density
 from landscape_cli.results.blocks import BLOCK_TYPES, BlockSpectrum
@@ -218,8 +219,13 @@ def per_block(operator: LinearOperator, blocks: dict[str, list[str]],
             density=estimate, notes=found.notes)
 
     rows = max(top, density["runs"] if density else 1)
+    def least(size: int) -> int:  # a restarted float32 basis, the fewest Lanczos works with
+        wanted = min(top, size)
+        return lanczos_bytes(size, min(size, restart_minimum(wanted)), wanted, torch.float32,
+                             restarted=True)
+
     found = in_lockstep(operator, [[slices[p] for p in blocks[name]] for name in names], analyse,
-                        rows=rows, callback=callback)
+                        rows=rows, least=least, callback=callback)
     found.sort(key=lambda block: BLOCK_TYPES.index(block.type))  # stable: parameter order
     notes, heterogeneity, sigma = [], None, None
     if density is not None and len(found) > 1:

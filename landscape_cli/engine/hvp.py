@@ -44,7 +44,8 @@ from landscape_cli.engine.host_memory import keep_freed_memory
 from landscape_cli.engine.passes import Cost, Evaluation, Group, Passes, SavedBytes, reduce
 from landscape_cli.engine.plan import CACHED_SHARE, COMPILED_ROWS, Plan, join_batches, start, weighted_terms
 from landscape_cli.engine.problem import Problem
-from landscape_cli.errors import first_line
+from landscape_cli.errors import LandscapeError, first_line
+from landscape_cli.linalg.shards import dimension, norm
 from landscape_cli.names import AUTO, CACHED, FD, STRATEGIES, STREAM
 
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
@@ -101,7 +102,10 @@ class HVPEngine:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         keep_freed_memory()
         # the operator's shape (``linalg.operator.LinearOperator``): vectors of θ's size and dtype
-        self.size, self.dtype, self.device = self.problem.n, self.problem.dtype, self.problem.device
+        # the vectors' length here (this rank's pieces of them where the model is sharded)
+        self.size, self.dtype, self.device = (self.problem.theta0.numel(), self.problem.dtype,
+                                              self.problem.device)
+        self.shards = self.problem.shards
         if self.passes is None:
             self.passes = Passes(self.problem, cost=self.cost, warnings=self.warnings)
         self.cost, self.warnings = self.passes.cost, self.passes.warnings
@@ -126,7 +130,14 @@ class HVPEngine:
             self._compiled = torch.compile(self._forward_over_reverse, dynamic=False)
         self.plan: Plan = start(self.problem, self.memory_budget, self.compile)
         self.memory_budget = self.plan.memory_budget
-        if self.strategy == FD:
+        if self.shards is not None:
+            if self.strategy not in (AUTO, FD):
+                raise LandscapeError(f"--hvp-strategy {self.strategy}: a sharded model's products "
+                                     "are finite differences (FSDP2 has no double backward); "
+                                     "use --hvp-strategy fd or auto")
+            self._finite_differences(f"{self.strategy}: the model is sharded (--shard-model), and "
+                                     "FSDP2 has no double backward")
+        elif self.strategy == FD:
             self._finite_differences("asked (--hvp-strategy fd)")
         elif self.strategy == CACHED:
             self._build_cache(None)
@@ -344,7 +355,7 @@ class HVPEngine:
         objective.fused_attention = True
         computed_in = objective.autocast[1] if objective.autocast else self.problem.dtype
         theta = self.problem.theta0
-        rms = float(torch.linalg.vector_norm(theta, dtype=torch.float64)) / max(theta.numel(), 1) ** 0.5
+        rms = float(norm(self, theta, dtype=torch.float64)) / max(dimension(self), 1) ** 0.5
         self._fd_length = torch.finfo(computed_in).eps ** FD_STEP_POWER * max(1.0, rms)
 
     def _hvp_fd(self, block: torch.Tensor, every_row: bool = False) -> torch.Tensor:
@@ -393,13 +404,13 @@ class HVPEngine:
 
     def _fd_steps(self, block: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         """‖vᵢ‖ (1 for a zero row: H·0 = 0 at any step) and each row's step h = length/‖vᵢ‖."""
-        norms = torch.linalg.vector_norm(block, dim=1, dtype=torch.float64)
+        norms = norm(self, block, dim=1, dtype=torch.float64)
         norms = torch.where(norms > 0, norms, torch.ones_like(norms))
         return norms, (self._fd_length / norms).tolist()
 
     def _measured(self, products: torch.Tensor, others: torch.Tensor, norms: torch.Tensor) -> None:
         """Record ``FD_MARGIN``·‖products − others‖ per unit vector, the largest so far."""
-        gaps = torch.linalg.vector_norm(products - others, dim=1, dtype=torch.float64)
+        gaps = norm(self, products - others, dim=1, dtype=torch.float64)
         self._fd_error = max(self._fd_error, float((FD_MARGIN * gaps / norms).max()))
 
     def product_error(self) -> float:

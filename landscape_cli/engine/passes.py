@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from landscape_cli.data_batches import concat_batches
+from landscape_cli.engine import distributed
 from landscape_cli.engine.distributed import all_sum
 from landscape_cli.engine.problem import Problem, mean_loss
 from landscape_cli.errors import first_line
@@ -149,6 +150,11 @@ class Passes:
         # L(θ₀), from the first pass at θ₀ that computed it, and the evaluation there (at_theta0)
         self._loss_at_theta0: float | None = None
         self._evaluation_at_theta0: Evaluation | None = None
+        self._padded: list[Group] | None = None  # a sharded model's batches, as many as any rank's
+
+    def _pieces(self, index: int) -> tuple[int, ...]:
+        """``sum_over``'s ``pieces``: the term at ``index`` where the model is sharded."""
+        return () if self.problem.shards is None else (index,)
 
     @property
     def data_passes(self) -> int:
@@ -157,8 +163,16 @@ class Passes:
     # ------------------------------------------------------------------ the one loop
 
     def per_batch(self) -> list[Group]:
-        """This process's batches, each alone."""
-        return [(self.problem.weights[i], [i]) for i in self.problem.own]
+        """This process's batches, each alone. With a sharded model every rank goes through as
+        many as the rank with the most (FSDP2's gathers and reductions are collectives), a
+        missing one as a batch of weight 0."""
+        own = [(self.problem.weights[i], [i]) for i in self.problem.own]
+        if self.problem.shards is None:
+            return own
+        if self._padded is None:
+            missing = distributed.all_max(len(own)) - len(own)
+            self._padded = own + [(0.0, [own[0][1][0] if own else 0])] * missing
+        return self._padded
 
     def batch_of(self, indices: list[int]) -> Any:
         """The batches ``indices`` as one batch on the device (moved one by one, then joined,
@@ -168,10 +182,12 @@ class Passes:
         return concat_batches([self.problem.batch(i) for i in indices])
 
     def sum_over(self, term: Term, groups: Sequence[Group] | None = None, *,
-                 reduced: bool = True) -> tuple[torch.Tensor, ...]:
+                 reduced: bool = True, pieces: Sequence[int] = ()) -> tuple[torch.Tensor, ...]:
         """Σ_g term(w_g, batch_g) over ``groups`` (each batch alone by default), term by term,
         then ``reduce``d (``reduced=False`` keeps a process's own sums, for a kept graph whose
-        products are reduced later)."""
+        products are reduced later); the terms at ``pieces`` are this rank's pieces of vectors
+        whose sum over the ranks the term already took (a sharded model's gradients: FSDP2
+        reduce-scatters them), never reduced."""
         total: list[torch.Tensor] | None = None
         self.cost.data_passes += 1
         for weight, indices in self.per_batch() if groups is None else groups:
@@ -179,7 +195,10 @@ class Passes:
             total = list(values) if total is None else [_added(a, b) for a, b in zip(total, values)]
         if total is None:  # a process without batches adds zeros of the sums' shapes
             total = [torch.zeros_like(v) for v in term(0.0, self.batch_of([0]))]
-        return reduce(total) if reduced else tuple(total)
+        if not reduced:
+            return tuple(total)
+        summed = iter(reduce([t for i, t in enumerate(total) if i not in pieces]))
+        return tuple(t if i in pieces else next(summed) for i, t in enumerate(total))
 
     # ------------------------------------------------------------------ L(θ₀), one home
 
@@ -200,19 +219,12 @@ class Passes:
 
     # ------------------------------------------------------------------ primitives
 
-    def state(self, theta: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None
-              ) -> dict[str, torch.Tensor]:
-        """The objective's parameters at θ, and model buffers (by the model's names) in place of
-        its own."""
-        return {**self.problem.unflatten(theta),
-                **{"model." + name: value for name, value in (buffers or {}).items()}}
-
-    def _loss_and_hits(self, state: dict[str, torch.Tensor], batch: Any
+    def _loss_and_hits(self, forward: Callable[[], Any], batch: Any
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """L_b and, for a classifier whose model returns logits, its correct predictions (else
-        0), from one forward pass."""
+        0), from one forward pass, ``forward()`` (the objective's output on ``batch``)."""
         with _first_output(self.problem.objective.model) as outputs:
-            loss = mean_loss(torch.func.functional_call(self.problem.objective, state, (batch,)))
+            loss = mean_loss(forward())
         hits = _hits(outputs[0], batch[1]) if self.problem.classification and outputs else None
         self._logits = hits is not None  # fixed by the model's output shape
         return loss, torch.zeros((), dtype=torch.long, device=loss.device) if hits is None else hits
@@ -229,10 +241,10 @@ class Passes:
         at_theta0 = theta is None and buffers is None
         if at_theta0 and self._evaluation_at_theta0 is not None:
             return self._evaluation_at_theta0
-        state = self.state(self.problem.theta0 if theta is None else theta, buffers)
+        theta = self.problem.theta0 if theta is None else theta
 
         def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            loss, hits = self._loss_and_hits(state, batch)
+            loss, hits = self._loss_and_hits(lambda: self.problem.output(theta, batch, buffers), batch)
             return (weight * loss).double(), hits
 
         with torch.no_grad():
@@ -247,13 +259,12 @@ class Passes:
         """(L(θ), ∇L(θ)) by one backward pass per batch; no graph is kept. At θ₀ the loss is
         kept (``at_theta0``) unless an earlier pass computed it."""
         at_theta0 = theta is None
-        theta = (self.problem.theta0 if theta is None else theta).detach().clone().requires_grad_(True)
+        theta = self.problem.theta0 if theta is None else theta
 
         def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            loss = weight * self.problem.mean_batch_loss(theta, batch)
-            return loss.detach(), torch.autograd.grad(loss, theta)[0]
+            return self.problem.weighted_gradient(theta, weight, batch)
 
-        loss, grad = self.sum_over(term)
+        loss, grad = self.sum_over(term, pieces=self._pieces(1))
         self.cost.grads += 1
         self.cost.forwards += len(self.problem.own)
         if at_theta0:
@@ -274,8 +285,7 @@ class Passes:
         pairs = list(dict.fromkeys((j, s) for terms in outputs for j, s, _ in terms))
 
         def gradient(weight: float, batch: Any, row: torch.Tensor, step: float) -> torch.Tensor:
-            theta = torch.add(theta0, row, alpha=step).requires_grad_(True)
-            return torch.autograd.grad(weight * self.problem.mean_batch_loss(theta, batch), theta)[0]
+            return self.problem.weighted_gradient(torch.add(theta0, row, alpha=step), weight, batch)[1]
 
         def term(weight: float, batch: Any) -> tuple[torch.Tensor]:
             out = rows.new_zeros(len(outputs), rows.shape[1])
@@ -287,7 +297,7 @@ class Passes:
                         out[r].add_(difference, alpha=c)
             return (out,)
 
-        combined, = self.sum_over(term, groups)
+        combined, = self.sum_over(term, groups, pieces=self._pieces(0))
         self.cost.grads += 2 * len(pairs)
         self.cost.forwards += 2 * len(pairs) * len(self.problem.own)
         return combined
@@ -319,7 +329,9 @@ class Passes:
 
         def one(theta: torch.Tensor, own: dict[str, torch.Tensor], batch: Any
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._loss_and_hits({**self.problem.unflatten(theta), **shared, **own}, batch)
+            state = {**self.problem.unflatten(theta), **shared, **own}
+            return self._loss_and_hits(
+                lambda: torch.func.functional_call(self.problem.objective, state, (batch,)), batch)
 
         rows = self._rows_per_forward() if vectorized else 1
         starts = range(0, len(thetas), rows)

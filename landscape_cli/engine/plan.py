@@ -221,6 +221,8 @@ def join_batches(problem: Problem, passes: Passes, memory_budget: int) -> tuple[
     the batches do not concatenate or the check fails; with 0 bytes (nothing measured) where
     there is one batch, BatchNorm uses batch statistics (``train-stats``: joining changes L),
     the budget is 0 or the batches are streamed (read in order, one at a time)."""
+    if problem.shards is not None:  # every rank the same passes (``Passes.per_batch``)
+        return passes.per_batch(), 0
     weights, own = problem.weights, problem.own
     per_batch = [(weights[i], [i]) for i in own]
     if (problem.bn != "eval" or len(per_batch) < 2 or weights[own[0]] <= 0

@@ -170,6 +170,9 @@ class Problem:
     owned: list[int] | None = None
     #: whether the batches are read again from the loader on every pass (``data.stream``)
     streamed: bool = False
+    #: how θ is held across the ranks (``linalg/shards.py``; ``engine/sharding.py``), None:
+    #: whole in this process
+    shards: Any = None
 
     @property
     def own(self) -> list[int]:
@@ -191,7 +194,22 @@ class Problem:
 
     def mean_batch_loss(self, theta: torch.Tensor, batch: Any) -> torch.Tensor:
         """L_b(θ), the mean loss over one batch already on the device."""
-        return mean_loss(torch.func.functional_call(self.objective, self.unflatten(theta), (batch,)))
+        return mean_loss(self.output(theta, batch))
+
+    def output(self, theta: torch.Tensor, batch: Any,
+               buffers: dict[str, torch.Tensor] | None = None) -> Any:
+        """What the objective returns for one batch at θ, with ``buffers`` (by the model's
+        names) in place of the model's own."""
+        state = {**self.unflatten(theta),
+                 **{"model." + name: value for name, value in (buffers or {}).items()}}
+        return torch.func.functional_call(self.objective, state, (batch,))
+
+    def weighted_gradient(self, theta: torch.Tensor, weight: float,
+                          batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w·L_b(θ), w·∇L_b(θ)) for one batch by an ordinary backward pass, no graph kept."""
+        theta = theta.detach().requires_grad_(True)
+        loss = weight * self.mean_batch_loss(theta, batch)
+        return loss.detach(), torch.autograd.grad(loss, theta)[0]
 
 
 def exact_float32(device: torch.device) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from landscape_cli.linalg.memory import no_memory
 from landscape_cli.linalg.operator import LinearOperator, approximate, checked, product_error, restrict
 
 #: which of the shared operator's products a request asks for: A's own, A's with each row's
@@ -135,27 +136,38 @@ class BlockView:
         return BlockView(self.shared, self.index, _EXACT)
 
 
-def plan_width(operator: LinearOperator, rows: int, count: int) -> tuple[int, int | None]:
+def plan_width(operator: LinearOperator, rows: int, count: int,
+               least: int = 0) -> tuple[int, int | None]:
     """How many of ``count`` algorithms of ``rows`` rows each run at once, and the memory each
     may take for its own vectors: every running one's rows, in and out of the product, take
-    2·rows·n numbers; together at most half of ``memory_left()`` (at least one runs)."""
+    2·rows·n numbers, together at most half of ``memory_left()``, and each needs ``least``
+    bytes of its own; at least one runs, and where even one does not fit, ``NoMemory`` before
+    any product."""
     memory = operator.memory_left()
     if memory is None:
         return count, None
     per_task = 2 * rows * operator.size * operator.dtype.itemsize
-    width = max(1, min(count, memory // 2 // max(per_task, 1)))
+    if 0 < memory < per_task + least:
+        raise no_memory(f"{count} diagonal block(s) in lockstep (the largest block's own "
+                        f"vectors, and {rows} row(s) of {operator.size:,} in and out of the "
+                        "shared products)", per_task + least, memory)
+    width = max(1, min(count, memory // 2 // max(per_task, 1),
+                       memory // max(per_task + least, 1)))
     return width, max(memory - width * per_task, 0) // width
 
 
 def in_lockstep(operator: LinearOperator, blocks: Sequence[list[slice]],
                 algorithm: Callable[[int, LinearOperator], Any], *, rows: int = 1,
+                least: Callable[[int], int] = lambda size: 0,
                 callback: Callable[[int, int], None] | None = None) -> list[Any]:
     """``algorithm(b, A_bb)`` for every block b (a list of coordinate slices), their products
     shared round by round (module docstring); ``rows``: the most rows one algorithm asks for
-    at a time (it sizes how many run at once). ``callback(finished, count)`` after each round.
+    at a time, and ``least(size)``: the fewest bytes it holds of its own on a block of
+    ``size`` (both size how many run at once). ``callback(finished, count)`` after each round.
     The first exception of an algorithm stops the others and is raised here."""
     indices = [restrict(operator, slices).index for slices in blocks]
-    width, share = plan_width(operator, rows, len(blocks))
+    width, share = plan_width(operator, rows, len(blocks),
+                              max((least(len(index)) for index in indices), default=0))
     shared = _Shared(operator, indices, share)
     waiting = list(range(len(blocks)))[::-1]
     finished = 0

@@ -156,6 +156,10 @@ class Wrapping:
     def approximate(self) -> bool:
         return approximate(self.operator)
 
+    def checked(self, block: torch.Tensor) -> torch.Tensor:
+        """The wrapped operator's products, each row's error measured (``checked``)."""
+        return checked(self.operator, block)
+
     @property
     def shards(self) -> object:
         """How the wrapped operator's vectors are held (``linalg/shards.py``)."""

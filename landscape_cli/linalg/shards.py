@@ -61,12 +61,13 @@ def matmul(operator: object, rows: torch.Tensor, w: torch.Tensor) -> torch.Tenso
     return summed(operator, rows @ w)
 
 
-def norm(operator: object, v: torch.Tensor, dim: int | None = None,
-         keepdim: bool = False) -> torch.Tensor:
-    """‖v‖₂ (over ``dim``: the vectors' last dimension) of vectors held as ``operator``'s."""
+def norm(operator: object, v: torch.Tensor, dim: int | None = None, keepdim: bool = False,
+         dtype: torch.dtype | None = None) -> torch.Tensor:
+    """‖v‖₂ (over ``dim``: the vectors' last dimension) of vectors held as ``operator``'s,
+    computed in ``dtype`` where given."""
     if shards_of(operator) is None:
-        return torch.linalg.vector_norm(v, dim=dim, keepdim=keepdim)
-    squares = torch.linalg.vector_norm(v, dim=dim, keepdim=keepdim) ** 2
+        return torch.linalg.vector_norm(v, dim=dim, keepdim=keepdim, dtype=dtype)
+    squares = torch.linalg.vector_norm(v, dim=dim, keepdim=keepdim, dtype=dtype) ** 2
     return summed(operator, squares).sqrt()
 
 

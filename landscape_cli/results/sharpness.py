@@ -111,7 +111,11 @@ class SharpnessResult(Result):
     def warnings(self) -> list[str]:
         notes = list(self.notes)
         for name, m in self.measures.items():
-            if m.converged is False:
+            if m.converged is False and m.steps is None:  # Lanczos (lambda_max)
+                notes.append(f"{name}: its residual {m.residual:.3g} did not reach --tol times "
+                             "|λ| (the products' own error puts a floor under it); the value is "
+                             "within the residual of an eigenvalue of the exact Hessian")
+            elif m.converged is False:
                 notes.append(f"{name}: the ascent was still improving when its {m.steps} steps "
                              "ran out; the value is a lower bound (raise --steps)")
         return notes

@@ -16,6 +16,7 @@ from landscape_cli.analyses.blocks import form_blocks, js_heterogeneity, paramet
 from landscape_cli.analyses.spectrum import spectrum
 from landscape_cli.errors import LandscapeError
 from landscape_cli.linalg.lockstep import in_lockstep, plan_width
+from landscape_cli.linalg.memory import NoMemory
 from landscape_cli.linalg.operator import CallableOperator, DenseOperator, restrict
 from landscape_cli.results.density import DensityResult
 
@@ -184,6 +185,26 @@ def test_lockstep_width_follows_the_memory_budget():
     in_lockstep(operator, [[slice(i * 10, i * 10 + 10)] for i in range(5)],
                 lambda b, view: spectrum(view, top=1, seed=0))
     assert max(calls) == 2  # two blocks at a time
+
+
+def test_lockstep_width_counts_what_each_block_holds_and_refuses_before_any_product():
+    """Each algorithm's own vectors (``least``, the largest block's) count beside the shared
+    rows: 3 fit by the rows alone, 2 with 1,600 bytes each of their own; where even one does
+    not fit, one line before any product (the GPT-2 per-block run failed after 8 minutes)."""
+    rows_bytes = 2 * 8 * 100
+    operator = DenseOperator(torch.eye(100, dtype=torch.float64), memory=rows_bytes * 6)
+    assert plan_width(operator, rows=1, count=10)[0] == 3
+    assert plan_width(operator, rows=1, count=10, least=2400)[0] == 2
+    with pytest.raises(NoMemory, match="diagonal block"):
+        plan_width(operator, rows=1, count=10, least=rows_bytes * 6)
+
+    def never(block):
+        raise AssertionError("a product was asked for")
+
+    with pytest.raises(NoMemory):
+        in_lockstep(CallableOperator(never, size=100, memory=rows_bytes * 2),
+                    [[slice(0, 50)], [slice(50, 100)]], lambda b, view: spectrum(view, top=1),
+                    least=lambda size: size * 8 * 20)
 
 
 #: parameter name and its module's class → its block type, in the spellings of the models
