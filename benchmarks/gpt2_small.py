@@ -204,7 +204,7 @@ def _fd_products(problem, passes, vector: torch.Tensor) -> None:
     for i in range(2):
         _timed(f"fd product {i + 1} (fused SDPA{', error measured' if i == 0 else ''})",
                lambda: fd.hvp(vector))
-    _timed("checked fd product (4 gradients)", lambda: fd.checked(vector[None]))
+    _timed("checked fd product (6 gradients, Richardson)", lambda: fd.checked(vector[None]))
     print(f"fd measured error per unit vector {fd.product_error():.3e}; {_peak()}", flush=True)
 
 

@@ -25,6 +25,7 @@ from landscape_cli.engine import distributed, peak_memory
 from landscape_cli.engine.hvp import NONFINITE
 from landscape_cli.errors import Interrupted, LandscapeError, NumericalError, OutOfMemory
 from landscape_cli.loading.assemble import LoadOptions
+from landscape_cli.names import AUTO, FD, FSDP
 from landscape_cli.options import RunOptions, checked, jsonable
 from landscape_cli.paths import expand
 from landscape_cli.report.document import Report, build_report
@@ -110,10 +111,34 @@ def prepare(name: str, checkpoint: str | Path | Sequence[str | Path], run_option
     check_names(gates, (*HEADLINE, *spec.result.GATES))
     config_path = find_config(str(run_options.config) if run_options.config else None, checkpoints[0])
     config = _config(config_path, tuple(run_options.set), tuple(sorted(run_options.flags().items())))
+    if config.engine.shard == FSDP:
+        refusal = _unsharded(spec, values, run_options, config)
+        if refusal is not None:
+            raise LandscapeError(f"--shard-model (engine.shard: fsdp): {refusal}")
     data = [Path(d.path) for d in (config.data, config.eval_data) if d is not None and d.path]
     inputs = [*map(Path, checkpoints), config_path, *data]
     return Prepared(spec, checkpoints, run_options, values, gates, config, config_path,
                     started, inputs)
+
+
+def _unsharded(spec: Command, values: dict[str, Any], run_options: RunOptions,
+               config: Config) -> str | None:
+    """Why this run cannot go on a sharded model (None: it can): outside torchrun, with a
+    subset of the parameters, exact or compiled products, or options of the command that need
+    whole vectors (its ``sharded``)."""
+    if not distributed.launched():
+        return ("it shards the model over the ranks of a torchrun launch; run it under "
+                "torchrun --nproc-per-node N -m landscape_cli ...")
+    if run_options.params:
+        return "it analyses every parameter; leave out --params"
+    if config.engine.strategy not in (AUTO, FD):
+        return (f"its products are finite differences (FSDP2 has no double backward); "
+                f"--hvp-strategy {config.engine.strategy} does not apply, use fd or auto")
+    if config.engine.compile:
+        return "--compile does not apply to its finite-difference products"
+    if spec.sharded is None:
+        return f"{spec.name} does not run on a sharded model (spectrum, trace and sharpness do)"
+    return spec.sharded(values)
 
 
 def execute(prepared: Prepared, *, session: Session | None = None,
@@ -160,6 +185,7 @@ def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interru
                   "config": str(prepared.config_path), "config_sha256": config.sha256(),
                   "options": {name: jsonable(value) for name, value in prepared.options.items()},
                   "world_size": distributed.world_size(),
+                  **({"shard": config.engine.shard} if config.engine.shard == FSDP else {}),
                   # the same threads give the same numbers; others, the same within their errors
                   "threads": torch.get_num_threads(),
                   **({"data_streamed": True} if problem.streamed else {}),

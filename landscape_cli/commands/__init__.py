@@ -29,6 +29,9 @@ class Command:
     result: type[Result]
     #: whether it takes several checkpoints (``interpolate``) rather than one
     many: bool = False
+    #: what of these options a sharded model (``--shard-model``) cannot run (None: it can all);
+    #: a command without it does not run on a sharded model
+    sharded: Callable[[dict[str, Any]], str | None] | None = None
 
 
 def _commands() -> dict[str, Command]:

@@ -3,12 +3,12 @@ definition, its parameters and its error."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
 from landscape_cli.options import Option
-from landscape_cli.results.sharpness import MEASURES, SharpnessResult
+from landscape_cli.results.sharpness import MEASURES, NEEDS, SharpnessResult
 
 if TYPE_CHECKING:
     from landscape_cli.commands.context import Run
@@ -90,6 +90,22 @@ def sharpness(
     return result
 
 
+#: the measures a sharded model runs: curvature and ascents (whole-vector Monte Carlo does not)
+SHARDED_MEASURES = ("lambda_max", "trace_per_param", "grad_norm", "stability_lr",
+                    "eps_sharpness", "worst_case", "worst_case_adaptive")
+
+
+def sharded(options: dict[str, Any]) -> str | None:
+    """What a sharded model cannot run: the Monte Carlo measures."""
+    chosen = _measures(options.get("measures", "all"))
+    needed = {*chosen, *(need for name in chosen for need in NEEDS.get(name, ()))}
+    others = [name for name in MEASURES if name in needed and name not in SHARDED_MEASURES]
+    if not others:
+        return None
+    return (f"{', '.join(others)} do(es) not run on a sharded model; ask --measures "
+            f"{','.join(SHARDED_MEASURES)} or some of them")
+
+
 COMMAND = Command(
     name="sharpness",
     run=sharpness,
@@ -104,4 +120,5 @@ COMMAND = Command(
   landscape sharpness ckpt.pt --lr 0.1 --fail-if 'eta_lambda_max>2' --fail-if 'worst_case>0.5'
 """,
     result=SharpnessResult,
+    sharded=sharded,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
@@ -156,6 +156,13 @@ def _vectors_destination(path: Path, inputs: list[Path]):
     return dest
 
 
+def sharded(options: dict[str, Any]) -> str | None:
+    """What a sharded model cannot run: the options that need whole vectors or SLQ."""
+    given = [flag for name, flag in (("per_block", "--per-block"), ("density", "--density"),
+                                     ("save_vectors", "--save-vectors")) if options.get(name)]
+    return f"{', '.join(given)} do(es) not run on a sharded model" if given else None
+
+
 COMMAND = Command(
     name="spectrum",
     run=spectrum,
@@ -174,4 +181,5 @@ COMMAND = Command(
   landscape spectrum ckpt.pt --top 2 --save-vectors top2.safetensors
 """,
     result=SpectrumResult,
+    sharded=sharded,
 )

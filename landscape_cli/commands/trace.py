@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, get_args
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
@@ -50,6 +50,11 @@ def trace(
                               sketch=sketch, seed=run.seed, groups=groups, callback=step)
 
 
+def sharded(options: dict[str, Any]) -> str | None:
+    """What a sharded model cannot run: per-layer blocks of whole vectors."""
+    return "--per-layer does not run on a sharded model" if options.get("per_layer") else None
+
+
 COMMAND = Command(
     name="trace",
     run=trace,
@@ -63,4 +68,5 @@ COMMAND = Command(
   landscape trace ckpt.pt --per-layer --method hutchinson
 """,
     result=TraceResult,
+    sharded=sharded,
 )

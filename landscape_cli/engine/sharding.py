@@ -123,6 +123,8 @@ def shard(problem: Problem, classes: Sequence[str] = ()) -> ShardedProblem:
     wrapped = [module for module in model.modules() if isinstance(module, FSDPModule)]
     for module in wrapped:  # sums over the ranks, each rank's loss already weighted
         module.set_gradient_divide_factor(1.0)
+        # a plain SUM: FSDP2 would otherwise pre-multiply (PREMUL_SUM), which gloo lacks
+        module.set_force_sum_reduction_for_comms(True)
     params = [model.get_parameter(name) for name in names]
     pieces, offset = [], 0
     world, rank = distributed.world_size(), distributed.rank()

@@ -52,6 +52,9 @@ class Settings(_Open):
     config_sha256: str
     threads: int = Field(None, description="CPU threads torch ran on: the same threads give the "
                          "same numbers, others the same within the reported errors")
+    shard: Literal["fsdp"] = Field(None, description="The model was sharded over the ranks "
+                                   "with FSDP2 (--shard-model): products by finite differences, "
+                                   "vectors held as shards")
 
 
 class Cost(_Open):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.distributed_probe import numbers
-from helpers.runners import start_process
+from helpers.ranks import finish, start_ranks
 from helpers.samples import CNN_CKPT, CONFIGS, MLP_CKPT, ROOT
 
 PROBE = Path(__file__).resolve().parents[1] / "helpers" / "distributed_probe.py"
@@ -87,44 +86,10 @@ def test_a_rank_without_batches_adds_nothing_and_does_not_hang(tmp_path):
     assert _close(together, alone), (together, alone)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ranks(args: list[str], count: int = 2) -> list[subprocess.Popen]:
-    """``count`` ranks started by hand as torchrun would (its environment), so that each
-    rank's own output and exit code are seen."""
-    port = _free_port()
-    processes = []
-    for rank in range(count):
-        env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(count),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        processes.append(start_process(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True, start_new_session=True))
-    return processes
-
-
-def _finish(processes: list[subprocess.Popen], within: float) -> list[tuple[int, str, str]]:
-    deadline = time.monotonic() + within
-    done = []
-    try:
-        for process in processes:
-            out, err = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            done.append((process.returncode, out, err))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-    return done
-
-
 def test_a_bad_checkpoint_ends_every_rank_with_one_line(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(MLP_CKPT.read_bytes()[:1000])
-    done = _finish(_ranks(["spectrum", str(broken), "-c", str(CONFIGS / "mlp.yaml")]), within=60)
+    done = finish(start_ranks(["spectrum", str(broken), "-c", str(CONFIGS / "mlp.yaml")]), within=60)
     for code, out, err in done:
         assert code == 2, err
         assert out == "" and "Traceback" not in err
@@ -135,16 +100,16 @@ def test_a_bad_checkpoint_ends_every_rank_with_one_line(tmp_path):
 def test_a_rank_that_dies_ends_the_others(tmp_path):
     """Rank 1 is killed mid-run; rank 0 stops at its next sum with the other ranks (gloo sees
     the closed connection, or --dist-timeout ends the wait), non-zero, one line."""
-    processes = _ranks(["sharpness", str(MLP_CKPT), "-c", str(CONFIGS / "mlp.yaml"), "--measures",
+    processes = start_ranks(["sharpness", str(MLP_CKPT), "-c", str(CONFIGS / "mlp.yaml"), "--measures",
                         "worst_case", "--steps", "100000", "--dist-timeout", "30", "--json"])
     try:
         time.sleep(8)  # past the loading: the ranks are in the ascent's gradient passes
         assert processes[0].poll() is None and processes[1].poll() is None
         os.killpg(processes[1].pid, signal.SIGKILL)
         started = time.monotonic()
-        code, _, err = _finish(processes[:1], within=60)[0]
+        code, _, err = finish(processes[:1], within=60)[0]
         assert time.monotonic() - started < 45
     finally:
-        _finish(processes, within=1)
+        finish(processes, within=1)
     assert code not in (0, None), err
     assert "Traceback" not in err and "rank 0 of 2" in err, err
