@@ -80,7 +80,7 @@ def all_sum(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             for tensor in tensors:
                 dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         except RuntimeError as exc:
-            raise _lost(exc) from None
+            raise lost(exc) from None
     return tensors
 
 
@@ -104,7 +104,7 @@ def _all_reduce_int(value: int, op: dist.ReduceOp) -> int:
     try:
         dist.all_reduce(reduced, op=op)
     except RuntimeError as exc:
-        raise _lost(exc) from None
+        raise lost(exc) from None
     return int(reduced.item())
 
 
@@ -113,7 +113,19 @@ def all_agree(flag: bool) -> bool:
     return bool(all_min(int(flag)))
 
 
-def _lost(exc: Exception) -> DistributedError:
+#: what the backends' errors say when another rank is gone or a wait ran out
+COLLECTIVE_FAILURES = ("Connection reset", "Connection closed", "Broken pipe", "timed out",
+                       "Timed out", "gloo", "NCCL", "ProcessGroup")
+
+
+def collective_failed(exc: Exception) -> bool:
+    """Whether ``exc``, raised in a pass under torchrun, is a collective that failed (another
+    rank stopped, or a wait ran out) rather than the model's own error."""
+    return active() and any(marker in str(exc) for marker in COLLECTIVE_FAILURES)
+
+
+def lost(exc: Exception) -> DistributedError:
+    """The one line for a collective that failed."""
     return DistributedError(f"rank {rank()} of {world_size()}: summing with the other ranks "
                             f"failed ({first_line(exc, 200)}); another rank stopped, or did not "
                             "answer within --dist-timeout")

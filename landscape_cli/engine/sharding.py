@@ -17,8 +17,10 @@ gradient, uneven shares included. Double backward does not run under FSDP2 (pyto
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,23 @@ from landscape_cli.engine import distributed
 from landscape_cli.engine.problem import Problem, mean_loss
 from landscape_cli.errors import ConfigError, LandscapeError
 from landscape_cli.linalg.shards import Shards
+
+
+@contextmanager
+def collectives() -> Iterator[None]:
+    """A pass through the sharded model: FSDP2's gathers and reductions are collectives, so a
+    rank that stopped fails them, which is a ``DistributedError`` (one line, as for the
+    sums of ``engine/distributed.py``). FSDP2 warns of every view a module returns (an in-place
+    change of one would skip its gather); the objective only reads the model's outputs, and the
+    loss is user code checked before the model was sharded."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
+        try:
+            yield
+        except RuntimeError as exc:
+            if isinstance(exc, torch.OutOfMemoryError) or not distributed.collective_failed(exc):
+                raise
+            raise distributed.lost(exc) from None
 
 
 def repeated_blocks(model: nn.Module, classes: Sequence[str] = ()) -> list[nn.Module]:
@@ -89,7 +108,8 @@ class ShardedProblem(Problem):
         if buffers:
             raise LandscapeError("a sharded model keeps its own buffers")
         self._write(theta)
-        return self.objective(batch)
+        with collectives():
+            return self.objective(batch)
 
     def weighted_gradient(self, theta: torch.Tensor, weight: float,
                           batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,8 +118,9 @@ class ShardedProblem(Problem):
         self._write(theta)
         for param in self.params:
             param.grad = None
-        loss = weight * mean_loss(self.objective(batch))
-        loss.backward()
+        with collectives():
+            loss = weight * mean_loss(self.objective(batch))
+            loss.backward()
         grad = torch.cat([torch.zeros(p.to_local().numel(), dtype=theta.dtype, device=theta.device)
                           if p.grad is None else p.grad.to_local().reshape(-1)
                           for p in self.params])
