@@ -45,7 +45,7 @@ from landscape_cli.engine.passes import Cost, Evaluation, Group, Passes, SavedBy
 from landscape_cli.engine.plan import CACHED_SHARE, COMPILED_ROWS, Plan, join_batches, start, weighted_terms
 from landscape_cli.engine.problem import Problem
 from landscape_cli.errors import LandscapeError, first_line
-from landscape_cli.linalg.shards import dimension, norm
+from landscape_cli.linalg.shards import dimension, norm, summed
 from landscape_cli.names import AUTO, CACHED, FD, STRATEGIES, STREAM
 
 NONFINITE = ("a Hessian-vector product is not finite (NaN or Inf) at the checkpoint's weights; "
@@ -120,7 +120,7 @@ class HVPEngine:
         #: fd: the length of the perturbation h·v, the largest measured error so far, and the
         #: products since the last measurement (None: none measured yet)
         self._fd_length = 0.0
-        self._fd_error = 0.0
+        self._fd_error = self._fd_rayleigh_error = 0.0
         self._fd_unchecked: int | None = None
         if self.compile and self.strategy != FD:
             # Dynamo keeps its graphs, and its limit of 8 recompilations, per code object: shared
@@ -380,7 +380,7 @@ class HVPEngine:
             outputs.append([(0, 2 * steps[0], 1 / (4 * steps[0]))])
         products = self.passes.gradient_combinations(block, outputs, self._batch_groups())
         if due:
-            self._measured(products[:1], products[rows:], norms[:1])
+            self._measured(block[:1], products[:1], products[rows:], norms[:1])
             self._fd_unchecked = 0
         self._fd_unchecked += rows - due
         return products[:rows]
@@ -399,7 +399,7 @@ class HVPEngine:
         near = [[(j, h, 2 / (3 * h)), (j, 2 * h, -1 / (12 * h))] for j, h in enumerate(steps)]
         far = [[(j, 2 * h, 1 / (3 * h)), (j, 4 * h, -1 / (24 * h))] for j, h in enumerate(steps)]
         products = self.passes.gradient_combinations(block, near + far, self._batch_groups())
-        self._measured(products[:rows], products[rows:], norms)
+        self._measured(block, products[:rows], products[rows:], norms)
         return products[:rows]
 
     def _fd_steps(self, block: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
@@ -408,10 +408,23 @@ class HVPEngine:
         norms = torch.where(norms > 0, norms, torch.ones_like(norms))
         return norms, (self._fd_length / norms).tolist()
 
-    def _measured(self, products: torch.Tensor, others: torch.Tensor, norms: torch.Tensor) -> None:
-        """Record ``FD_MARGIN``·‖products − others‖ per unit vector, the largest so far."""
-        gaps = norm(self, products - others, dim=1, dtype=torch.float64)
-        self._fd_error = max(self._fd_error, float((FD_MARGIN * gaps / norms).max()))
+    def _measured(self, vectors: torch.Tensor, products: torch.Tensor, others: torch.Tensor,
+                  norms: torch.Tensor) -> None:
+        """Record the largest ``FD_MARGIN``·‖products − others‖ per unit vector so far, and of
+        the Rayleigh quotients, ``FD_MARGIN``·|vᵀ(products − others)|/‖v‖² (what a trace
+        sample's bias is made of: ``rayleigh_error``)."""
+        gaps = (products - others).to(torch.float64)
+        lengths = norm(self, gaps, dim=1)
+        quotients = summed(self, (vectors.to(torch.float64) * gaps).sum(dim=1)).abs()
+        self._fd_error = max(self._fd_error, float((FD_MARGIN * lengths / norms).max()))
+        self._fd_rayleigh_error = max(self._fd_rayleigh_error,
+                                      float((FD_MARGIN * quotients / norms**2).max()))
+
+    def rayleigh_error(self) -> float:
+        """The largest measured error of a Rayleigh quotient vᵀH̃v/vᵀv (``fd``; 0 for exact
+        products): a central difference's rounding is noise that a quotient averages over the
+        vector's n entries, so this is far below ``product_error`` where rounding dominates."""
+        return self._fd_rayleigh_error
 
     def product_error(self) -> float:
         """The largest measured error ‖H̃v − Hv‖ per unit vector of the products so far (``fd``;
@@ -465,7 +478,7 @@ class HVPEngine:
                                          "the memory that was free)")
 
     def _hvp_stream(self, block: torch.Tensor) -> torch.Tensor:
-        out, = self.passes.sum_over(lambda weight, batch: (weight * self._group_hvp(block, batch),),
+        out, = self.passes.sum_over(lambda weight, batch: (self._group_hvp(block, batch).mul_(weight),),
                                     self._batch_groups())
         return out
 
@@ -502,8 +515,10 @@ class HVPEngine:
         """∇²L_b(θ)·vᵢ by differentiating the batch gradient once more, one row at a time."""
         theta = theta0.detach().requires_grad_(True)
         g = torch.autograd.grad(self.problem.mean_batch_loss(theta, batch), theta, create_graph=True)[0]
-        return torch.stack([torch.autograd.grad(g, theta, grad_outputs=v, retain_graph=True)[0]
-                            for v in block])
+        out = torch.empty_like(block)  # filled row by row: no list of rows beside their stack
+        for row, v in zip(out, block):
+            row.copy_(torch.autograd.grad(g, theta, grad_outputs=v, retain_graph=True)[0])
+        return out
 
     def _fall_back(self, exc: Exception) -> None:
         self.plan = replace(self.plan, vectorized=False)

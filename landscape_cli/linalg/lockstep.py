@@ -27,7 +27,14 @@ from typing import Any
 import torch
 
 from landscape_cli.linalg.memory import no_memory
-from landscape_cli.linalg.operator import LinearOperator, approximate, checked, product_error, restrict
+from landscape_cli.linalg.operator import (
+    LinearOperator,
+    approximate,
+    checked,
+    product_error,
+    rayleigh_error,
+    restrict,
+)
 
 #: which of the shared operator's products a request asks for: A's own, A's with each row's
 #: error measured (``operator.checked``), or A.exact()'s
@@ -126,6 +133,9 @@ class BlockView:
 
     def product_error(self) -> float:
         return 0.0 if self.channel == _EXACT else product_error(self.shared.operator)
+
+    def rayleigh_error(self) -> float:
+        return 0.0 if self.channel == _EXACT else rayleigh_error(self.shared.operator)
 
     def memory_left(self) -> int | None:
         return self.shared.share

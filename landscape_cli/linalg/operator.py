@@ -116,6 +116,13 @@ def checked(operator: LinearOperator, block: torch.Tensor) -> torch.Tensor:
     return operator(block) if measure is None else measure(block)
 
 
+def rayleigh_error(operator: LinearOperator) -> float:
+    """The largest error of a Rayleigh quotient vᵀÃv/vᵀv that ``operator`` measured (its
+    optional ``rayleigh_error()``; else its ``product_error``, which bounds it)."""
+    measured = getattr(operator, "rayleigh_error", None)
+    return product_error(operator) if measured is None else measured()
+
+
 def product_error(operator: LinearOperator) -> float:
     """The largest error ‖Ãv − Av‖ per unit vector that ``operator`` measured in its products so
     far (its optional ``product_error()``; 0 for operators whose products are exact up to the
@@ -151,6 +158,9 @@ class Wrapping:
     def product_error(self) -> float:
         """The wrapped operator's (a restriction's products are its products, cut down)."""
         return product_error(self.operator)
+
+    def rayleigh_error(self) -> float:
+        return rayleigh_error(self.operator)
 
     @property
     def approximate(self) -> bool:

@@ -8,10 +8,10 @@ decaying spectrum needs far fewer probes. Probes go through the operator in bloc
 estimators stop once the standard error is within ``rtol``·|estimate| or the budget is spent.
 After each block, ``callback(matvecs, estimate)`` receives the estimate so far (not converged):
 a progress display shows it, and an interrupted run can report it. Where the products are
-approximate with a measured error δ per unit vector (finite differences,
-``operator.product_error``), a sample moves by |zᵀ(Ã−A)z| ≤ ‖z‖²·δ = n·δ at most, and
-tr(QᵀÃQ) by k·δ: that bound (``bias_bound``) widens the 95% interval, since a systematic
-error does not average out over probes.
+approximate with a measured error δ of their Rayleigh quotients (finite differences,
+``operator.rayleigh_error``), a sample moves by |zᵀ(Ã−A)z| ≤ ‖z‖²·δ = n·δ, and tr(QᵀÃQ) by
+k·δ: that bound (``bias_bound``) widens the 95% interval, since a systematic error does not
+average out over probes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from landscape_cli.linalg.host import read_finite
 from landscape_cli.linalg.memory import hutchpp_bytes, no_memory
-from landscape_cli.linalg.operator import LinearOperator, product_error
+from landscape_cli.linalg.operator import LinearOperator, rayleigh_error
 from landscape_cli.linalg.probes import rademacher
 from landscape_cli.linalg.shards import dimension, drawn, matmul, shards_of, summed
 
@@ -101,9 +101,9 @@ def _estimate(offset: float, samples: list[float], matvecs: int, method: str, sk
 
 
 def _bias_bound(operator: LinearOperator, sketch: int, probed: bool = True) -> float:
-    """k·δ + n·δ: the most products with a measured error δ per unit vector can move an
-    estimate with a sketch of k and (where ``probed``) probes (module docstring)."""
-    return (sketch + (dimension(operator) if probed else 0)) * product_error(operator)
+    """k·δ + n·δ: the most products whose Rayleigh quotients have a measured error δ can move
+    an estimate with a sketch of k and (where ``probed``) probes (module docstring)."""
+    return (sketch + (dimension(operator) if probed else 0)) * rayleigh_error(operator)
 
 
 def independent_columns(r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
