@@ -284,7 +284,10 @@ class HVPEngine:
         elif self.mode == FD:
             sums = 2 if len(self._batch_groups()) > 1 else 1
             held += (sums * FD_ROWS + FD_POINT_VECTORS) * self.size * self.dtype.itemsize
-        return distributed.all_min(max(self.memory_budget - held, 0))
+        if self.memory_budget <= 0:  # --memory-budget 0: the fewest vectors, never refused
+            return 0
+        # a positive budget the products already fill leaves 1 byte (refused), not 0
+        return distributed.all_min(max(self.memory_budget - held, 1))
 
     def loss(self) -> float:
         """L(θ₀), the sample-weighted mean loss over the dataset (``Passes.at_theta0``)."""

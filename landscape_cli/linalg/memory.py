@@ -147,8 +147,12 @@ class NoMemory(LandscapeError):
     failure)."""
 
 
-def gib(count: int) -> str:
-    return f"{count / 2**30:,.2f} GiB"
+def in_units(count: int) -> str:
+    """Bytes in the largest binary unit that keeps a whole number in front: 1.50 GiB, 3.20 MiB."""
+    for power, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if count >= 2**power:
+            return f"{count / 2**power:,.2f} {unit}"
+    return f"{count:,} bytes"
 
 
 def float32_storage_keeps(tol: float, rows: int) -> bool:
@@ -198,11 +202,11 @@ def plan_lanczos(n: int, steps: int, wanted: int, tol: float, memory: int | None
 def no_memory(what: str, needed: int, memory: int, fewer: str = "") -> NoMemory:
     """The one line when ``what`` needs ``needed`` bytes at the least and ``memory`` are left:
     how much more budget would fit, or ``fewer`` (what to ask less of), or the other ways."""
-    ways = [f"raise --memory-budget by {gib(needed - memory)} or more",
+    ways = [f"raise --memory-budget by {in_units(needed - memory)} or more",
             *([fewer] if fewer else []),
             "where the engine keeps its graph, --hvp-strategy stream or fd (no kept graph)"]
-    return NoMemory(f"{what} needs at least {gib(needed)} for its vectors, but the memory budget "
-                    f"leaves {gib(memory)}: " + "; or ".join(ways))
+    return NoMemory(f"{what} needs at least {in_units(needed)} for its vectors, but the memory budget "
+                    f"leaves {in_units(memory)}: " + "; or ".join(ways))
 
 
 def _no_room(n: int, wanted: int, least: int, memory: int) -> NoMemory:

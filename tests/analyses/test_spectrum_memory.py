@@ -24,12 +24,15 @@ def _top3(*extra: str) -> dict:
 
 @pytest.mark.slow
 def test_a_small_budget_restarts_the_transformer_with_the_same_top3():
-    """On 64 windows, a budget of the fewest vectors for 3 pairs (10 of 17,172 numbers, and the
-    working ones: 5.2 MB, so the kept graph streams): the bounded basis is restarted (more steps
-    than vectors) and gives the unbounded run's top 3, each within the two runs' residuals."""
+    """On 64 windows, the kept graph (measured) and the fewest vectors for 3 pairs (10 of 17,172
+    numbers, and the working ones): the bounded basis is restarted (more steps than vectors)
+    and gives the unbounded run's top 3, each within the two runs' residuals."""
+    graph = _top3("--hvp-strategy", "cached", "--max-hvps", "1")["settings"]["cached_graph_mb"]
     rows = restart_minimum(3)
-    budget = lanczos_bytes(TRANSFORMER_N, rows, 3, restarted=True)
-    bounded, whole = _top3("--memory-budget", str(budget)), _top3()
+    # the report rounds the graph to 1e-3 MiB: 1 KiB more holds no further basis row (134 KiB)
+    budget = lanczos_bytes(TRANSFORMER_N, rows, 3, restarted=True) + round(graph * 2**20) + 1024
+    bounded = _top3("--memory-budget", str(budget), "--hvp-strategy", "cached")
+    whole = _top3()
     assert whole["results"]["basis"] == {"storage": "float64", "restarted": False,
                                          "max_vectors": TRANSFORMER_N}
     assert bounded["results"]["basis"] == {"storage": "float64", "restarted": True,
