@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.distributed_probe import numbers
-from helpers.ranks import finish, start_ranks
+from helpers.ranks import finish, lose_a_rank, start_ranks
 from helpers.samples import CNN_CKPT, CONFIGS, MLP_CKPT, ROOT
 
 PROBE = Path(__file__).resolve().parents[1] / "helpers" / "distributed_probe.py"
@@ -100,16 +98,9 @@ def test_a_bad_checkpoint_ends_every_rank_with_one_line(tmp_path):
 def test_a_rank_that_dies_ends_the_others(tmp_path):
     """Rank 1 is killed mid-run; rank 0 stops at its next sum with the other ranks (gloo sees
     the closed connection, or --dist-timeout ends the wait), non-zero, one line."""
-    processes = start_ranks(["sharpness", str(MLP_CKPT), "-c", str(CONFIGS / "mlp.yaml"), "--measures",
-                        "worst_case", "--steps", "100000", "--dist-timeout", "30", "--json"])
-    try:
-        time.sleep(8)  # past the loading: the ranks are in the ascent's gradient passes
-        assert processes[0].poll() is None and processes[1].poll() is None
-        os.killpg(processes[1].pid, signal.SIGKILL)
-        started = time.monotonic()
-        code, _, err = finish(processes[:1], within=60)[0]
-        assert time.monotonic() - started < 45
-    finally:
-        finish(processes, within=1)
+    code, err, took = lose_a_rank(["sharpness", str(MLP_CKPT), "-c", str(CONFIGS / "mlp.yaml"),
+                                   "--measures", "worst_case", "--steps", "100000",
+                                   "--dist-timeout", "30", "--json"], settle=8)
+    assert took < 45
     assert code not in (0, None), err
     assert "Traceback" not in err and "rank 0 of 2" in err, err

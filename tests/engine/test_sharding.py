@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.ranks import finish, start_ranks
+from helpers.ranks import finish, lose_a_rank, start_ranks
 from helpers.runners import invoke
 from helpers.samples import CONFIGS, MLP_CKPT, ROOT, TRANSFORMER_CKPT
 from helpers.sharded_probe import numbers
@@ -130,17 +128,10 @@ def test_a_bad_checkpoint_ends_every_sharded_rank_with_one_line(tmp_path):
 def test_a_sharded_rank_that_dies_ends_the_others():
     """Rank 1 is killed in the ascent's passes; rank 0 stops at its next collective (FSDP2's
     gathers, or the sums) within --dist-timeout, non-zero, in one line."""
-    processes = start_ranks(["sharpness", str(TRANSFORMER_CKPT), "--shard-model", "--measures",
-                        "worst_case", "--steps", "100000", "--dist-timeout", "30", "--json"])
-    try:
-        time.sleep(10)
-        assert processes[0].poll() is None and processes[1].poll() is None
-        os.killpg(processes[1].pid, signal.SIGKILL)
-        started = time.monotonic()
-        code, _, err = finish(processes[:1], within=60)[0]
-        assert time.monotonic() - started < 45
-    finally:
-        finish(processes, within=1)
+    code, err, took = lose_a_rank(["sharpness", str(TRANSFORMER_CKPT), "--shard-model",
+                                   "--measures", "worst_case", "--steps", "100000",
+                                   "--dist-timeout", "30", "--json"], settle=10)
+    assert took < 45
     assert code not in (0, None), err
     assert "Traceback" not in err and "rank 0 of 2" in err, err[-2000:]
 

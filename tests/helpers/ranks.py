@@ -45,3 +45,18 @@ def finish(processes: list[subprocess.Popen], within: float) -> list[tuple[int, 
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
     return done
+
+
+def lose_a_rank(args: list[str], settle: float) -> tuple[int, str, float]:
+    """Two ranks of ``landscape ARGS``; rank 1 is killed after ``settle`` seconds (both still
+    running then), and rank 0's exit code, stderr and seconds it took to stop are returned."""
+    processes = start_ranks(args)
+    try:
+        time.sleep(settle)
+        assert processes[0].poll() is None and processes[1].poll() is None
+        os.killpg(processes[1].pid, signal.SIGKILL)
+        started = time.monotonic()
+        code, _, err = finish(processes[:1], within=60)[0]
+        return code, err, time.monotonic() - started
+    finally:
+        finish(processes, within=1)
