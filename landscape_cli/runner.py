@@ -164,7 +164,9 @@ def execute(prepared: Prepared, *, session: Session | None = None,
         if stop.partial is None:
             raise
         result, interrupted = stop.partial, stop
-    return _report(prepared, run, result, interrupted), interrupted
+    report = _report(prepared, run, result, interrupted)
+    distributed.barrier()
+    return report, interrupted
 
 
 def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interrupted | None) -> Report:

@@ -108,6 +108,18 @@ def _all_reduce_int(value: int, op: dist.ReduceOp) -> int:
     return int(reduced.item())
 
 
+def barrier() -> None:
+    """Wait until every rank is here (nothing in one process): a run's end, so that no rank
+    tears its connections down while another still reads the last collective from them (gloo
+    then aborted a sharded run's rank at exit: "terminate called without an active
+    exception")."""
+    if active():
+        try:
+            dist.barrier()
+        except RuntimeError as exc:
+            raise lost(exc) from None
+
+
 def all_agree(flag: bool) -> bool:
     """Whether ``flag`` holds on every rank."""
     return bool(all_min(int(flag)))
