@@ -45,6 +45,7 @@ from landscape_cli.engine.passes import Cost, Evaluation, Group, Passes, SavedBy
 from landscape_cli.engine.plan import CACHED_SHARE, COMPILED_ROWS, Plan, join_batches, start, weighted_terms
 from landscape_cli.engine.problem import Problem
 from landscape_cli.errors import LandscapeError, first_line
+from landscape_cli.linalg.memory import in_units
 from landscape_cli.linalg.shards import dimension, norm, summed
 from landscape_cli.names import AUTO, CACHED, FD, STRATEGIES, STREAM
 
@@ -167,29 +168,27 @@ class HVPEngine:
         if self._exact is None:
             needed = self._float64_bytes()
             if needed > self.memory_budget > 0:
-                self._warn("no float64 copy of the model for the error bars",
-                           RuntimeError(f"it needs at least {needed / 2**30:,.2f} GiB, over the "
-                                        f"memory budget of {self.memory_budget / 2**30:,.2f} GiB"),
-                           "float32 residuals measure the products against themselves, not "
-                           "against the exact Hessian (--dtype float64 is exact)")
-                self._exact = False
-                return None
+                return self._no_reference(f"it needs at least {in_units(needed)}, over the "
+                                          f"memory budget of {in_units(self.memory_budget)}")
             try:
                 objective = copy.deepcopy(self.problem.objective).double()
                 objective.autocast = None  # the reference runs in float64 alone
             except (RuntimeError, TypeError, torch.OutOfMemoryError) as exc:
                 # a model that cannot be copied or cast: the error bars stay float32's own
-                self._warn("no float64 copy of the model for the error bars", exc,
-                           "float32 residuals measure the products against themselves, not "
-                           "against the exact Hessian (--dtype float64 is exact)")
-                self._exact = False
-                return None
+                return self._no_reference(first_line(exc))
             problem = replace(self.problem, objective=objective,
                               theta0=self.problem.theta0.double(), dtype=torch.float64)
             strategy = FD if self.mode == FD else AUTO  # auto with no budget: streamed
             self._exact = HVPEngine(problem, strategy=strategy, memory_budget=0,
                                     passes=Passes(problem, cost=self.cost, warnings=self.warnings))
         return self._exact or None
+
+    def _no_reference(self, why: str) -> None:
+        """No float64 reference, from now on (``exact``): the error bars stay float32's own."""
+        self.warnings.append(f"no float64 copy of the model for the error bars ({why}); float32 "
+                             "residuals measure the products against themselves, not against "
+                             "the exact Hessian (--dtype float64 is exact)")
+        self._exact = False
 
     def _float64_bytes(self) -> int:
         """The least a float64 copy's products hold: θ and the model in float64, and twice the

@@ -97,11 +97,12 @@ class ShardedProblem(Problem):
         instead of θ."""
         for module in self.wrapped:
             module.reshard()
+        offset = 0
         with torch.no_grad():
-            sizes = [p.to_local().numel() for p in self.params]
-            for param, piece in zip(self.params, theta.split(sizes)):
+            for param in self.params:
                 local = param.to_local()
-                local.copy_(piece.view_as(local))
+                local.copy_(theta[offset:offset + local.numel()].view_as(local))
+                offset += local.numel()
 
     def output(self, theta: torch.Tensor, batch: Any,
                buffers: dict[str, torch.Tensor] | None = None) -> Any:

@@ -443,14 +443,16 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     rounding += product_error(exact or operator)  # what approximate products measured of theirs
     measured = (residuals + rounding).tolist()
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
-
-    def pairs(old: RitzPairs, residuals: list[float], vectors: torch.Tensor) -> RitzPairs:
-        return RitzPairs(values=old.values, residuals=residuals,
-                         converged=[r <= limit for r in residuals], vectors=vectors)
-
-    return LanczosResult(pairs(result.top, measured[:top], ritz[:top]),
-                         pairs(result.bottom, measured[top:], ritz[top:]),
+    return LanczosResult(_pairs(result.top.values, measured[:top], ritz[:top], limit),
+                         _pairs(result.bottom.values, measured[top:], ritz[top:], limit),
                          result.steps, result.scale, rounding, checks=len(fresh_rows))
+
+
+def _pairs(values: list[float], residuals: list[float], vectors: torch.Tensor,
+           limit: float) -> RitzPairs:
+    """Ritz pairs with measured residuals, converged where a residual is within ``limit``."""
+    return RitzPairs(values=values, residuals=residuals,
+                     converged=[r <= limit for r in residuals], vectors=vectors)
 
 
 def _refined(result: LanczosResult, operator: LinearOperator, ritz: torch.Tensor,
@@ -472,11 +474,6 @@ def _refined(result: LanczosResult, operator: LinearOperator, ritz: torch.Tensor
     residuals = [r + rounding for r in numbers[wanted:]]
     limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
     top = len(result.top.values)
-
-    def pairs(values: list[float], residuals: list[float], vectors: torch.Tensor) -> RitzPairs:
-        return RitzPairs(values=values, residuals=residuals,
-                         converged=[r <= limit for r in residuals], vectors=vectors)
-
-    return LanczosResult(pairs(numbers[:top], residuals[:top], ritz[:top]),
-                         pairs(numbers[top:wanted], residuals[top:], ritz[top:]),
+    return LanczosResult(_pairs(numbers[:top], residuals[:top], ritz[:top], limit),
+                         _pairs(numbers[top:wanted], residuals[top:], ritz[top:], limit),
                          result.steps, result.scale, rounding, checks=wanted)
