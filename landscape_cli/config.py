@@ -219,6 +219,16 @@ class EngineSection(_Section):
     shard_modules: list[str] = Field(default_factory=list)
 
 
+class OptimizerSection(_Section):
+    """The checkpoint's optimizer state (the stability measures): where it is in the file, which
+    optimizer it is where its keys cannot say, and the order of its parameters where it keeps
+    no names (``loading/optimizer_params.py``)."""
+
+    key: str = "auto"
+    type: Literal["auto", "sgd", "adam", "adamw"] = "auto"
+    param_order: Literal["auto", "names", "parameters", "trainer"] | list[str] = "auto"
+
+
 class Config(_Section):
     model: ModelSection
     checkpoint: CheckpointSection = CheckpointSection()
@@ -234,6 +244,7 @@ class Config(_Section):
     seed: int = Field(default=0, ge=0, lt=2**64, description="0 to 2**64-1, as torch.manual_seed")
     bn: Literal["eval", "train-stats"] = "eval"
     engine: EngineSection = EngineSection()
+    optimizer: OptimizerSection = OptimizerSection()
     python_path: list[str] = Field(default_factory=list)
     source: str = Field(default="<config>", exclude=True)
 
@@ -276,6 +287,8 @@ class Config(_Section):
         """Digest of the resolved config, for reports and the batch cache."""
         # precision 32 and 64 say no more than the dtype: such a config keeps its digest
         plain = {"precision"} if self.precision in ("32", "64") else set()
+        # nor does an optimizer section left at its defaults (configs before it keep theirs)
+        plain |= {"optimizer"} if self.optimizer == OptimizerSection() else set()
         text = json.dumps(self.model_dump(mode="json", exclude={"engine", *plain}), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -119,6 +119,7 @@ class RunOptions:
     compile: bool | None = None
     allow_global: list[str] = field(default_factory=list)
     trust_checkpoint: bool = False
+    optimizer: Path | None = None
     dist_timeout: float | None = None
     shard_model: bool = False
     fail_if: list[str] = field(default_factory=list)
@@ -186,6 +187,10 @@ RUN_OPTIONS: dict[str, Option] = {
                            metavar="MODULE.NAME", panel=_INPUT),
     "trust_checkpoint": Option("Unpickle with weights_only=False: the file can run code. Only "
                                "for files you trust.", flags=("--trust-checkpoint",), panel=_INPUT),
+    "optimizer": Option("The optimizer state, when the checkpoint does not hold it: a torch file "
+                        "(weights_only) with an optimizer state dict, alone or under optimizer / "
+                        "optimizer_state_dict / optim / optimizer_states (the stability measures).",
+                        metavar="FILE", panel=_INPUT),
     "dist_timeout": Option("Under torchrun: seconds a rank waits for the others before it stops "
                            "with an error (default 600).", min=1, metavar="SECONDS",
                            panel=_ENGINE),

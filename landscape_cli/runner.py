@@ -69,7 +69,7 @@ class Prepared:
     def load_options(self) -> LoadOptions:
         o = self.run_options
         return LoadOptions(params=o.params, max_batches=o.batches, allow_globals=o.allow_global,
-                           trust_checkpoint=o.trust_checkpoint,
+                           trust_checkpoint=o.trust_checkpoint, optimizer=o.optimizer,
                            **({"dist_timeout": o.dist_timeout} if o.dist_timeout else {}))
 
 
@@ -116,7 +116,8 @@ def prepare(name: str, checkpoint: str | Path | Sequence[str | Path], run_option
         if refusal is not None:
             raise LandscapeError(f"--shard-model (engine.shard: fsdp): {refusal}")
     data = [Path(d.path) for d in (config.data, config.eval_data) if d is not None and d.path]
-    inputs = [*map(Path, checkpoints), config_path, *data]
+    inputs = [*map(Path, checkpoints), config_path, *data,
+              *([run_options.optimizer] if run_options.optimizer else [])]
     return Prepared(spec, checkpoints, run_options, values, gates, config, config_path,
                     started, inputs)
 

@@ -18,16 +18,24 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape_cli.analyses.stability import (
+    PreconditionedHessian,
+    Preconditioner,
+    learning_rates,
+    next_update,
+    preconditioner,
+)
 from landscape_cli.analyses.trace import trace
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.errors import LandscapeError
 from landscape_cli.estimate import PASSES_PER_GRADIENT, CostEstimate
 from landscape_cli.linalg.lanczos import LanczosResult, lanczos
 from landscape_cli.linalg.memory import ascent_bytes, no_memory
-from landscape_cli.linalg.operator import LinearOperator
-from landscape_cli.linalg.shards import norm
+from landscape_cli.linalg.operator import LinearOperator, approximate, checked, rayleigh_error
+from landscape_cli.linalg.shards import dot, norm
 from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.linalg.trace import t975
+from landscape_cli.loading.optimizer_params import OptimizerState
 from landscape_cli.results.sharpness import MEASURES, NEEDS, Measure, SharpnessResult
 from landscape_cli.search.ascent import Ball, Box, Set, ascend
 from landscape_cli.search.bisection import largest_within
@@ -92,6 +100,10 @@ def planned(name: str, options: SharpnessOptions, n: int) -> tuple[int, int]:
         "average_case": (0, pairs),
         "average_case_adaptive": (0, pairs),
         "pac_bayes_sigma": (0, PAC_BAYES_EVALUATIONS_GUESS * pairs),
+        "preconditioned_lambda_max": (min(n, LANCZOS_STEPS_GUESS), 0),
+        "batch_sharpness": (0, 2 * PASSES_PER_GRADIENT),
+        "gradient_curvature": (1, 0),
+        "update_curvature": (1, 0),
     }.get(name, (0, 0))
 
 
@@ -115,8 +127,10 @@ class _Measurer:
     """Computes the measures on one engine, sharing what several need (L(θ), λ_max, tr H)."""
 
     def __init__(self, engine: HVPEngine, options: SharpnessOptions,
-                 estimate: CostEstimate | None = None):
+                 estimate: CostEstimate | None, optimizer: OptimizerState | str):
         self.engine, self.options = engine, options
+        #: the checkpoint's optimizer state, or why the measures that need it are null
+        self.optimizer = optimizer
         self.passes = engine.passes
         self.problem = engine.problem
         self.theta = self.problem.theta0
@@ -177,6 +191,76 @@ class _Measurer:
         lr = self.options.lr
         return self.measure("stability_lr", 2 / lam if lam and lam > 0 else None, lr=lr,
                             eta_lambda_max=None if lr is None else lr * lam)
+
+    # ------------------------------------------------------------------ the optimizer's view
+
+    @functools.cached_property
+    def preconditioner(self) -> Preconditioner | str:
+        """How the optimizer's next update sees the curvature, or why it cannot be known."""
+        if isinstance(self.optimizer, str):
+            return self.optimizer
+        return preconditioner(self.optimizer, self.problem, self.options.lr)
+
+    def _unmeasured(self, name: str) -> Measure | None:
+        """The measure as null, with the reason, where the optimizer state is missing."""
+        found = self.preconditioner
+        return self.measure(name, None, reason=found) if isinstance(found, str) else None
+
+    def _about(self, pre: Preconditioner) -> dict[str, object]:
+        return {"optimizer": pre.kind, "lr": pre.lr, "momentum": pre.momentum, "step": pre.step}
+
+    def preconditioned_lambda_max(self) -> Measure:
+        if (null := self._unmeasured("preconditioned_lambda_max")) is not None:
+            return null
+        pre, o = self.preconditioner, self.options
+        top = lanczos(PreconditionedHessian(self.operator, pre.scale, pre.shift), top=1, tol=o.tol,
+                      max_steps=self.n, generator=self.generator("preconditioned_lambda_max")).top
+        return self.measure("preconditioned_lambda_max", top.values[0], residual=top.residuals[0],
+                            converged=top.converged[0], **self._about(pre))
+
+    def stability_threshold(self) -> Measure:
+        if (null := self._unmeasured("stability_threshold")) is not None:
+            return null
+        pre = self.preconditioner
+        return self.measure("stability_threshold", pre.threshold, **self._about(pre))
+
+    def stability_ratio(self) -> Measure:
+        if (null := self._unmeasured("stability_ratio")) is not None:
+            return null
+        pre, top = self.preconditioner, self.done["preconditioned_lambda_max"]
+        return self.measure("stability_ratio", top.value / pre.threshold,
+                            residual=top.residual / pre.threshold, converged=top.converged,
+                            threshold=pre.threshold, **self._about(pre))
+
+    def batch_sharpness(self) -> Measure:
+        """The mean over the data's batches of g_Bᵀ H_B g_B/‖g_B‖², against 2/η where η is known
+        (``--lr``, else the optimizer state's)."""
+        quotients = self.engine.batch_curvatures()
+        spread = _sample(quotients) if len(quotients) > 1 else None
+        lr = self.preconditioner.lr if isinstance(self.preconditioner, Preconditioner) else self.options.lr
+        largest = max(self.problem.weights) * self.problem.n_samples
+        return self.measure("batch_sharpness", float(quotients.mean()),
+                            stderr=spread and spread.stderr, ci95=spread and spread.ci95,
+                            batches=len(quotients), batch_size=round(largest), lr=lr,
+                            threshold=None if lr is None else 2 / lr)
+
+    def _quotient(self, name: str, v: torch.Tensor, **fields: object) -> Measure:
+        """vᵀHv/‖v‖², by one product (checked, where products are finite differences)."""
+        product = checked(self.operator, v.unsqueeze(0))[0]
+        value = float(dot(self.operator, v, product) / dot(self.operator, v, v))
+        error = rayleigh_error(self.operator) if approximate(self.operator) else None
+        return self.measure(name, value, fd_error=error, **fields)
+
+    def gradient_curvature(self) -> Measure:
+        return self._quotient("gradient_curvature", self.engine.grad())
+
+    def update_curvature(self) -> Measure:
+        if (null := self._unmeasured("update_curvature")) is not None:
+            return null
+        pre = self.preconditioner
+        etas = learning_rates(self.optimizer, pre.lr)  # the reference is the largest
+        update = next_update(self.optimizer, self.problem, self.engine.grad(), etas)
+        return self._quotient("update_curvature", update, **self._about(pre))
 
     # ------------------------------------------------------------------ ascent
 
@@ -337,11 +421,13 @@ def _inverse_square(sigma: float) -> float | None:
 
 def sharpness(engine: HVPEngine, options: SharpnessOptions,
               callback: Callable[[int, str], None] | None = None, *,
-              so_far: SoFar | None = None, estimate: CostEstimate | None = None) -> SharpnessResult:
+              so_far: SoFar | None = None, estimate: CostEstimate | None = None,
+              optimizer: OptimizerState | str = "no optimizer state was given") -> SharpnessResult:
     """Every measure of ``options.measures`` (and those they are computed from). ``so_far``
     holds the measures finished so far, for an interrupted run's report; ``estimate`` tells
-    the cost once the first product is timed (or at the start, where no measure needs one)."""
-    measurer = _Measurer(engine, options, estimate)
+    the cost once the first product is timed (or at the start, where no measure needs one);
+    ``optimizer``: the checkpoint's optimizer state, or why there is none."""
+    measurer = _Measurer(engine, options, estimate, optimizer)
     names = measurer.names
     if not any(planned(name, options, measurer.n)[0] for name in names):
         measurer.announce()

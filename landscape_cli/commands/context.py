@@ -18,6 +18,7 @@ from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.passes import Passes
 from landscape_cli.errors import Interrupted
 from landscape_cli.linalg.so_far import SoFar
+from landscape_cli.loading.optimizer_params import OptimizerState
 from landscape_cli.session import Loaded, Session
 
 #: ``progress(label, total)`` → a context giving ``update(completed, note)``; total None: the
@@ -74,6 +75,22 @@ class Run:
         return HVPEngine(self.loaded.problem, strategy=engine.strategy,
                          memory_budget=engine.memory_budget, compile=engine.compile,
                          evaluation=self.loaded.evaluation, passes=self.passes)
+
+    @cached_property
+    def optimizer_state(self) -> OptimizerState | None:
+        """The optimizer state the checkpoint holds (or ``--optimizer``'s), mapped to the model's
+        parameters and checked for the analysed ones; None where there is none."""
+        from landscape_cli.loading.optimizer_params import map_optimizer_state
+        from landscape_cli.loading.optimizer_state import read_optimizer_state
+
+        loaded, options, spec = self.loaded, self.session.options, self.config.optimizer
+        raw = read_optimizer_state(loaded.checkpoint.path, options.optimizer, key=spec.key,
+                                   told=spec.type, allow_globals=options.allow_globals,
+                                   trust=options.trust_checkpoint)
+        if raw is None:
+            return None
+        return map_optimizer_state(raw, loaded.problem.objective.model, loaded.match,
+                                   loaded.problem.names, spec.param_order)
 
     def load(self, checkpoint: str | Path) -> Loaded:
         """Another checkpoint on the same model (its weights, buffers and checks); the model is

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
 from landscape_cli.options import Option
-from landscape_cli.results.sharpness import MEASURES, NEEDS, SharpnessResult
+from landscape_cli.results.sharpness import MEASURES, NEEDS, OPTIMIZER_MEASURES, SharpnessResult
 
 if TYPE_CHECKING:
     from landscape_cli.commands.context import Run
@@ -53,8 +53,10 @@ def sharpness(
     pac_bayes_deviation: Annotated[float, Option(
         "pac_bayes_sigma: the most the loss may rise (or the accuracy drop).", panel=_MC)] = 0.1,
     lr: Annotated[float | None, Option("Training learning rate η: stability_lr then reports "
-                                       "η·λ_max (≈ 2 at the edge of stability).",
-                                       panel=_CURVATURE)] = None,
+                                       "η·λ_max (≈ 2 at the edge of stability); the optimizer "
+                                       "measures take it instead of the optimizer state's "
+                                       "largest group learning rate (the groups keep their "
+                                       "ratios).", panel=_CURVATURE)] = None,
     tol: Annotated[float, Option("lambda_max: Lanczos residual tolerance (relative).",
                                  panel=_CURVATURE)] = 1e-4,
     rtol: Annotated[float, Option("trace_per_param: stop at this relative standard error.",
@@ -80,14 +82,35 @@ def sharpness(
     from landscape_cli.estimate import CostEstimate
     from landscape_cli.linalg.so_far import SoFar
 
+    optimizer = _optimizer_state(run, with_needs(chosen), explicit=measures.strip() != "all",
+                                 lr=lr)
+
     total = len(with_needs(chosen))
     so_far = SoFar()
     estimate = CostEstimate("sharpness", run.notify, "--measures / --max-hvps to spend less")
     with run.progress("sharpness", total=total) as update, run.partial_on_interrupt(so_far):
         result = measure(run.engine, options, callback=lambda done, name: update(done, name),
-                         so_far=so_far, estimate=estimate)
+                         so_far=so_far, estimate=estimate, optimizer=optimizer)
         update(total, "")
     return result
+
+
+def _optimizer_state(run: Run, names: list[str], *, explicit: bool, lr: float | None):
+    """The checkpoint's optimizer state for the measures that read it (batch_sharpness, for its
+    learning rate, without --lr), or why there is none. An optimizer the measures do not
+    support is an error where they were asked for by name, else the reason they are null."""
+    from landscape_cli.loading.optimizer_state import UnsupportedOptimizer
+
+    if not (set(names) & set(OPTIMIZER_MEASURES) or ("batch_sharpness" in names and lr is None)):
+        return "not read (no measure asked for needs it)"
+    try:
+        state = run.optimizer_state
+    except UnsupportedOptimizer as exc:
+        if explicit:
+            raise
+        return str(exc)
+    return state if state is not None else ("the checkpoint holds no optimizer state (give one "
+                                            "with --optimizer FILE)")
 
 
 #: the measures a sharded model runs: curvature and ascents (whole-vector Monte Carlo does not)
@@ -118,6 +141,8 @@ COMMAND = Command(
   landscape sharpness ckpt.pt --measures worst_case,average_case --rho 0.1 --json
 
   landscape sharpness ckpt.pt --lr 0.1 --fail-if 'eta_lambda_max>2' --fail-if 'worst_case>0.5'
+
+  landscape sharpness ckpt.pt --measures stability_ratio,batch_sharpness --fail-if 'stability_ratio>1'
 """,
     result=SharpnessResult,
     sharded=sharded,

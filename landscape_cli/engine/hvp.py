@@ -328,6 +328,30 @@ class HVPEngine:
         """Whether the products are finite differences with a measured error (``fd``)."""
         return self.mode == FD
 
+    def batch_curvatures(self) -> torch.Tensor:
+        """g_bᵀH_b g_b/‖g_b‖² for each batch b in order (g_b = ∇L_b(θ₀), L_b its mean loss):
+        the minibatch curvature SGD feels (Andreyev & Beneventano 2024). H_b g_b is exact
+        (forward-over-reverse on the batch), or a central difference along g_b where products
+        are finite differences. A batch whose gradient is 0 has no direction: NaN."""
+        theta0, problem = self.problem.theta0, self.problem
+        fd = self.mode == FD
+
+        def quotient(batch: object) -> torch.Tensor:
+            g = problem.weighted_gradient(theta0, 1.0, batch)[1]
+            if fd:
+                h = self._fd_length / float(norm(self, g, dtype=torch.float64))
+                product = problem.weighted_gradient(theta0 + h * g, 1.0, batch)[1]
+                product = product.sub_(problem.weighted_gradient(theta0 - h * g, 1.0, batch)[1]) / (2 * h)
+            else:
+                product = self._group_hvp(g.unsqueeze(0), batch)[0]
+            g = g.double()
+            return (g @ product.double() / (g @ g)).detach()
+
+        out = self.passes.each_batch(quotient)
+        self.cost.grads += 3 if fd else 1
+        self.cost.hvps += 0 if fd else len(problem.batches)
+        return out
+
     def _exact_hvp(self, block: torch.Tensor) -> torch.Tensor:
         """H·V through the kept graph or streamed; under ``auto``, by finite differences where
         the model's exact products fail (no double backward)."""

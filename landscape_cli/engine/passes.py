@@ -200,6 +200,16 @@ class Passes:
         summed = iter(reduce([t for i, t in enumerate(total) if i not in pieces]))
         return tuple(t if i in pieces else next(summed) for i, t in enumerate(total))
 
+    def each_batch(self, term: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+        """``term(batch)``, a number, for every batch of the data in order (float64), wherever
+        the batches are: each process fills in its own, and the sum over the ranks has all."""
+        values = torch.zeros(len(self.problem.batches), dtype=torch.float64, device=self.problem.device)
+        self.cost.data_passes += 1
+        for index in self.problem.own:
+            values[index] = term(self.problem.batch(index))
+        out, = reduce([values])
+        return out
+
     # ------------------------------------------------------------------ L(θ₀), one home
 
     def keep_loss(self, loss: float) -> None:

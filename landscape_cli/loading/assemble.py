@@ -29,6 +29,8 @@ class LoadOptions:
     max_batches: int | None = None
     allow_globals: Sequence[str] = ()
     trust_checkpoint: bool = False
+    #: ``--optimizer``: the optimizer state's own file
+    optimizer: Path | None = None
     #: under torchrun, how long a rank waits for the others (seconds)
     dist_timeout: float = 600.0
 

@@ -223,11 +223,13 @@ def _import_global(name: str) -> Any:
 # ----------------------------------------------------------------------------- raw readers
 
 
-def _torch_load(path: Path, allow_globals: Iterable[str], trust: bool) -> Any:
+def torch_load(path: Path, allow_globals: Iterable[str] = (), trust: bool = False,
+               mmap: bool = False) -> Any:
     """``torch.load`` of an untrusted file: a failure is the file's fault, whatever torch
     raises (an empty pickle stack, a short read, a bad zip member, an allowed global called
     with garbage). It is a refusal naming the globals the pickle needs, when it names any
-    that are not allowed, else a corrupt file."""
+    that are not allowed, else a corrupt file. ``mmap``: a zip file's tensors are mapped, not
+    read, until used (a legacy file is read whole)."""
     extra = [] if trust else [_import_global(name) for name in allow_globals]
     with torch.serialization.safe_globals(extra):
         try:
@@ -235,7 +237,8 @@ def _torch_load(path: Path, allow_globals: Iterable[str], trust: bool) -> Any:
                 # torch warns about pickle protocols and formats on stderr: the outcome
                 # (loaded or refused) says all, and stderr keeps to one line.
                 warnings.simplefilter("ignore")
-                return torch.load(path, map_location="cpu", weights_only=not trust)
+                return torch.load(path, map_location="cpu", weights_only=not trust,
+                                  mmap=mmap and zipfile.is_zipfile(path))
         except Exception as exc:
             names = [] if trust else unsafe_globals(path)
             if names:
@@ -413,7 +416,7 @@ def _read_folder(path: Path, key: str, allow_globals: Iterable[str], trust: bool
         if file.suffix == ".safetensors":
             part, _ = _safetensors_load(file)
         else:
-            part, _, _ = _select(_torch_load(file, allow_globals, trust), key, file)
+            part, _, _ = _select(torch_load(file, allow_globals, trust), key, file)
         parts.append((file, part))
     fmt = "hf_safetensors" if files[0].suffix == ".safetensors" else "hf_bin"
     if len(files) > 1:
@@ -435,7 +438,7 @@ def _read(path: Path, key: str, allow_globals: Iterable[str], trust: bool) -> Ch
         tensors, meta = _safetensors_load(path)
         return Checkpoint(path=path, format="safetensors", tensors=tensors,
                           metadata=_metadata(meta), files=[path])
-    obj = _torch_load(path, allow_globals, trust)
+    obj = torch_load(path, allow_globals, trust)
     tensors, used, others = _select(obj, key, path)
     return Checkpoint(path=path, format=_format_of(obj, used), tensors=tensors, key=used,
                       metadata=_metadata(obj), files=[path], other_keys=others)

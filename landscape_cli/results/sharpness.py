@@ -49,11 +49,34 @@ MEASURES: dict[str, Definition] = {
                                   "with std σ'|θ_i| + 1e-3", False),
     "noise_consistency": Definition("average_case ÷ (σ²/2·tr H), its second-order prediction: "
                                     "≈ 1 where L is quadratic at the scale σ", False),
+    "preconditioned_lambda_max": Definition(
+        "λ_max(P^-½ (H + λ_c) P^-½ + λ̃_d): the curvature the optimizer's next update sees (Cohen "
+        "et al. 2022), P from the checkpoint's optimizer state (Adam: (1 − β₁ᵗ)(diag √v̂ + ε); "
+        "SGD: I), other groups' learning rates folded into P, coupled weight decay λ_c added to "
+        "H, AdamW's decoupled λ_d as λ̃_d = λ_d(1 + β₁)/(1 − β₁) (Lanczos, residual-bounded)", False),
+    "stability_threshold": Definition(
+        "the largest preconditioned_lambda_max at which the update is stable on a quadratic: "
+        "2/η (SGD), (2 + 2μ)/((1 − τ)η) (heavy ball, dampening τ), (2 + 2μ)/((1 + 2μ)η) "
+        "(Nesterov), (2 + 2β₁)/((1 − β₁)η) = 38/η at β₁ = 0.9 (Adam)", False),
+    "stability_ratio": Definition(
+        "preconditioned_lambda_max / stability_threshold: ≥ 1 is past the edge of stability", False),
+    "batch_sharpness": Definition(
+        "E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over the data's minibatches (Andreyev & Beneventano 2024, "
+        "the curvature SGD equilibrates at 2/η), mean ± stderr over the batches", False),
+    "gradient_curvature": Definition("gᵀHg/‖g‖², g = ∇L(θ): the curvature along the gradient", False),
+    "update_curvature": Definition(
+        "uᵀHu/‖u‖², u the step the checkpoint's optimizer would take next (torch.optim on its "
+        "state with the current gradient folded in)", False),
 }
+#: the measures read from the checkpoint's optimizer state (null with the reason where it has none)
+OPTIMIZER_MEASURES = ("preconditioned_lambda_max", "stability_threshold", "stability_ratio",
+                      "update_curvature")
 #: the measures a measure is computed from
 NEEDS: dict[str, tuple[str, ...]] = {"stability_lr": ("lambda_max",),
                                      "worst_case": ("lambda_max", "grad_norm"),
-                                     "noise_consistency": ("average_case", "trace_per_param")}
+                                     "noise_consistency": ("average_case", "trace_per_param"),
+                                     "stability_ratio": ("preconditioned_lambda_max",
+                                                         "stability_threshold")}
 
 
 class Measure(Result):
@@ -86,6 +109,18 @@ class Measure(Result):
     second_order_estimate: float | None = reported(omit_none=True, default=None)
     random_start_value: float | None = reported(omit_none=True, default=None)
     warm_start_value: float | None = reported(omit_none=True, default=None)
+    #: why the value is null (no optimizer state, an unsupported optimizer)
+    reason: str | None = reported(omit_none=True, default=None)
+    #: the optimizer measures: its kind, step count, β₁ or μ, what stability is measured against
+    optimizer: str | None = reported(omit_none=True, default=None)
+    step: int | None = reported(omit_none=True, default=None)
+    momentum: float | None = reported(omit_none=True, default=None)
+    threshold: float | None = reported(omit_none=True, default=None)
+    #: batch_sharpness: the minibatches and the most samples one holds
+    batches: int | None = reported(omit_none=True, default=None)
+    batch_size: int | None = reported(omit_none=True, default=None)
+    #: the measured error finite-difference products put into a Rayleigh quotient
+    fd_error: float | None = reported(omit_none=True, default=None)
 
 
 #: numbers besides the measures' values that gates may use
@@ -110,6 +145,11 @@ class SharpnessResult(Result):
 
     def warnings(self) -> list[str]:
         notes = list(self.notes)
+        unmeasured: dict[str, list[str]] = {}
+        for name, m in self.measures.items():
+            if m.value is None and m.reason:
+                unmeasured.setdefault(m.reason, []).append(name)
+        notes += [f"{', '.join(names)}: null, {reason}" for reason, names in unmeasured.items()]
         for name, m in self.measures.items():
             if m.converged is False and m.steps is None:  # Lanczos (lambda_max)
                 notes.append(f"{name}: its residual {m.residual:.3g} did not reach --tol times "
