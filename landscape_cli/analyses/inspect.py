@@ -6,8 +6,10 @@ from pathlib import Path
 
 import torch
 
+from landscape_cli.errors import CheckpointError
 from landscape_cli.loading.checkpoint import UnsafeCheckpoint, read_checkpoint
 from landscape_cli.loading.matching import common_prefix
+from landscape_cli.loading.optimizer_state import read_optimizer_state
 from landscape_cli.results.inspect import InspectResult
 
 #: State-dict entries that are buffers, not parameters, whatever the model (normalisation
@@ -33,7 +35,17 @@ def inspect_checkpoint(path: str | Path, key: str = "auto") -> InspectResult:
     return InspectResult(format=ckpt.format, key=ckpt.key, tensors=tensors,
                          n_params=count["parameter"], n_buffers=count["buffer"],
                          n_tensors=len(tensors), detected_prefix=prefix or None,
-                         unsafe_globals=[], metadata=dict(ckpt.metadata))
+                         unsafe_globals=[], metadata=dict(ckpt.metadata),
+                         optimizer=_optimizer_state(path))
+
+
+def _optimizer_state(path: str | Path) -> dict | None:
+    """What optimizer state the checkpoint holds, as the stability measures would read it."""
+    try:
+        raw = read_optimizer_state(path)
+    except CheckpointError as exc:
+        return {"error": str(exc)}
+    return None if raw is None else raw.describe()
 
 
 def tensor_roles(tensors: dict[str, torch.Tensor]) -> dict[str, str]:

@@ -72,7 +72,7 @@ class RawOptimizerState:
     def describe(self) -> dict[str, Any]:
         """What ``inspect`` shows: the kind, each group's hyperparameters and size, the step."""
         steps = {_number(s["step"]) for s in self.state.values() if "step" in s}
-        groups = [{k: v for k, v in g.items() if k not in ("params", "param_names")}
+        groups = [{k: _shown(v) for k, v in g.items() if k not in ("params", "param_names")}
                   | {"n_tensors": len(g["params"])} for g in self.groups]
         return {"source": self.source, "type": self.kind, "param_groups": groups,
                 "n_states": len(self.state), "param_names": self.names is not None,
@@ -81,6 +81,16 @@ class RawOptimizerState:
 
 class UnsupportedOptimizer(CheckpointError):
     """The state is an optimizer other than SGD and Adam/AdamW (named in the message)."""
+
+
+def _shown(value: Any) -> Any:
+    """A hyperparameter as a report can hold it: a number, string or list of them, else its
+    type's name (a file's groups may hold anything weights_only lets through)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    return f"<{type(value).__name__}>"
 
 
 def _number(value: Any) -> float:

@@ -23,6 +23,8 @@ class InspectResult(Result, kw_only=True):
     #: whether ``weights_only`` loading accepts it (no unsafe globals)
     loadable: bool = reported(init=False)
     metadata: dict[str, Any] = reported(default_factory=dict)
+    #: the optimizer state it holds (``RawOptimizerState.describe``), or why it cannot be read
+    optimizer: dict[str, Any] | None = reported(omit_none=True, default=None)
     #: one entry per tensor: name, shape, dtype, numel, role
     tensors: list[dict[str, Any]] = reported(required=True)
 
@@ -30,7 +32,10 @@ class InspectResult(Result, kw_only=True):
         self.loadable = not self.unsafe_globals
 
     def warnings(self) -> list[str]:
-        if not self.unsafe_globals:
-            return []
-        return [f"weights_only loading refuses {', '.join(self.unsafe_globals)}; analyses need "
-                "--allow-global NAME for each, or --trust-checkpoint"]
+        out = []
+        if self.unsafe_globals:
+            out.append(f"weights_only loading refuses {', '.join(self.unsafe_globals)}; analyses "
+                       "need --allow-global NAME for each, or --trust-checkpoint")
+        if self.optimizer and "error" in self.optimizer:
+            out.append(f"its optimizer state cannot be used: {self.optimizer['error']}")
+        return out

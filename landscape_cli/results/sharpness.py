@@ -151,10 +151,13 @@ class SharpnessResult(Result):
                 unmeasured.setdefault(m.reason, []).append(name)
         notes += [f"{', '.join(names)}: null, {reason}" for reason, names in unmeasured.items()]
         for name, m in self.measures.items():
-            if m.converged is False and m.steps is None:  # Lanczos (lambda_max)
+            if m.converged is False and m.residual is not None:  # Lanczos
                 notes.append(f"{name}: its residual {m.residual:.3g} did not reach --tol times "
                              "|λ| (the products' own error puts a floor under it); the value is "
                              "within the residual of an eigenvalue of the exact Hessian")
+            elif m.converged is False and m.steps is None:  # Hutch++
+                notes.append(f"{name}: its standard error did not reach --rtol within --max-hvps; "
+                             "its interval is the one to trust")
             elif m.converged is False:
                 notes.append(f"{name}: the ascent was still improving when its {m.steps} steps "
                              "ran out; the value is a lower bound (raise --steps)")
