@@ -10,9 +10,13 @@ W = diag(η_g / (c_g p_i)) (Schur complement of M + I): per parameter, its group
 rate η_g, preconditioner p_i (1 for SGD; (1 − β₁ᵗ)(√v̂ᵢ + ε) for Adam) and threshold factor
 c_g, the largest η·a a mode of curvature a stands:
 
-* SGD: 2; heavy ball: (2 + 2μ)/(1 − τ) (dampening τ, the momentum buffer's gradient weight);
-  Nesterov (SGD's, no dampening): (2 + 2μ)/(1 + 2μ);
-* Adam/AdamW (EMA momentum, τ = β₁): (2 + 2β₁)/(1 − β₁), 38 at β₁ = 0.9.
+* SGD: 2; heavy ball: (2 + 2μ)/(1 − τ) (dampening τ, the momentum buffer's gradient weight;
+  Polyak 1964, Goh 2017 "Why momentum really works"); Nesterov (SGD's, no dampening):
+  (2 + 2μ)/(1 + 2μ), by the same (Jury) criterion on its recurrence
+  b' = μb + a·x, x' = x − η(a·x + μb');
+* Adam/AdamW (EMA momentum, τ = β₁): (2 + 2β₁)/(1 − β₁), 38 at β₁ = 0.9 (Cohen et al. 2022).
+
+``tests/analyses/test_stability.py`` checks each against torch.optim itself.
 
 Coupled weight decay λ_c (SGD's, Adam's) is in the gradient, so the update sees H + λ_c I;
 AdamW's decoupled λ_d shrinks θ outside the preconditioner, adding ½η_gλ_d to R. The report

@@ -98,7 +98,8 @@ def register_batch(app: typer.Typer) -> None:
             help="Plot the main number against the training step (.png/.svg/.pdf).",
             metavar="FILE")] = None,
         lr: Annotated[float | None, typer.Option(
-            help="With a spectrum sweep, --plot draws the edge of stability 2/η.")] = None,
+            help="With a spectrum sweep, --plot draws the edge of stability 2/η (a sharpness "
+                 "sweep of stability_ratio draws its edge, 1, from the optimizer state).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
     ) -> None:
         patterns, extra = _split(context.args)
@@ -169,7 +170,7 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
         finished = as_file(ordered)
         write_file(output_to, lambda path: path.write_text(finished, encoding="utf-8"))
     rows = trend.trend(ordered)
-    text = markdown_summary(rows, command, trend.metric_of(rows, command))
+    text = markdown_summary(rows, command, trend.metric_of(rows, command), trend.first_at_edge(rows))
     if summary_to is not None:
         write_file(summary_to, lambda path: path.write_text(text, encoding="utf-8"))
     if plot_to is not None:

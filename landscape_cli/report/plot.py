@@ -20,6 +20,7 @@ from landscape_cli.report.curve_view import (
     short_names,
 )
 from landscape_cli.report.output import Destination, destination, write_file
+from landscape_cli.results.sharpness import EDGES
 
 SUFFIXES = ("png", "svg", "pdf")
 
@@ -291,7 +292,8 @@ def write_interpolate_plot(document: dict[str, Any], dest: Destination) -> None:
 def write_trend_plot(rows: list[dict[str, Any]], command: str, lr: float | None,
                      dest: Destination) -> None:
     """A sweep's main number against the training step (``batch.trend`` rows, in order); for
-    λ_max with the training learning rate η, the edge of stability 2/η (Cohen et al. 2021)."""
+    λ_max with the training learning rate η, the edge of stability 2/η (Cohen et al. 2021); for
+    the stability ratio, its edge 1 (Cohen et al. 2022)."""
     from matplotlib.figure import Figure
 
     shown = [r for r in rows if r["value"] is not None]
@@ -302,6 +304,9 @@ def write_trend_plot(rows: list[dict[str, Any]], command: str, lr: float | None,
     axes.plot(steps, [r["value"] for r in shown], marker="o", label=metric)
     if lr is not None and metric == "lambda_max":
         axes.axhline(2 / lr, color="tab:red", linestyle="--", label=f"2/η = {2 / lr:.4g}")
+    if metric in EDGES:
+        axes.axhline(EDGES[metric], color="tab:red", linestyle="--",
+                     label="edge of stability (the optimizer's threshold)")
     axes.set_xlabel("training step" if any(r["step"] is not None for r in shown) else "checkpoint")
     axes.set_ylabel(metric)
     axes.set_title(f"landscape batch --command {command}: {len(rows)} checkpoint(s)")

@@ -8,9 +8,10 @@ from typing import Any
 from landscape_cli.report.curve_view import sparkline
 
 
-def markdown_summary(rows: list[dict[str, Any]], command: str, metric: str) -> str:
+def markdown_summary(rows: list[dict[str, Any]], command: str, metric: str,
+                     edge: dict[str, Any] | None = None) -> str:
     """The trend as Markdown (a CI job summary): ``rows`` of ``sweep.trend.trend``, the name of
-    the number they follow."""
+    the number they follow, and the first row at the edge of stability (``trend.first_at_edge``)."""
     failed = [r for r in rows if r["status"] != "ok" or r["failed"]]
     out = [f"### landscape batch --command {command}", "",
            f"{len(rows)} checkpoint(s), {sum(r['status'] == 'ok' for r in rows)} ok, "
@@ -26,6 +27,12 @@ def markdown_summary(rows: list[dict[str, Any]], command: str, metric: str) -> s
         if r["error"]:
             status += f": {r['error']}"
         out.append(f"| `{r['checkpoint']}` | {step} | {value} | {status} |")
+    if edge is not None:
+        at = f"step {edge['step']:g}" if edge["step"] is not None else "checkpoint"
+        out += ["", f"{metric} first reaches 1 (the edge of stability) at {at}: "
+                    f"`{edge['checkpoint']}` ({edge['value']:.4g})."]
+    elif metric == "stability_ratio":
+        out += ["", f"{metric} stays below 1 (the edge of stability) at every checkpoint."]
     if failed:
         out += ["", f"{len(failed)} checkpoint(s) need attention."]
     return "\n".join(out) + "\n"

@@ -123,6 +123,9 @@ class Measure(Result):
     fd_error: float | None = reported(omit_none=True, default=None)
 
 
+#: the measures whose edge of stability is a fixed number (a sweep names the step where it is
+#: first reached, and its plot draws it)
+EDGES = {"stability_ratio": 1.0}
 #: numbers besides the measures' values that gates may use
 EXTRA_GATES = ("flatness", "sigma_magnitude", "flatness_magnitude", "eta_lambda_max")
 

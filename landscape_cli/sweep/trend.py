@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape_cli.paths import natural
+from landscape_cli.results.sharpness import EDGES
 
 #: the number a sweep's trend follows, by command (sharpness: its first measure)
 MAIN = {"spectrum": "lambda_max", "trace": "trace", "classify-critical-point": "lambda_min"}
@@ -15,11 +16,12 @@ STEP_KEYS = ("global_step", "step", "epoch")
 
 
 def main_metric(line: dict[str, Any]) -> tuple[str, float | None]:
-    """The number a line's trend follows, and its name."""
+    """The number a line's trend follows, and its name (sharpness: stability_ratio where it was
+    measured, else the first measure)."""
     results = line.get("results") or {}
     if line.get("command") == "sharpness":
         measures = results.get("measures") or {}
-        name = next(iter(measures), "lambda_max")
+        name = "stability_ratio" if "stability_ratio" in measures else next(iter(measures), "lambda_max")
         return name, (measures.get(name) or {}).get("value")
     name = MAIN.get(line.get("command", ""), "loss")
     value = results.get(name)
@@ -55,3 +57,10 @@ def trend(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def metric_of(rows: list[dict[str, Any]], command: str) -> str:
     """The name of the number the trend of ``rows`` follows (the command's, when no row has one)."""
     return next((r["metric"] for r in rows if r["metric"]), MAIN.get(command, "value"))
+
+
+def first_at_edge(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first row (in training order) whose number reaches its edge of stability (``EDGES``),
+    None where none does or the number has no edge."""
+    return next((r for r in rows if r["metric"] in EDGES and r["value"] is not None
+                 and r["value"] >= EDGES[r["metric"]]), None)

@@ -26,6 +26,8 @@ def _each(keys: tuple[str, ...], why: str) -> dict[str, str]:
     return dict.fromkeys(keys, why)
 
 
+_STABILITY = ("issue 29: new measures of the optimizer's stability, in --measures all (no number of "
+              "the others changed)")
 _BASIS = {"basis": "issue 27 §0: a new key, how the Lanczos basis was held (no number changed)"}
 _RESIDUALS = {**_each(("top_residuals", "bottom_residuals", "residual_floor"), _FLOAT64_CHECK),
               **_BASIS}
@@ -38,7 +40,10 @@ CHANGED_ON_PURPOSE: dict[str, dict[str, str]] = {
                       _CONDITION)}
        for name in ("classify_mlp", "classify_cnn")},
     "sharpness_mlp": {"measures.lambda_max.residual": _FLOAT64_CHECK,
-                      "measures.worst_case": _WORST_CASE},
+                      "measures.worst_case": _WORST_CASE,
+                      **{f"measures.{name}": _STABILITY for name in (
+                          "preconditioned_lambda_max", "stability_threshold", "stability_ratio",
+                          "batch_sharpness", "gradient_curvature", "update_curvature")}},
     "sharpness_cnn": {"measures.lambda_max.residual": _FLOAT64_CHECK},
 }
 
