@@ -137,6 +137,8 @@ class _Measurer:
         self.n = self.problem.n
         self.names = with_needs(options.measures)
         self.done: dict[str, Measure] = {}
+        #: what the user should know about the measures (the report's warnings)
+        self.notes: list[str] = []
         self.estimate = estimate
         #: the Hessian, as the algorithms take it (its products timed for the estimate)
         self.operator: LinearOperator = engine
@@ -238,10 +240,15 @@ class _Measurer:
         quotients = self.engine.batch_curvatures()
         spread = _sample(quotients) if len(quotients) > 1 else None
         lr = self.preconditioner.lr if isinstance(self.preconditioner, Preconditioner) else self.options.lr
-        largest = max(self.problem.weights) * self.problem.n_samples
+        largest = round(max(self.problem.weights) * self.problem.n_samples)
+        trained = None if isinstance(self.optimizer, str) else self.optimizer.training.get("train_batch_size")
+        if trained is not None and trained != largest:
+            self.notes.append(f"batch_sharpness: the data's batches hold {largest} samples, but "
+                              f"training took minibatches of {trained} (trainer_state.json); set "
+                              f"data.batch_size: {trained}")
         return self.measure("batch_sharpness", float(quotients.mean()),
                             stderr=spread and spread.stderr, ci95=spread and spread.ci95,
-                            batches=len(quotients), batch_size=round(largest), lr=lr,
+                            batches=len(quotients), batch_size=largest, lr=lr,
                             threshold=None if lr is None else 2 / lr)
 
     def _quotient(self, name: str, v: torch.Tensor, **fields: object) -> Measure:
@@ -437,7 +444,7 @@ def sharpness(engine: HVPEngine, options: SharpnessOptions,
         if callback is not None:
             callback(i, name)
         measurer.done[name] = getattr(measurer, name)()
-    return SharpnessResult(measures=dict(measurer.done))
+    return SharpnessResult(measures=dict(measurer.done), notes=measurer.notes)
 
 
 def _interrupted(done: dict[str, Measure], left: list[str]) -> SharpnessResult:

@@ -66,6 +66,18 @@ def test_a_trainer_folder_with_and_without_param_names(tmp_path):
     assert grouped["stability_ratio"]["step"] == named["stability_ratio"]["step"] == 3
 
 
+def test_batch_sharpness_says_when_the_batches_are_not_the_trainers(tmp_path):
+    folder = save_trainer_folder(tmp_path / "checkpoint-3")
+    args = ["sharpness", folder, "-c", write_config(tmp_path), "--measures", "batch_sharpness", "--json"]
+    same = json.loads(invoke(args).stdout)
+    assert same["results"]["measures"]["batch_sharpness"]["batch_size"] == 16
+    assert same["results"]["measures"]["batch_sharpness"]["threshold"] == pytest.approx(2 / 0.01)
+    assert not any("batch_sharpness" in w for w in same["warnings"])
+    other = json.loads(invoke([*args, "--set", "data.batch_size=48"]).stdout)
+    assert any("training took minibatches of 16" in w and "data.batch_size: 16" in w
+               for w in other["warnings"])
+
+
 def test_the_trainer_order_is_found_by_shapes(tmp_path):
     """Without names, the Trainer's order (weights, then biases and the norm) is the one that fits
     every shape; mapped through it, the state gives what mapping by name gives."""

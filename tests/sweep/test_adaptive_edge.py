@@ -4,6 +4,7 @@ rises to within 15% of 38/η and stays there, while the plain λ_max stays far b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -14,8 +15,10 @@ from helpers.runners import invoke
 def test_the_preconditioned_sharpness_settles_at_38_over_eta_and_lambda_max_does_not(tmp_path):
     train(tmp_path / "run", steps=500, every=20)
     out, summary = tmp_path / "sweep.jsonl", tmp_path / "trend.md"
+    plot = tmp_path / "trend.png"
+    drawn = ["--plot", plot] if importlib.util.find_spec("matplotlib") else []  # the [plot] extra
     ran = invoke(["batch", tmp_path / "run" / "*.pt", "--command", "sharpness", "--measures",
-                  "stability_ratio,lambda_max", "-o", out, "--summary", summary, "-q"])
+                  "stability_ratio,lambda_max", "-o", out, "--summary", summary, "-q", *drawn])
     assert ran.returncode == 0, ran.detail()
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["checkpoint"]["step"] for line in lines] == list(range(20, 501, 20))
@@ -31,5 +34,6 @@ def test_the_preconditioned_sharpness_settles_at_38_over_eta_and_lambda_max_does
     assert all(m["stability_ratio"]["converged"] for m in measures)
 
     first = next(line for line, r in zip(lines, ratios) if r >= 1)
+    assert plot.exists() == bool(drawn)
     step = first["checkpoint"]["step"]
     assert f"stability_ratio first reaches 1 (the edge of stability) at step {step}" in summary.read_text()
