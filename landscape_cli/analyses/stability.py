@@ -27,7 +27,6 @@ other groups' learning rates and factors folded into P̃ and Λ̃_d, so that the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +48,7 @@ def threshold_factor(kind: str, group: dict[str, Any]) -> float:
         return 2.0
     if group.get("nesterov"):
         return (2 + 2 * mu) / (1 + 2 * mu)
-    dampening = group.get("dampening", 0)
-    return math.inf if dampening == 1 else (2 + 2 * mu) / (1 - dampening)
+    return (2 + 2 * mu) / (1 - group.get("dampening", 0))
 
 
 def momentum_of(kind: str, group: dict[str, Any]) -> float:
@@ -117,8 +115,7 @@ def preconditioner(state: OptimizerState, problem: Problem, lr: float | None = N
             p = _adam_denominator(group, entry, torch.float64).reshape(shape)
             steps.add(int(float(torch.as_tensor(entry["step"]))))
         # W = η/(c p) relative to the reference's η_ref/c_ref: P̃ = p (η_ref/η)(c/c_ref)
-        moves = eta > 0 and math.isfinite(c)
-        weight = eta / (c * p) * (c_ref / eta_ref) if moves else torch.zeros(shape, dtype=torch.float64)
+        weight = eta / (c * p) * (c_ref / eta_ref) if eta > 0 else torch.zeros(shape, dtype=torch.float64)
         decay = group.get("weight_decay", 0)
         decoupled = decay * eta * c_ref / (2 * eta_ref) if kind == ADAMW else 0.0
         coupled = 0.0 if kind == ADAMW else decay

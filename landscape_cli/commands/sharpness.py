@@ -133,7 +133,9 @@ COMMAND = Command(
     name="sharpness",
     run=sharpness,
     help="Sharpness and flatness measures (λ_max, trace, worst-case, average-case, Keskar's ε, "
-         "PAC-Bayes σ, ...), each with its definition, parameters and error bar.",
+         "PAC-Bayes σ, ...), each with its definition, parameters and error bar; and stability "
+         "as the checkpoint's optimizer sees it (preconditioned λ_max against its threshold, "
+         "batch sharpness).",
     epilog="""Examples:
 
   landscape sharpness sample_checkpoints/mlp/seed0_epoch100.pt

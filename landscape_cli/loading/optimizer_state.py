@@ -233,8 +233,8 @@ def _checked_hyperparameters(kind: str, groups: list[dict[str, Any]], where: str
             value = g.get(name, 0)
             if type(value) not in (int, float) or value < 0:
                 raise bad(i, name, f"is {value!r}, not a number ≥ 0")
-        if kind == SGD and not (g.get("momentum", 0) < 1 and g.get("dampening", 0) <= 1):
-            raise bad(i, "momentum", "must be below 1 (and dampening at most 1)")
+        if kind == SGD and not (g.get("momentum", 0) < 1 and g.get("dampening", 0) < 1):
+            raise bad(i, "momentum", "and dampening must be below 1")
         if kind == SGD and g.get("nesterov") and (g.get("momentum", 0) == 0 or g.get("dampening", 0)):
             raise bad(i, "nesterov", "needs momentum and no dampening (as torch.optim.SGD does)")
         if kind != SGD:
@@ -290,6 +290,8 @@ def read_optimizer_state(checkpoint: str | Path, file: str | Path | None = None,
         training = _trainer_training(checkpoint)
         if (checkpoint / TRAINER_SCHEDULER).is_file():
             schedulers = [_loaded(checkpoint / TRAINER_SCHEDULER, allow_globals, trust)]
+    elif checkpoint.suffix == ".safetensors":
+        return None  # tensors only
     else:
         path = checkpoint
         obj = _loaded(path, allow_globals, trust)

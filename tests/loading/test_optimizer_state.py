@@ -104,11 +104,22 @@ def test_inspect_lists_the_optimizer_state(tmp_path):
     assert bare["results"]["optimizer"]["source"].endswith("['optimizer_states.0']")
 
 
-def test_no_optimizer_state_makes_the_measures_null_with_the_reason(tmp_path):
-    torch.save(make_model().state_dict(), tmp_path / "bare.pt")
-    found = ratio(tmp_path / "bare.pt", tmp_path)
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_no_optimizer_state_makes_the_measures_null_with_the_reason(tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"bare{suffix}"
+    if suffix == ".pt":
+        torch.save(make_model().state_dict(), path)
+    else:
+        save_file(make_model().state_dict(), str(path))
+    found = ratio(path, tmp_path)
     assert found["stability_ratio"]["value"] is None
     assert "holds no optimizer state" in found["stability_ratio"]["reason"]
+    _, opt = trained()
+    torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
+    given = ratio(path, tmp_path, "--optimizer", tmp_path / "optimizer.pt")
+    assert given["stability_ratio"]["value"] > 0
 
 
 def test_an_unsupported_optimizer_is_null_by_default_and_refused_by_name(tmp_path):
