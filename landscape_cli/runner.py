@@ -25,6 +25,7 @@ from landscape_cli.engine import distributed, peak_memory
 from landscape_cli.engine.hvp import NONFINITE
 from landscape_cli.errors import Interrupted, LandscapeError, NumericalError, OutOfMemory
 from landscape_cli.loading.assemble import LoadOptions
+from landscape_cli.loading.checkpoint import Checkpoint
 from landscape_cli.names import AUTO, FD, FSDP
 from landscape_cli.options import RunOptions, checked, jsonable
 from landscape_cli.paths import expand
@@ -92,13 +93,17 @@ def _read_config(path: Path, mtime_ns: int, size: int, overrides: tuple[str, ...
     return load_config(path, list(overrides), dict(flags))
 
 
-def prepare(name: str, checkpoint: str | Path | Sequence[str | Path], run_options: RunOptions,
-            options: dict[str, Any]) -> Prepared:
-    """Check the options and gates, find and load the config (by the first checkpoint), list
-    the run's input files."""
+def prepare(name: str, checkpoint: str | Path | Checkpoint | Sequence[str | Path], run_options: RunOptions,
+            options: dict[str, Any], *, config: Config | None = None) -> Prepared:
+    """Check the options and gates, find and load the config (by the first checkpoint; or
+    ``config``, given), list the run's input files. A ``Checkpoint`` is one held in memory (a
+    live model's weights: ``integrations/live.py``)."""
     started = time.perf_counter()
     spec = command(name)
-    checkpoints = [str(checkpoint)] if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
+    if isinstance(checkpoint, (str, Path, Checkpoint)):
+        checkpoints: list[Any] = [checkpoint if isinstance(checkpoint, Checkpoint) else str(checkpoint)]
+    else:
+        checkpoints = [str(c) for c in checkpoint]
     if spec.many:
         checkpoints = [found for given in checkpoints for found in expand(given)]
     if not checkpoints:
@@ -109,14 +114,17 @@ def prepare(name: str, checkpoint: str | Path | Sequence[str | Path], run_option
     values = checked(spec.run, options)
     gates = [parse_gate(expr) for expr in run_options.fail_if]
     check_names(gates, (*HEADLINE, *spec.result.GATES))
-    config_path = find_config(str(run_options.config) if run_options.config else None, checkpoints[0])
-    config = _config(config_path, tuple(run_options.set), tuple(sorted(run_options.flags().items())))
+    if config is None:
+        config_path = find_config(str(run_options.config) if run_options.config else None, checkpoints[0])
+        config = _config(config_path, tuple(run_options.set), tuple(sorted(run_options.flags().items())))
+    else:
+        config_path = Path(config.source)
     if config.engine.shard == FSDP:
         refusal = _unsharded(spec, values, run_options, config)
         if refusal is not None:
             raise LandscapeError(f"--shard-model (engine.shard: fsdp): {refusal}")
     data = [Path(d.path) for d in (config.data, config.eval_data) if d is not None and d.path]
-    inputs = [*map(Path, checkpoints), config_path, *data,
+    inputs = [*(Path(c) for c in checkpoints if isinstance(c, str)), config_path, *data,
               *([run_options.optimizer] if run_options.optimizer else [])]
     return Prepared(spec, checkpoints, run_options, values, gates, config, config_path,
                     started, inputs)

@@ -28,7 +28,7 @@ from landscape_cli.loading.assemble import (
     match_warnings,
 )
 from landscape_cli.loading.checkpoint import Checkpoint, read_checkpoint
-from landscape_cli.loading.data import load_batches
+from landscape_cli.loading.data import Batches, load_batches
 from landscape_cli.loading.factory import add_python_path, call, resolve
 from landscape_cli.loading.matching import Match, tied_groups
 from landscape_cli.names import FSDP
@@ -98,35 +98,50 @@ class _Built:
     eval_problem: Problem | None = None
 
 
-class Session:
-    """A config's model, loss and data, built at the first ``load`` and kept for the next."""
+@dataclass(frozen=True)
+class Given:
+    """What a session takes as given instead of building it from the config's factories (a
+    live model's analysis, ``integrations/live.py``): the model (a copy the session may
+    change), and where given, the data and the loss ``fn(model, batch)``."""
 
-    def __init__(self, config: Config, options: LoadOptions | None = None):
+    model: nn.Module
+    batches: Batches | None = None
+    loss_fn: LossFn | None = None
+
+
+class Session:
+    """A config's model, loss and data, built at the first ``load`` and kept for the next (or
+    ``given``)."""
+
+    def __init__(self, config: Config, options: LoadOptions | None = None, given: Given | None = None):
         self.config = config
         self.options = options or LoadOptions()
+        self.given = given
         self._built: _Built | None = None
 
-    def load(self, checkpoint_path: str | Path) -> Loaded:
-        """Read a checkpoint and put its weights in the model. The first one builds the model,
-        loss and data and checks the loss on every batch; a later one is checked by one pass
-        that evaluates it (kept for the report)."""
-        config, options = self.config, self.options
-        checkpoint = read_checkpoint(checkpoint_path, config.checkpoint.key, options.allow_globals,
-                                     options.trust_checkpoint)
+    def load(self, checkpoint_path: str | Path | Checkpoint) -> Loaded:
+        """Read a checkpoint (or take one held in memory) and put its weights in the model. The
+        first one builds the model, loss and data and checks the loss on every batch; a later
+        one is checked by one pass that evaluates it (kept for the report)."""
+        config, options, given = self.config, self.options, self.given
+        checkpoint = checkpoint_path if isinstance(checkpoint_path, Checkpoint) else read_checkpoint(
+            checkpoint_path, config.checkpoint.key, options.allow_globals, options.trust_checkpoint)
         first = self._built is None
         if first:
             add_python_path(config.python_path)
             torch.manual_seed(config.seed)
-            model = build_model(config)
+            model = build_model(config) if given is None else given.model
+            loss_fn = given.loss_fn if given is not None and given.loss_fn is not None else build_loss(config)
             self._built = _Built(model, {k: v.detach().clone() for k, v in model.state_dict().items()},
-                                 tied_groups(model), build_loss(config))
+                                 tied_groups(model), loss_fn)
         built = self._built
         match = load_weights(built.model, checkpoint, config, None if first else built.factory_state,
                              built.tied)
         dtype = DTYPES[config.dtype]
         evaluation = None
         if first:
-            data = load_batches(config, options.max_batches, host_budget=host_memory_budget())
+            data = (given.batches if given is not None and given.batches is not None
+                    else load_batches(config, options.max_batches, host_budget=host_memory_budget()))
             device = distributed.initialize(resolve_device(config.device), options.dist_timeout)
             exact_float32(device)
             built.problem = build_problem(built.model, built.loss_fn, data, bn=config.bn,

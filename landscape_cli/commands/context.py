@@ -40,7 +40,8 @@ class Run:
     checks its own options first: a bad option fails in a second, not after the loading."""
 
     session: Session
-    checkpoints: list[str]
+    #: paths, or a checkpoint held in memory (a live model's)
+    checkpoints: list[Any]
     config: Config
     inputs: list[Path]
     progress_factory: ProgressFactory = no_progress
@@ -84,9 +85,12 @@ class Run:
         from landscape_cli.loading.optimizer_state import read_optimizer_state
 
         loaded, options, spec = self.loaded, self.session.options, self.config.optimizer
-        raw = read_optimizer_state(loaded.checkpoint.path, options.optimizer, key=spec.key,
-                                   told=spec.type, allow_globals=options.allow_globals,
-                                   trust=options.trust_checkpoint)
+        checkpoint = loaded.checkpoint
+        if not checkpoint.files:  # held in memory
+            raw = None if checkpoint.optimizer is None else checkpoint.optimizer()
+        else:
+            raw = read_optimizer_state(checkpoint.path, options.optimizer, key=spec.key, told=spec.type,
+                                       allow_globals=options.allow_globals, trust=options.trust_checkpoint)
         if raw is None:
             return None
         return map_optimizer_state(raw, loaded.problem.objective.model, loaded.match,

@@ -21,7 +21,7 @@ import math
 import pickletools
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -52,13 +52,19 @@ class Checkpoint:
     files: list[Path] = field(default_factory=list)
     #: other keys of the file that hold a state dict too (``checkpoint.key: auto`` chose ``key``)
     other_keys: list[str] = field(default_factory=list)
+    #: for a checkpoint held in memory, what reads its optimizer state when a measure needs it
+    #: (a live optimizer's: ``optimizer_state.live_optimizer_state``); a file's is read from it
+    optimizer: Callable[[], Any] | None = None
 
     @property
     def n_params(self) -> int:
         return sum(t.numel() for t in self.tensors.values() if t.is_floating_point())
 
-    def sha256(self) -> str:
-        """Digest of the file, or of every file a folder checkpoint was read from."""
+    def sha256(self) -> str | None:
+        """Digest of the file, or of every file a folder checkpoint was read from (None for one
+        held in memory)."""
+        if not self.files:
+            return None
         digest = hashlib.sha256()
         for file in self.files:
             if len(self.files) > 1:

@@ -216,3 +216,19 @@ def load_batches(config: Config, max_batches: int | None = None, section: str = 
         return Batches(BatchStream(config, max_batches, section, prints, classes), sizes, source,
                        streamed=True)
     return Batches(batches=held, sizes=sizes, source=source)
+
+
+def held_batches(batches: Iterable[Any], source: str, max_batches: int | None = None) -> Batches:
+    """Batches given as an iterable (a DataLoader: a live model's probe set), read once and
+    held, at most ``max_batches``; empty ones skipped."""
+    held, sizes = [], []
+    for batch in batches:
+        if max_batches is not None and len(held) >= max_batches:
+            break
+        n = batch_size(batch, source)
+        if n:
+            held.append(batch)
+            sizes.append(n)
+    if not held:
+        raise DataError(f"{source}: the probe set is empty")
+    return Batches(batches=held, sizes=sizes, source=source)

@@ -305,14 +305,34 @@ def read_optimizer_state(checkpoint: str | Path, file: str | Path | None = None,
                                   "set optimizer.key")
         return None
     where_key, state_dict = found
-    where = f"{path}" + (f" ['{where_key}']" if where_key else "")
+    lrs = next((found for s in schedulers or [] if (found := _scheduler_lrs(s))), None)
+    if lrs is not None:
+        training["scheduler_last_lr"] = lrs
+    return checked_state_dict(state_dict, f"{path}" + (f" ['{where_key}']" if where_key else ""),
+                              told=told, training=training)
+
+
+def checked_state_dict(state_dict: Any, where: str, *, told: str = "auto",
+                       training: dict[str, Any] | None = None) -> RawOptimizerState:
+    """An optimizer's ``state_dict()`` checked in structure and numbers, its kind told."""
     if not _is_state_dict(state_dict):
         raise CheckpointError(f"{where}: not an optimizer state dict ('state' and 'param_groups')")
     groups = _checked_groups(state_dict["param_groups"], where)
     state = _checked_state(state_dict["state"], {p for g in groups for p in g["params"]}, where)
     kind = _kind(groups, state, told, where)
     _checked_hyperparameters(kind, groups, where)
-    lrs = next((found for s in schedulers or [] if (found := _scheduler_lrs(s))), None)
-    if lrs is not None:
-        training["scheduler_last_lr"] = lrs
-    return RawOptimizerState(source=where, kind=kind, groups=groups, state=state, training=training)
+    return RawOptimizerState(source=where, kind=kind, groups=groups, state=state, training=training or {})
+
+
+def live_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> RawOptimizerState:
+    """A live optimizer's state, its parameters named by identity with ``model``'s (so no order
+    is guessed); the state's tensors are the optimizer's own, only read."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    state_dict = optimizer.state_dict()
+    for group, live in zip(state_dict["param_groups"], optimizer.param_groups):
+        missing = [p for p in live["params"] if id(p) not in names]
+        if missing:
+            raise CheckpointError(f"the optimizer holds a parameter of shape {list(missing[0].shape)} "
+                                  "that is not the model's")
+        group["param_names"] = [names[id(p)] for p in live["params"]]
+    return checked_state_dict(state_dict, f"the live {type(optimizer).__name__}")
