@@ -36,6 +36,16 @@ def probe_data():
     return x[:PROBE], y[:PROBE]
 
 
+def assert_same_measures(live, saved, rel: float = 1e-6) -> None:
+    """Every measure of a callback's report equals the one ``landscape`` gives on the checkpoint
+    saved at the same step (null where it is null)."""
+    import pytest
+
+    for name, measure in live.results["measures"].items():
+        expected = saved.results["measures"][name]["value"]
+        assert measure["value"] == (expected if expected is None else pytest.approx(expected, rel=rel)), name
+
+
 def write_config(folder: Path, model: str, loss: str) -> Path:
     """A config whose model is ``model`` (a factory of this file) and whose loss is ``loss``
     (an ``fn(model, batch)`` of this file), on the probe set."""
@@ -101,8 +111,11 @@ class Pairs(Dataset):
 
 
 def make_hf_model():
+    from dataclasses import dataclass
+
     from transformers.modeling_outputs import ModelOutput
 
+    @dataclass
     class Output(ModelOutput):
         loss: torch.Tensor | None = None
         predictions: torch.Tensor | None = None

@@ -12,7 +12,13 @@ import torch
 pl = pytest.importorskip("lightning.pytorch",
                          reason="lightning is not installed (pip install landscape-cli[lightning])")
 
-from helpers.live_training import make_module, probe_loader, train_loader, write_config  # noqa: E402
+from helpers.live_training import (  # noqa: E402
+    assert_same_measures,
+    make_module,
+    probe_loader,
+    train_loader,
+    write_config,
+)
 
 import landscape_cli  # noqa: E402
 from landscape_cli.integrations.lightning import LandscapeCallback  # noqa: E402
@@ -65,8 +71,7 @@ def test_training_is_untouched_and_the_logged_numbers_are_landscapes(tmp_path):
         step = report.checkpoint["global_step"]
         saved = landscape_cli.analyze("sharpness", tmp_path / "with" / f"step{step}.pt", config,
                                       measures=MEASURES)
-        for name, measure in report.results["measures"].items():
-            assert measure["value"] == pytest.approx(saved.results["measures"][name]["value"], rel=1e-6), name
+        assert_same_measures(report, saved)
     live = measured.reports[-1].results["measures"]
     assert live["stability_ratio"]["optimizer"] == "AdamW" and live["stability_ratio"]["value"] > 0
 
