@@ -2,7 +2,8 @@
 
 The Python API (DESIGN §10): ``analyze(command, checkpoint, config=None, **options)`` runs a
 command in this process and returns its ``Report``; ``Session`` keeps a config's model and
-data for many checkpoints. Imported on first use, so that ``import landscape_cli`` (and the
+data for many checkpoints; ``read_reports(paths)`` reads reports and batch lines into a pandas
+DataFrame (the ``[pandas]`` extra). Imported on first use, so that ``import landscape_cli`` (and the
 CLI's ``--help``) stays light."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {"analyze": "landscape_cli.runner", "Report": "landscape_cli.report.document",
-         "Session": "landscape_cli.session"}
+         "Session": "landscape_cli.session", "read_reports": "landscape_cli.integrations.dataframes"}
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +24,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'landscape_cli' has no attribute {name!r}")
 
 
-__all__ = ["Report", "Session", "__version__", "analyze"]
+__all__ = ["Report", "Session", "__version__", "analyze", "read_reports"]
