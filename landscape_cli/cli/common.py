@@ -27,7 +27,7 @@ from landscape_cli.options import Option, RunOptions, declared, flag, run_option
 from landscape_cli.report.output import Destination, destination, emit
 from landscape_cli.report.render import FORMATS, render
 
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, emoji=False)  # ":x:" in a name stays as it is
 
 Format = Enum("Format", {f: f for f in FORMATS}, type=str)
 

@@ -100,12 +100,16 @@ def register_batch(app: typer.Typer) -> None:
         lr: Annotated[float | None, typer.Option(
             help="With a spectrum sweep, --plot draws the edge of stability 2/η (a sharpness "
                  "sweep of stability_ratio draws its edge, 1, from the optimizer state).")] = None,
+        log: Annotated[list[str] | None, typer.Option(
+            help="Send each checkpoint's numbers, at its step, to a tracker: tensorboard:DIR, "
+                 "mlflow:URI or wandb:PROJECT (repeatable; each an optional extra).",
+            metavar="KIND:TARGET")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
     ) -> None:
         patterns, extra = _split(context.args)
         try:
             code = _batch(patterns, command, extra, output, resume, shard, merge, fail_fast, jobs,
-                          summary, plot, lr, quiet)
+                          summary, plot, lr, quiet, log or [])
         except LandscapeError as exc:
             fail(exc)
         raise typer.Exit(code)
@@ -113,7 +117,8 @@ def register_batch(app: typer.Typer) -> None:
 
 def _batch(patterns: list[str], command: str | None, extra: list[str], output: Path | None,
            resume: bool, shard_spec: str | None, merging: bool, fail_fast: bool, jobs: int,
-           summary: Path | None, plot: Path | None, lr: float | None, quiet: bool) -> int:
+           summary: Path | None, plot: Path | None, lr: float | None, quiet: bool,
+           log: list[str]) -> int:
     with importing():
         from landscape_cli.sweep import plan, trend, workers
     from landscape_cli.report import plot as plots
@@ -146,6 +151,11 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
     summary_to = None if summary is None else destination(summary, "--summary", inputs)
     output_to = None if output is None else destination(output, "-o", inputs)
     plot_to = None if plot is None else plots.check_destination(plot, inputs)
+    trackers = []
+    if log:
+        from landscape_cli.integrations.loggers import Tracker
+
+        trackers = [Tracker.parse(spec) for spec in log]
     from landscape_cli.engine import distributed
 
     # under torchrun every rank analyses every checkpoint (its share of the data), rank 0 writes
@@ -175,6 +185,8 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
         write_file(summary_to, lambda path: path.write_text(text, encoding="utf-8"))
     if plot_to is not None:
         plots.write_trend_plot(rows, command, lr, plot_to)
+    for tracker in trackers:
+        tracker.send(trend.in_training_order(ordered))
     if show:
         stderr.print(escape(text), soft_wrap=True)
     if any(line["status"] == "error" for line in ordered):

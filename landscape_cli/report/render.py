@@ -128,7 +128,7 @@ def _footer_lines(doc: dict[str, Any]) -> list[str]:
 def to_table(doc: dict[str, Any], color: bool, result: type[Result] = Result) -> str:
     """A Rich rendering for people at a terminal."""
     width = max(80, shutil.get_terminal_size((100, 24)).columns)
-    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color,
+    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color, emoji=False,
                       width=width, highlight=False)
     for line in _summary_lines(doc):
         console.print(line)

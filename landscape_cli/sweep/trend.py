@@ -41,17 +41,26 @@ def step_of(line: dict[str, Any]) -> float | None:
     return float(numbers[-1]) if numbers else None
 
 
+def in_training_order(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lines by step (those without one last), then by path in natural order."""
+    def key(line: dict[str, Any]) -> tuple:
+        step = step_of(line)
+        return step is None, step or 0, natural((line.get("checkpoint") or {}).get("path") or "")
+
+    return sorted(lines, key=key)
+
+
 def trend(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per checkpoint, in training order: path, step, status, the main number, the
     gates it failed."""
     rows = []
-    for line in lines:
+    for line in in_training_order(lines):
         name, value = main_metric(line) if line.get("status") == "ok" else (None, None)
         rows.append({"checkpoint": line.get("checkpoint", {}).get("path"), "step": step_of(line),
                      "status": line.get("status"), "metric": name, "value": value,
                      "failed": [g["expr"] for g in line.get("gates", []) if g.get("violated")],
                      "error": line.get("error")})
-    return sorted(rows, key=lambda r: (r["step"] is None, r["step"] or 0, natural(r["checkpoint"] or "")))
+    return rows
 
 
 def metric_of(rows: list[dict[str, Any]], command: str) -> str:
