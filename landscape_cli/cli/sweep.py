@@ -5,8 +5,10 @@ each (DESIGN §8; ``landscape_cli.sweep``). The command's own options and the sh
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -100,6 +102,14 @@ def register_batch(app: typer.Typer) -> None:
         lr: Annotated[float | None, typer.Option(
             help="With a spectrum sweep, --plot draws the edge of stability 2/η (a sharpness "
                  "sweep of stability_ratio draws its edge, 1, from the optimizer state).")] = None,
+        follow: Annotated[bool, typer.Option(
+            "--follow", help="Keep analysing the checkpoints the patterns match as they appear "
+            "(complete ones only), until Ctrl-C or --until-idle.")] = False,
+        until_idle: Annotated[str | None, typer.Option(
+            help="With --follow: stop (exit 0) after this long without a new checkpoint: 30s, "
+                 "10m, 2h.", metavar="DURATION")] = None,
+        poll: Annotated[float, typer.Option(
+            help="With --follow: seconds between two looks at the folder.", min=0.01)] = 1.0,
         log: Annotated[list[str] | None, typer.Option(
             help="Send each checkpoint's numbers, at its step, to a tracker: tensorboard:DIR, "
                  "mlflow:URI or wandb:PROJECT (repeatable; each an optional extra).",
@@ -108,8 +118,11 @@ def register_batch(app: typer.Typer) -> None:
     ) -> None:
         patterns, extra = _split(context.args)
         try:
+            watch = _Follow(until_idle, poll) if follow else None
+            if until_idle is not None and not follow:
+                raise LandscapeError("--until-idle goes with --follow")
             code = _batch(patterns, command, extra, output, resume, shard, merge, fail_fast, jobs,
-                          summary, plot, lr, quiet, log or [])
+                          summary, plot, lr, quiet, log or [], watch)
         except LandscapeError as exc:
             fail(exc)
         raise typer.Exit(code)
@@ -118,7 +131,7 @@ def register_batch(app: typer.Typer) -> None:
 def _batch(patterns: list[str], command: str | None, extra: list[str], output: Path | None,
            resume: bool, shard_spec: str | None, merging: bool, fail_fast: bool, jobs: int,
            summary: Path | None, plot: Path | None, lr: float | None, quiet: bool,
-           log: list[str]) -> int:
+           log: list[str], watch: _Follow | None = None) -> int:
     with importing():
         from landscape_cli.sweep import plan, trend, workers
     from landscape_cli.report import plot as plots
@@ -144,9 +157,14 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
     if not patterns:
         raise LandscapeError("no checkpoints given (paths, quoted globs, or - for stdin)")
     shared, options = _command_values(command, extra)
-    paths = plan.shard(plan.discover(patterns, sys.stdin if "-" in patterns else ()), shard_spec)
-    if not paths:
-        raise LandscapeError(f"--shard {shard_spec}: this shard holds no checkpoint")
+    if watch is not None:
+        if "-" in patterns or shard_spec:
+            raise LandscapeError("--follow watches glob patterns; it takes neither - nor --shard")
+        paths = []
+    else:
+        paths = plan.shard(plan.discover(patterns, sys.stdin if "-" in patterns else ()), shard_spec)
+        if not paths:
+            raise LandscapeError(f"--shard {shard_spec}: this shard holds no checkpoint")
     inputs = [Path(p) for p in paths]
     summary_to = None if summary is None else destination(summary, "--summary", inputs)
     output_to = None if output is None else destination(output, "-o", inputs)
@@ -163,16 +181,24 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
     if jobs > 1 and distributed.launched():
         raise LandscapeError("--jobs: under torchrun the ranks already share each checkpoint's "
                              "work; leave -j out")
-    jobs_list = [plan.Job(path, command, shared, options) for path in paths]
-    sweep = plan.plan(jobs_list, output, resume)
     show = lead and not quiet and stderr.is_terminal
     no_bar = nullcontext(lambda completed, note="": None)
-    kept = as_file(sweep.reused)
-    writer = (nullcontext(lambda text: None) if not lead else _stdout(kept) if output_to is None
-              else appending(output_to, kept))
-    with writer as write, (progress_bar("checkpoints", len(jobs_list)) if show else no_bar) as update:
-        lines = workers.run_sweep(sweep, lambda text: write(text + "\n"), workers=jobs,
-                                  fail_fast=fail_fast, progress=update)
+
+    def writer(kept: str):
+        return (nullcontext(lambda text: None) if not lead else _stdout(kept) if output_to is None
+                else appending(output_to, kept))
+
+    if watch is not None:
+        lines = watch.run(patterns, lambda path: plan.Job(path, command, shared, options), output,
+                          resume, writer, jobs, fail_fast)
+        jobs_list = [plan.Job(line["checkpoint"]["path"], command, shared, options) for line in lines]
+    else:
+        jobs_list = [plan.Job(path, command, shared, options) for path in paths]
+        sweep = plan.plan(jobs_list, output, resume)
+        with writer(as_file(sweep.reused)) as write, (
+                progress_bar("checkpoints", len(jobs_list)) if show else no_bar) as update:
+            lines = workers.run_sweep(sweep, lambda text: write(text + "\n"), workers=jobs,
+                                      fail_fast=fail_fast, progress=update)
     ordered = plan.in_order(lines, jobs_list)
     if not lead:
         return EXIT_BAD_INPUT if any(line["status"] == "error" for line in ordered) else 0
@@ -192,6 +218,37 @@ def _batch(patterns: list[str], command: str | None, extra: list[str], output: P
     if any(line["status"] == "error" for line in ordered):
         return EXIT_BAD_INPUT
     return EXIT_GATE if any(row["failed"] for row in rows) else 0
+
+
+@dataclass(frozen=True)
+class _Follow:
+    """``--follow``: poll the patterns, analyse each checkpoint once it is complete
+    (``sweep/follow.py``), until Ctrl-C or ``--until-idle`` without a new one."""
+
+    until_idle: str | None
+    poll: float
+
+    def run(self, patterns: list[str], job: Callable[[str], Any], output: Path | None, resume: bool,
+            writer: Callable[[str], Any], jobs: int, fail_fast: bool) -> list[dict[str, Any]]:
+        from landscape_cli.sweep import follow, plan, workers
+
+        idle = None if self.until_idle is None else follow.duration(self.until_idle)
+        watcher = follow.Watcher(list(patterns), self.poll)
+        earlier = [] if output is None or not resume or not output.exists() else [
+            line for line in plan.read_lines(output)[0] if line.get("status") != "interrupted"]
+        lines: list[dict[str, Any]] = []
+        with writer("".join(plan.as_line(line) + "\n" for line in earlier)) as write:
+            quiet_since = time.monotonic()
+            while idle is None or time.monotonic() - quiet_since < idle:
+                ready = watcher.ready()
+                if ready:  # reused lines are in the file already: only new ones are written
+                    lines += workers.run_sweep(plan.plan([job(p) for p in ready], output, resume),
+                                               lambda text: write(text + "\n"), workers=jobs,
+                                               fail_fast=fail_fast)
+                    quiet_since = time.monotonic()
+                else:
+                    time.sleep(self.poll)
+        return lines
 
 
 @contextmanager
