@@ -14,6 +14,7 @@ except ImportError:  # pragma: no cover
     import click
 
 from landscape_cli import __version__
+from landscape_cli.cli import html as html_cli
 from landscape_cli.cli import inspect as inspect_cli
 from landscape_cli.cli import schema as schema_cli
 from landscape_cli.cli import sweep as sweep_cli
@@ -60,8 +61,8 @@ def _root(
 
 
 def build_app() -> typer.Typer:
-    """``landscape``: a subcommand for each command of the registry, then batch, inspect and
-    schema."""
+    """``landscape``: a subcommand for each command of the registry, then batch, inspect, report
+    and schema."""
     app = typer.Typer(
         cls=OneLineErrors,
         name="landscape",
@@ -78,6 +79,7 @@ def build_app() -> typer.Typer:
         analysis_command(app, spec)
     sweep_cli.register_batch(app)
     inspect_cli.register_inspect(app)
+    html_cli.register_report(app)
     schema_cli.register_schema(app)
     return app
 

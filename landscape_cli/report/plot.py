@@ -41,8 +41,12 @@ def check_destination(path: Path, inputs: Iterable[Path | str] = ()) -> Destinat
 
 
 def write_density_plot(document: dict[str, Any], dest: Destination) -> None:
-    """A semilog-y plot of the density with the quadrature nodes as a rug, written atomically
-    (``output.write_file``)."""
+    """``density_figure``, written atomically (``output.write_file``)."""
+    _save(density_figure(document), dest)
+
+
+def density_figure(document: dict[str, Any]) -> Any:
+    """A semilog-y plot of the density with the quadrature nodes as a rug."""
     from matplotlib.figure import Figure
 
     density = document["results"]["density"]
@@ -74,8 +78,7 @@ def write_density_plot(document: dict[str, Any], dest: Destination) -> None:
               f"negative weight ratio {'n/a' if ratio is None else f'{ratio:.4g}'}",
               transform=axes.transAxes, ha="right", va="top", fontsize=8)
     axes.legend(loc="upper center", fontsize=8, frameon=False)
-
-    _save(figure, dest)
+    return figure
 
 
 def _save(figure: Any, dest: Destination) -> None:
@@ -270,8 +273,13 @@ def _pairs_axes(figure: Any, document: dict[str, Any]) -> None:
 
 
 def write_interpolate_plot(document: dict[str, Any], dest: Destination) -> None:
+    """``interpolate_figure``, written atomically."""
+    _save(interpolate_figure(document), dest)
+
+
+def interpolate_figure(document: dict[str, Any]) -> Any:
     """The picture of an ``interpolate`` report, by its ``path``: the loss along the line or
-    curve, the plane's contour, or the barrier matrix's heat map; written atomically."""
+    curve, the plane's contour, or the barrier matrix's heat map."""
     from matplotlib.figure import Figure
 
     results = document["results"]
@@ -286,11 +294,16 @@ def write_interpolate_plot(document: dict[str, Any], dest: Destination) -> None:
     else:
         figure = Figure(figsize=(7.5, 4.8), layout="constrained")
         _line_axes(figure, document)
-    _save(figure, dest)
+    return figure
 
 
 def write_trend_plot(rows: list[dict[str, Any]], command: str, lr: float | None,
                      dest: Destination) -> None:
+    """``trend_figure``, written atomically."""
+    _save(trend_figure(rows, command, lr), dest)
+
+
+def trend_figure(rows: list[dict[str, Any]], command: str, lr: float | None = None) -> Any:
     """A sweep's main number against the training step (``batch.trend`` rows, in order); for
     λ_max with the training learning rate η, the edge of stability 2/η (Cohen et al. 2021); for
     the stability ratio, its edge 1 (Cohen et al. 2022)."""
@@ -311,4 +324,39 @@ def write_trend_plot(rows: list[dict[str, Any]], command: str, lr: float | None,
     axes.set_ylabel(metric)
     axes.set_title(f"landscape batch --command {command}: {len(rows)} checkpoint(s)")
     axes.legend()
-    _save(figure, dest)
+    return figure
+
+
+def blocks_figure(document: dict[str, Any]) -> Any:
+    """``spectrum --per-block``: each block's top eigenvalues (bars, each smaller one in front of
+    the larger), the blocks in the report's order."""
+    from matplotlib.figure import Figure
+
+    blocks = document["results"]["blocks"]
+    figure = Figure(figsize=(7.5, 0.9 + 0.28 * len(blocks)), layout="constrained")
+    axes = figure.add_subplot()
+    names = [b["name"] for b in blocks]
+    for rank in range(max((len(b["top_eigenvalues"]) for b in blocks), default=0)):  # λ₁ behind
+        axes.barh(names, [_nan(b["top_eigenvalues"][rank:rank + 1] or [None])[0] for b in blocks],
+                  color=f"C{rank}", label=f"λ_{rank + 1}")
+    axes.invert_yaxis()
+    axes.set_xlabel("eigenvalue of the diagonal block H_bb")
+    heterogeneity = document["results"].get("heterogeneity")
+    axes.set_title("top eigenvalues per block" + (
+        "" if heterogeneity is None else f" · heterogeneity {heterogeneity:.4g}"), fontsize=9, loc="left")
+    axes.legend(fontsize=7, frameon=False)
+    return figure
+
+
+def svg(figure: Any) -> str:
+    """The figure as an inline ``<svg>`` element, its text kept as text."""
+    import io
+
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "landscape"}):
+        figure.savefig(buffer, format="svg",  # no metadata: no date, no links to fetch
+                       metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
