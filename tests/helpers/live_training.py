@@ -76,6 +76,10 @@ def make_module():
             self.log("train_loss", loss)
             return loss
 
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=0.01, weight_decay=0.1)
 

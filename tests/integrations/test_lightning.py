@@ -91,3 +91,17 @@ def test_a_bad_option_fails_at_construction():
         LandscapeCallback("spectrum", every_n_steps=3, probe=probe_loader(), topp=1)
     with pytest.raises(landscape_cli.runner.LandscapeError, match="probe="):
         LandscapeCallback("spectrum", every_n_steps=3)
+
+
+def test_it_measures_at_each_validation_end_too(tmp_path):
+    """``on_validation_end``: once per validation (not in the sanity check), at its step."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    measured = LandscapeCallback("spectrum", on_validation_end=True, probe=probe_loader(), top=1)
+    torch.manual_seed(0)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path),
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=1, callbacks=[measured])
+    trainer.fit(make_module(), train_loader(), probe_loader())
+    assert [r.checkpoint["global_step"] for r in measured.reports] == [4, 8]  # 4 batches an epoch
+    assert all(r.results["top_eigenvalues"][0] > 0 for r in measured.reports)
