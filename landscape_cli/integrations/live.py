@@ -133,7 +133,8 @@ class LiveAnalysis:
         """The report of the command on ``model`` as it is now (``step``, ``epoch``: its place in
         training), the live ``optimizer``'s state for the measures that read one; appended to
         ``output``. Training is left as it was."""
-        with rng_kept():
+        # a hook may run under the trainer's no_grad or inference_mode (validation's end)
+        with rng_kept(), torch.inference_mode(False), torch.enable_grad():
             copied = model_copy(model, shared)
             config = live_config(copied, self.config)
             if self._batches is None and self.probe is not None:
