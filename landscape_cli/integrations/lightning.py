@@ -7,15 +7,13 @@ reports appended to a JSONL file as batch lines. Training is left untouched
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from landscape_cli.integrations.live import LiveAnalysis, scalars
-from landscape_cli.report.document import Report
+from landscape_cli.integrations.live import LiveCallback, scalars
 
 
 def training_step_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
@@ -27,7 +25,7 @@ def training_step_loss(module: pl.LightningModule, batch: Any) -> torch.Tensor:
     return out["loss"] if isinstance(out, Mapping) else out
 
 
-class LandscapeCallback(pl.Callback):
+class LandscapeCallback(LiveCallback, pl.Callback):
     """``LandscapeCallback("sharpness", measures="stability_ratio,lambda_max",
     every_n_steps=100, probe=loader)``: ``command`` with its options (Python names, as
     ``landscape_cli.analyze`` takes them) every ``every_n_steps`` optimizer steps and/or at
@@ -35,21 +33,10 @@ class LandscapeCallback(pl.Callback):
     ``loss`` (a criterion or ``fn(model, batch)``; default: the module's ``training_step``),
     ``max_hvps`` products at most; reports appended to ``output``. ``reports`` keeps them."""
 
-    def __init__(self, command: str, *, every_n_steps: int | None = None,
-                 on_validation_end: bool = False, probe: Iterable[Any] | None = None,
-                 loss: Callable[..., Any] | None = None, config: str | Path | None = None,
-                 output: str | Path | None = None, max_hvps: int | None = None, **options: Any):
-        self.analysis = LiveAnalysis(command, probe=probe, loss=loss, config=config, output=output,
-                                     max_hvps=max_hvps, options=options)
-        self.every_n_steps, self.at_validation_end = every_n_steps, on_validation_end
-        self.reports: list[Report] = []
-        self._last_step = -1
-
     def _measure(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         step = trainer.global_step
-        if step == self._last_step:  # one measurement per optimizer step (accumulation, hooks)
+        if not self.first_at(step):
             return
-        self._last_step = step
         optimizers = trainer.optimizers
         report = self.analysis.measure(
             module, step=step, epoch=trainer.current_epoch,
@@ -61,8 +48,7 @@ class LandscapeCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        n = self.every_n_steps
-        if n and trainer.global_step > 0 and trainer.global_step % n == 0:
+        if self.due(trainer.global_step):
             self._measure(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -157,6 +157,32 @@ class LiveAnalysis:
         return report
 
 
+class LiveCallback:
+    """What both frameworks' ``LandscapeCallback`` share: the analysis, when it is due, and the
+    reports so far (``reports``)."""
+
+    def __init__(self, command: str, *, every_n_steps: int | None = None,
+                 on_validation_end: bool = False, probe: Iterable[Any] | None = None,
+                 loss: Callable[..., Any] | None = None, config: str | Path | None = None,
+                 output: str | Path | None = None, max_hvps: int | None = None, **options: Any):
+        self.analysis = LiveAnalysis(command, probe=probe, loss=loss, config=config, output=output,
+                                     max_hvps=max_hvps, options=options)
+        self.every_n_steps, self.at_validation_end = every_n_steps, on_validation_end
+        self.reports: list[Report] = []
+        self._last_step = -1
+
+    def due(self, step: int) -> bool:
+        """Whether ``every_n_steps`` asks for a measurement after optimizer step ``step``."""
+        n = self.every_n_steps
+        return bool(n) and step > 0 and step % n == 0
+
+    def first_at(self, step: int) -> bool:
+        """Whether nothing was measured at ``step`` yet (one measurement a step, however many
+        hooks fire in it); marks it measured."""
+        first, self._last_step = step != self._last_step, step
+        return first
+
+
 def scalars(report: Report) -> dict[str, float]:
     """The report's named numbers (the loss, the accuracy, the result's gate names), as a
     trainer's loggers take them: ``landscape/NAME``."""

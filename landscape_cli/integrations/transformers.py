@@ -7,16 +7,13 @@ Training is left untouched (``integrations/live.py``)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
 
-from landscape_cli.integrations.live import LiveAnalysis, scalars
-from landscape_cli.report.document import Report
+from landscape_cli.integrations.live import LiveCallback, scalars
 
 
 def model_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -39,7 +36,7 @@ def _handler() -> CallbackHandler | None:
     return None
 
 
-class LandscapeCallback(TrainerCallback):
+class LandscapeCallback(LiveCallback, TrainerCallback):
     """``LandscapeCallback("spectrum", top=1, every_n_steps=50, probe=loader)``: ``command``
     with its options (Python names, as ``landscape_cli.analyze`` takes them) every
     ``every_n_steps`` optimizer steps and/or after each evaluation (``on_validation_end``), on
@@ -47,21 +44,10 @@ class LandscapeCallback(TrainerCallback):
     with ``loss`` (default: the model's ``loss`` output), ``max_hvps`` products at most;
     reports appended to ``output``. ``reports`` keeps them."""
 
-    def __init__(self, command: str, *, every_n_steps: int | None = None,
-                 on_validation_end: bool = False, probe: Iterable[Any] | None = None,
-                 loss: Callable[..., Any] | None = None, config: str | Path | None = None,
-                 output: str | Path | None = None, max_hvps: int | None = None, **options: Any):
-        self.analysis = LiveAnalysis(command, probe=probe, loss=loss, config=config, output=output,
-                                     max_hvps=max_hvps, options=options)
-        self.every_n_steps, self.at_validation_end = every_n_steps, on_validation_end
-        self.reports: list[Report] = []
-        self._last_step = -1
-
     def _measure(self, args: Any, state: TrainerState, control: TrainerControl,
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> TrainerControl:
-        if state.global_step == self._last_step:
+        if not self.first_at(state.global_step):
             return control
-        self._last_step = state.global_step
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
         report = self.analysis.measure(model, step=state.global_step, epoch=state.epoch,
                                        optimizer=inner, default_loss=model_loss)
@@ -77,8 +63,7 @@ class LandscapeCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: TrainerState, control: TrainerControl, model=None,
                     optimizer=None, **kwargs: Any) -> TrainerControl:
-        n = self.every_n_steps
-        if n and state.global_step > 0 and state.global_step % n == 0:
+        if self.due(state.global_step):
             return self._measure(args, state, control, model, optimizer)
         return control
 
