@@ -117,15 +117,16 @@ class LiveAnalysis:
         self._batches = None
 
     def loss_fn(self, default: Callable[[nn.Module, Any], Any]) -> Callable[[nn.Module, Any], Any]:
-        """``fn(model, batch)``: the given loss (a two-argument criterion takes the model's
-        outputs on the batch's inputs), else ``default``."""
+        """``fn(model, batch)``: the given loss, else ``default``. A criterion (an ``nn.Module``
+        loss such as ``nn.MSELoss()``, or a ``torch.nn.functional`` one) takes the model's
+        outputs on the batch's inputs and its targets; any other callable is ``fn(model, batch)``."""
         if self.loss is None:
             return default
         from landscape_cli.engine.problem import criterion_loss
 
-        if isinstance(self.loss, nn.Module) or getattr(self.loss, "criterion", False):
-            return criterion_loss(self.loss)
-        return self.loss
+        criterion = isinstance(self.loss, nn.Module) or getattr(self.loss, "__module__", "") == (
+            "torch.nn.functional")
+        return criterion_loss(self.loss) if criterion else self.loss
 
     def measure(self, model: nn.Module, *, step: int, epoch: float | None = None,
                 optimizer: torch.optim.Optimizer | None = None, default_loss: Callable[..., Any],
