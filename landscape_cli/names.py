@@ -29,3 +29,11 @@ SDPA_MATH, SDPA_FUSED = "sdpa-math", "sdpa-fused"
 #: the trace estimators (``linalg/trace.py``): Hutch++ (Meyer et al. 2021), Hutchinson (1989)
 TRACE_METHODS = ("hutchpp", "hutchinson")
 TraceMethod = Literal[TRACE_METHODS]
+
+#: ``--curvature``: the matrix measured (``engine/curvature.py``): the Hessian, the generalised
+#: Gauss-Newton matrix, the Fisher at sampled labels, the empirical Fisher
+HESSIAN = "hessian"
+CURVATURES = (HESSIAN, "ggn", "fisher", "empirical-fisher")
+CURVATURE_HELP = ("The matrix measured: hessian; ggn (JᵀH_out J, exact products); fisher (at labels "
+                  "sampled from the model, under the seed); empirical-fisher (mean of per-sample "
+                  "gradient outer products). The others need a known loss.factory criterion.")

@@ -26,7 +26,7 @@ from landscape_cli.engine.hvp import NONFINITE
 from landscape_cli.errors import Interrupted, LandscapeError, NumericalError, OutOfMemory
 from landscape_cli.loading.assemble import LoadOptions
 from landscape_cli.loading.checkpoint import Checkpoint
-from landscape_cli.names import AUTO, FD, FSDP
+from landscape_cli.names import AUTO, FD, FSDP, HESSIAN
 from landscape_cli.options import RunOptions, checked, jsonable
 from landscape_cli.paths import expand
 from landscape_cli.report.document import Report, build_report
@@ -196,6 +196,7 @@ def _report(prepared: Prepared, run: Run, result: Analysis, interrupted: Interru
                   "config": str(prepared.config_path), "config_sha256": config.sha256(),
                   "options": {name: jsonable(value) for name, value in prepared.options.items()},
                   "world_size": distributed.world_size(),
+                  **({"curvature": run.curvature} if run.curvature != HESSIAN else {}),
                   **({"shard": config.engine.shard} if config.engine.shard == FSDP else {}),
                   # the same threads give the same numbers; others, the same within their errors
                   "threads": torch.get_num_threads(),

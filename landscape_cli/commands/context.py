@@ -17,8 +17,10 @@ from landscape_cli.config import Config
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.passes import Passes
 from landscape_cli.errors import Interrupted
+from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.so_far import SoFar
 from landscape_cli.loading.optimizer_params import OptimizerState
+from landscape_cli.names import HESSIAN
 from landscape_cli.session import Loaded, Session
 
 #: ``progress(label, total)`` → a context giving ``update(completed, note)``; total None: the
@@ -47,6 +49,8 @@ class Run:
     progress_factory: ProgressFactory = no_progress
     #: a one-line note to the user before long work (stderr unless -q; never in the report)
     notify: Callable[[str], None] = lambda text: None
+    #: the matrix the analysis measures (``--curvature``; ``operator``)
+    curvature: str = HESSIAN
 
     @property
     def seed(self) -> int:
@@ -76,6 +80,16 @@ class Run:
         return HVPEngine(self.loaded.problem, strategy=engine.strategy,
                          memory_budget=engine.memory_budget, compile=engine.compile,
                          evaluation=self.loaded.evaluation, passes=self.passes)
+
+    @cached_property
+    def operator(self) -> LinearOperator:
+        """The matrix measured, as the algorithms take it: the Hessian (the engine) or the
+        ``curvature`` the command chose (``engine/curvature.py``)."""
+        if self.curvature == HESSIAN:
+            return self.engine
+        from landscape_cli.engine.curvature import CurvatureOperator
+
+        return CurvatureOperator(self.loaded.problem, self.passes, self.curvature, seed=self.seed)
 
     @cached_property
     def optimizer_state(self) -> OptimizerState | None:

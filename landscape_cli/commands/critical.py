@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
+from landscape_cli.names import CURVATURES, HESSIAN
 from landscape_cli.options import Option
 from landscape_cli.results.critical import CriticalPointResult
 
@@ -28,8 +29,15 @@ def classify_critical_point(
                                     flags=("--density/--no-density",))] = True,
     runs: Annotated[int, Option("SLQ runs.", min=1)] = 4,
     steps: Annotated[int, Option("SLQ Lanczos steps per run.")] = 60,
+    curvature: Annotated[str, Option("The matrix: only hessian classifies (the others are "
+                                     "positive semi-definite: no saddle shows in them).",
+                                     choices=CURVATURES)] = HESSIAN,
 ):
     """Gradient norm, Lanczos λ_min/λ_max with residual bounds, SLQ negative fraction."""
+    if curvature != HESSIAN:
+        raise LandscapeError(f"--curvature {curvature}: classify-critical-point needs the Hessian; "
+                             f"the {curvature} is positive semi-definite, so no saddle or maximum "
+                             "shows in it")
     for name, value in (("--grad-rtol", grad_rtol), ("--eig-rtol", eig_rtol), ("--tol", tol)):
         if not value > 0:
             raise LandscapeError(f"{name} {value}: must be greater than 0")

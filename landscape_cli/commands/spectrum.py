@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
+from landscape_cli.names import CURVATURE_HELP, CURVATURES, HESSIAN
 from landscape_cli.options import Option
 from landscape_cli.results.spectrum import SpectrumResult
 
@@ -55,8 +56,10 @@ def spectrum(
         "module (each module's parameters together) or NAME=GLOB,... (named groups of "
         "parameter names; the rest form the block 'other').", metavar="SPEC",
         panel=_BLOCKS)] = None,
+    curvature: Annotated[str, Option(CURVATURE_HELP, choices=CURVATURES)] = HESSIAN,
 ):
     """Lanczos with full reorthogonalization on the exact dataset Hessian; SLQ for --density."""
+    run.curvature = curvature
     if not 0 < tol < 1:
         raise LandscapeError(f"--tol {tol}: must be between 0 and 1")
     if steps < 2:
@@ -85,7 +88,7 @@ def spectrum(
 
         vectors_file = VectorsFile.of(vectors_to, problem)
     with run.converging("Lanczos", total=None) as callback:
-        result = lanczos_spectrum(run.engine, top=top, bottom=bottom, tol=tol,
+        result = lanczos_spectrum(run.operator, top=top, bottom=bottom, tol=tol,
                                   max_hvps=budget, seed=run.seed, callback=callback,
                                   save_vectors=vectors_file)
     if density:
@@ -114,7 +117,7 @@ def _with_density(run: Run, result: SpectrumResult, *, runs: int, steps: int,
                              else dataclasses.replace(result, density=density_so_far.value()))
     with (run.converging(f"SLQ ×{runs}", total=min(steps, problem.n)) as callback,
           run.partial_on_interrupt(so_far)):
-        estimate = spectral_density(run.engine, runs=runs, steps=steps, seed=run.seed,
+        estimate = spectral_density(run.operator, runs=runs, steps=steps, seed=run.seed,
                                     sigma=sigma, callback=callback, so_far=density_so_far)
     return dataclasses.replace(result, density=estimate)
 
@@ -134,7 +137,7 @@ def _with_blocks(run: Run, result: SpectrumResult, spec: BlockSpec, *, top: int,
         *result.notes, "interrupted during the per-block spectra: none of them is reported"])
     with (run.progress(f"blocks ×{len(blocks)}", total=len(blocks)) as update,
           run.partial_on_interrupt(so_far)):
-        found = per_block(run.engine, blocks, problem.groups, kinds, top=top, tol=tol,
+        found = per_block(run.operator, blocks, problem.groups, kinds, top=top, tol=tol,
                           max_hvps=max_hvps, seed=run.seed, density=density,
                           callback=lambda done, count: update(done, f"{done}/{count} blocks"))
     return dataclasses.replace(result, blocks=found.blocks, blocks_by=spec.text,

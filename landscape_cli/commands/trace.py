@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
+from landscape_cli.names import CURVATURE_HELP, CURVATURES, HESSIAN
 from landscape_cli.options import Option
 from landscape_cli.results.trace import Method, TraceResult
 
@@ -27,8 +28,10 @@ def trace(
                                          min=0)] = None,
     per_layer: Annotated[bool, Option("Also estimate the trace of each module's diagonal block.",
                                       flags=("--per-layer",))] = False,
+    curvature: Annotated[str, Option(CURVATURE_HELP, choices=CURVATURES)] = HESSIAN,
 ):
     """Hutch++ / Hutchinson with Rademacher probes pushed through the engine in blocks."""
+    run.curvature = curvature
     if not rtol > 0:
         raise LandscapeError(f"--rtol {rtol}: must be greater than 0")
     from landscape_cli.analyses.trace import module_groups
@@ -46,7 +49,7 @@ def trace(
                 f"interrupted: the estimate after {estimate.matvecs} HVPs"])
             update(spent, f"tr ≈ {estimate.trace:.5g} ± {estimate.stderr:.2g}")
 
-        return estimate_trace(run.engine, method=method, rtol=rtol, max_hvps=max_hvps,
+        return estimate_trace(run.operator, method=method, rtol=rtol, max_hvps=max_hvps,
                               sketch=sketch, seed=run.seed, groups=groups, callback=step)
 
 

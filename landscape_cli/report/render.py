@@ -90,7 +90,8 @@ def to_markdown(doc: dict[str, Any], result: type[Result] = Result) -> str:
 
 def _summary_lines(doc: dict[str, Any]) -> list[str]:
     ckpt, settings, results = doc.get("checkpoint", {}), doc.get("settings", {}), doc.get("results", {})
-    lines = [f"[bold]{doc['command']}[/] {ckpt.get('path')}  "
+    curvature = f" of the {settings['curvature']}" if settings.get("curvature") else ""
+    lines = [f"[bold]{doc['command']}{curvature}[/] {ckpt.get('path')}  "
              f"[dim]({ckpt.get('format')}, {ckpt.get('n_params')} params)[/]"]
     if settings:
         hvp = settings.get("hvp_strategy")  # absent where no HVP was computed

@@ -131,3 +131,27 @@ def test_a_loss_fn_or_nll_is_refused_with_the_reason():
     with pytest.raises(LandscapeError, match="GGN is 0"):
         CurvatureOperator(nll, Passes(nll), "ggn")
     assert CurvatureOperator(nll, Passes(nll), "empirical-fisher").size == 15
+
+
+def test_the_cli_measures_the_chosen_matrix_and_says_which(tmp_path):
+    from helpers.adversarial import assert_one_error
+    from helpers.runners import invoke
+    from helpers.samples import CONFIGS, MLP_CKPT
+
+    small = ["-c", CONFIGS / "mlp.yaml", "--set", "data.max_samples=200", "--dtype", "float64"]
+    ran = invoke(["spectrum", MLP_CKPT, *small, "--top", "2", "--curvature", "ggn", "--json"])
+    assert ran.returncode == 0, ran.detail()
+    import json
+
+    doc = json.loads(ran.stdout)
+    assert doc["settings"]["curvature"] == "ggn"
+    hessian = json.loads(invoke(["spectrum", MLP_CKPT, *small, "--top", "2", "--json"]).stdout)
+    assert "curvature" not in hessian["settings"]
+    # at a well-fit minimum the residual term is small: the GGN's top eigenvalue is near H's
+    assert doc["results"]["top_eigenvalues"][0] == pytest.approx(hessian["results"]["top_eigenvalues"][0],
+                                                                  rel=0.2)
+    table = invoke(["trace", MLP_CKPT, *small, "--curvature", "empirical-fisher", "--max-hvps", "20",
+                    "-f", "table"])
+    assert "trace of the empirical-fisher" in table.stdout
+    assert_one_error(invoke(["classify-critical-point", MLP_CKPT, *small, "--curvature", "fisher"]),
+                     ["--curvature fisher", "needs the Hessian"])
