@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 from landscape_cli.commands import Command
@@ -13,6 +15,7 @@ from landscape_cli.results.trace import Method, TraceResult
 if TYPE_CHECKING:
     from landscape_cli.commands.context import Run
 
+_DIAGONAL = "Diagonal"
 #: the estimators of ``analyses.trace.ESTIMATORS`` (which imports torch; a test keeps them equal)
 METHODS = get_args(Method)
 
@@ -29,9 +32,16 @@ def trace(
     per_layer: Annotated[bool, Option("Also estimate the trace of each module's diagonal block.",
                                       flags=("--per-layer",))] = False,
     curvature: Annotated[str, Option(CURVATURE_HELP, choices=CURVATURES)] = HESSIAN,
+    diagonal: Annotated[Path | None, Option(
+        "Also write an estimate of the matrix's diagonal to FILE (.safetensors, one tensor per "
+        "parameter, named like the model's; each entry's standard error in FILE.stderr.safetensors), "
+        "by Hutchinson's estimator.", metavar="FILE", panel=_DIAGONAL)] = None,
+    diagonal_probes: Annotated[int, Option("Probes (products) for --diagonal.", min=2,
+                                           panel=_DIAGONAL)] = 100,
 ):
     """Hutch++ / Hutchinson with Rademacher probes pushed through the engine in blocks."""
     run.curvature = curvature
+    files = None if diagonal is None else _diagonal_destinations(diagonal, run.inputs)
     if not rtol > 0:
         raise LandscapeError(f"--rtol {rtol}: must be greater than 0")
     from landscape_cli.analyses.trace import module_groups
@@ -49,13 +59,34 @@ def trace(
                 f"interrupted: the estimate after {estimate.matvecs} HVPs"])
             update(spent, f"tr ≈ {estimate.trace:.5g} ± {estimate.stderr:.2g}")
 
-        return estimate_trace(run.operator, method=method, rtol=rtol, max_hvps=max_hvps,
-                              sketch=sketch, seed=run.seed, groups=groups, callback=step)
+        result = estimate_trace(run.operator, method=method, rtol=rtol, max_hvps=max_hvps,
+                                sketch=sketch, seed=run.seed, groups=groups, callback=step)
+    if files is None:
+        return result
+    from landscape_cli.analyses.diagonal import write_diagonal
+
+    with run.progress("diagonal probes", total=None):
+        return dataclasses.replace(result, diagonal=write_diagonal(
+            run.operator, problem, files, probes=diagonal_probes, seed=run.seed, curvature=curvature))
+
+
+def _diagonal_destinations(path: Path, inputs: list[Path]):
+    """``--diagonal``'s two files, checked before any loading: new or regular .safetensors files
+    the run does not read."""
+    from landscape_cli.report.output import destination
+
+    if path.suffix.lower() != ".safetensors":
+        raise LandscapeError(f"--diagonal {path}: the file name must end in .safetensors "
+                             f"(got {path.suffix or 'no suffix'})")
+    errors = path.with_name(path.stem + ".stderr.safetensors")
+    return destination(path, "--diagonal", inputs), destination(errors, "--diagonal", inputs)
 
 
 def sharded(options: dict[str, Any]) -> str | None:
-    """What a sharded model cannot run: per-layer blocks of whole vectors."""
-    return "--per-layer does not run on a sharded model" if options.get("per_layer") else None
+    """What a sharded model cannot run: per-layer blocks or a diagonal of whole vectors."""
+    if options.get("per_layer") or options.get("diagonal"):
+        return "--per-layer and --diagonal do not run on a sharded model"
+    return None
 
 
 COMMAND = Command(

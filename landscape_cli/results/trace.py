@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from landscape_cli.names import TraceMethod
 from landscape_cli.results.base import Result, internal, reported
@@ -58,6 +58,8 @@ class TraceResult(Result):
     #: fd products: the most their measured error can move the trace (in ``ci95`` already)
     fd_error_bound: float | None = reported(omit_none=True, init=False, default=None)
     per_layer: list[LayerTrace] | None = reported(omit_none=True, default=None)
+    #: ``--diagonal``: the files written, the probes, the entries' median relative error
+    diagonal: dict[str, Any] | None = reported(omit_none=True, default=None)
     notes: list[str] = internal(default_factory=list)
 
     def __post_init__(self) -> None:
