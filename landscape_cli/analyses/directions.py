@@ -27,7 +27,7 @@ from landscape_cli.errors import LandscapeError
 from landscape_cli.results.interpolate import IGNORES, NORMALIZATIONS
 
 #: What spans a plane: three checkpoints, random directions, top Hessian eigenvectors.
-BASES = ("checkpoints", "random", "hessian")
+BASES = ("checkpoints", "random", "hessian", "pca")
 
 #: Li et al.'s guard against a zero direction filter (``d.norm() + 1e-10``).
 _FILTER_EPS = 1e-10
@@ -209,6 +209,45 @@ def plane_through(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *,
                   v=v.to(device=a.device, dtype=a.dtype), basis="checkpoints",
                   names=tuple(names), shapes=tuple(tuple(s) for s in shapes))
     return plane, {la: (0.0, 0.0), lb: (1.0, 0.0), lc: (x_c, y_c)}
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A run's checkpoints seen in its PCA plane: each one's coordinates, its distance off the
+    plane, and the share of the differences' squared norm each direction explains."""
+
+    plane: Plane
+    coordinates: dict[str, tuple[float, float]]
+    off_plane: dict[str, float]
+    explained_variance: list[float]
+
+
+def pca_plane(thetas: Sequence[torch.Tensor], labels: Sequence[str], *, names: Sequence[str] = (),
+              shapes: Shapes = ()) -> Trajectory:
+    """Li et al. 2018 (Fig. 9): the plane through the last of ``thetas`` spanned by the top two
+    principal directions of the others' differences from it, D = [θᵢ − θ_last], found from the
+    m × m Gram matrix DDᵀ (float64): u, v the unit right singular vectors. Refuses fewer than
+    three checkpoints, or differences that span less than a plane."""
+    if len(thetas) < 3:
+        raise LandscapeError(f"--directions pca needs three or more checkpoints of one run; got "
+                             f"{len(thetas)}")
+    final = _wide(thetas[-1])
+    differences = torch.stack([_wide(t).to(final.device) - final for t in thetas[:-1]])
+    values, vectors = torch.linalg.eigh(differences @ differences.T)
+    order = values.argsort(descending=True)
+    values, vectors = values[order].clamp(min=0), vectors[:, order]
+    if values.numel() < 2 or values[1] <= 1e-12 * values[0]:
+        raise LandscapeError("--directions pca: the checkpoints' differences from the last span "
+                             "less than a plane (one line, or all the same weights)")
+    u, v = (differences.T @ vectors[:, k] / values[k].sqrt() for k in (0, 1))
+    coordinates = {label: (float(d @ u), float(d @ v)) for label, d in zip(labels, differences)}
+    off_plane = {label: float((d - (d @ u) * u - (d @ v) * v).norm())
+                 for label, d in zip(labels, differences)}
+    coordinates[labels[-1]], off_plane[labels[-1]] = (0.0, 0.0), 0.0
+    total = float(values.sum())
+    plane = Plane(origin=thetas[-1].detach(), u=u.to(thetas[-1]), v=v.to(thetas[-1]), basis="pca",
+                  names=tuple(names), shapes=tuple(tuple(s) for s in shapes))
+    return Trajectory(plane, coordinates, off_plane, [float(values[0]) / total, float(values[1]) / total])
 
 
 def random_plane(center: torch.Tensor, names: Sequence[str], shapes: Shapes, seed: int,

@@ -83,6 +83,8 @@ def interpolate(inputs: Inputs, request: Request, so_far: SoFar | None = None) -
         ends, alignment, unaligned = _aligned(inputs, request, evaluator, ends, endpoints()[0])
     common = {"checkpoints": inputs.checkpoints, "recalibrate_bn": request.recalibrate,
               "alignment": alignment}
+    if request.plane and request.directions == "pca":
+        return _plane_pca(run, inputs, request, ends, common, notes)
     if request.plane and len(ends) == 3:
         return _plane_through(run, request, ends, common, notes)
     if request.plane:
@@ -214,6 +216,25 @@ def _plane_through(run: _Measure, request: Request, ends: Sequence[End], common,
     weights = paths.plane_weights(xs, ys, coordinates[ends[2].name])
     return run(weights, ends, _nodes(xs, ys),
                _plane_builder(xs, ys, coordinates, "checkpoints", common), notes)
+
+
+def _plane_pca(run: _Measure, inputs: Inputs, request: Request, ends: Sequence[End], common, notes
+               ) -> InterpolateResult:
+    """The loss over a run's PCA plane through its last checkpoint (Li et al. 2018), the
+    trajectory in it, what the plane explains and how far each checkpoint lies off it."""
+    from landscape_cli.analyses.directions import pca_plane
+
+    problem = inputs.problem
+    found = pca_plane([e.theta for e in ends], [e.name for e in ends], names=problem.names,
+                      shapes=[tuple(s) for s in problem.shapes])
+    xs = request.grid or paths.span([c[0] for c in found.coordinates.values()])
+    ys = request.grid or paths.span([c[1] for c in found.coordinates.values()])
+    center = ends[-1]
+    corners = [center, center.direction("u", found.plane.u), center.direction("v", found.plane.v)]
+    build = _plane_builder(xs, ys, found.coordinates, "pca", common,
+                           explained_variance=found.explained_variance,
+                           trajectory=list(found.coordinates.values()), off_plane=found.off_plane)
+    return run(paths.plane_weights(xs, ys), corners, _nodes(xs, ys), build, notes)
 
 
 def _plane_around(run: _Measure, inputs: Inputs, request: Request, center: End, common, notes

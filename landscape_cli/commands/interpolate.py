@@ -42,7 +42,9 @@ def interpolate(
         panel=_PLANE)] = None,
     directions: Annotated[str, Option(
         "Around one checkpoint: random (seeded, normalised per --normalize) or hessian (the top "
-        "two Hessian eigenvectors).", choices=("random", "hessian"), panel=_PLANE)] = "random",
+        "two Hessian eigenvectors); through three or more of one run: pca (the top two principal "
+        "directions of their differences from the last, Li et al. 2018).",
+        choices=("random", "hessian", "pca"), panel=_PLANE)] = "random",
     normalize: Annotated[str, Option(
         "Random directions: filter (Li et al. 2018: each filter to its weight filter's norm), "
         "layer, or none.", choices=NORMALIZATIONS, panel=_PLANE)] = "filter",
@@ -65,16 +67,21 @@ def interpolate(
     from landscape_cli.report.output import destination
 
     count = len(run.checkpoints)
-    if plane and count not in (1, 3):
+    pca = directions == "pca"
+    if pca and (not plane or count < 3):
+        raise LandscapeError(f"--directions pca is a plane (--plane) through three or more "
+                             f"checkpoints of one run; got {count}")
+    if plane and not pca and count not in (1, 3):
         raise LandscapeError(f"--plane needs one checkpoint (a plane around it) or three (the "
-                             f"plane through them); got {count}")
+                             f"plane through them), or --directions pca for three or more; "
+                             f"got {count}")
     if not plane and count == 1:
         raise LandscapeError("interpolate needs two checkpoints for a line (or more for every "
                              "pair), or --plane for a plane around one")
     if via is not None and (count != 2 or plane):
         raise LandscapeError("--via draws the curve between two checkpoints (no --plane)")
     around = plane and count == 1
-    if not around and (load_directions or save_directions or directions != "random"):
+    if not around and (load_directions or save_directions or directions not in ("random", "pca")):
         raise LandscapeError("--directions, --load-directions and --save-directions are for a "
                              "plane around one checkpoint (--plane with one checkpoint)")
     if plane and align != "none":

@@ -217,9 +217,14 @@ def _plane_axes(figure: Any, document: dict[str, Any]) -> None:
         axes.annotate(short, (cx, cy), xytext=(5, 5), textcoords="offset points", fontsize=8,
                       color="black", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75,
                                            "pad": 1})
+    trajectory = [position(c) for c in plane.get("trajectory") or []]
+    if trajectory:  # the run's path through its PCA plane, in training order
+        axes.plot([c[0] for c in trajectory], [c[1] for c in trajectory], "-", color="white",
+                  linewidth=1.2, zorder=4, label="trajectory")
+    explained = plane.get("explained_variance")
     directions = plane.get("directions")
-    axes.set_xlabel("x (direction 1)")
-    axes.set_ylabel("y (direction 2)")
+    axes.set_xlabel("x (direction 1" + (f", {explained[0]:.1%} explained)" if explained else ")"))
+    axes.set_ylabel("y (direction 2" + (f", {explained[1]:.1%} explained)" if explained else ")"))
     axes.set_title(_title(document, f"loss plane ({directions} directions)"), fontsize=9, loc="left")
 
 

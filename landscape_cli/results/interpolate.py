@@ -54,8 +54,8 @@ class Curve(Result, kw_only=True):
 
 class Plane(Result, kw_only=True):
     """The loss over a grid in a plane: ``loss[i][j]`` at (``x[j]``, ``y[i]``), the checkpoints'
-    ``coordinates``, and the ``directions`` spanning it (``checkpoints``, ``random`` or
-    ``hessian``) with what produced them."""
+    ``coordinates``, and the ``directions`` spanning it (``checkpoints``, ``random``,
+    ``hessian`` or ``pca``) with what produced them."""
 
     x: list[float] = reported(required=True)
     y: list[float] = reported(required=True)
@@ -67,6 +67,11 @@ class Plane(Result, kw_only=True):
     ignore: str | None = reported(omit_none=True, default=None)
     seed: int | None = reported(omit_none=True, default=None)
     eigenvalues: list[float] | None = reported(omit_none=True, default=None)
+    #: ``--directions pca``: each direction's share of the differences' squared norm, the
+    #: checkpoints' coordinates in training order, and each one's distance off the plane
+    explained_variance: list[float] | None = reported(omit_none=True, default=None)
+    trajectory: list[tuple[float, float]] | None = reported(omit_none=True, default=None)
+    off_plane: dict[str, float] | None = reported(omit_none=True, default=None)
 
 
 class InterpolateResult(Result, kw_only=True):
