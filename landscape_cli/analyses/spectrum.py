@@ -46,6 +46,7 @@ def spectrum(operator: LinearOperator, *, top: int = 5,
         budget_spent=run.steps >= min(n, max_hvps or n),
         basis=run.layout.describe(),
         saved_vectors=None if save_vectors is None else str(save_vectors.dest.path),
+        top_vectors=run.top.vectors,
         notes=notes,
     )
 

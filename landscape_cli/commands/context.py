@@ -16,6 +16,7 @@ from typing import Any
 from landscape_cli.config import Config
 from landscape_cli.engine.hvp import HVPEngine
 from landscape_cli.engine.passes import Passes
+from landscape_cli.engine.problem import Problem
 from landscape_cli.errors import Interrupted
 from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.so_far import SoFar
@@ -90,6 +91,18 @@ class Run:
         from landscape_cli.engine.curvature import CurvatureOperator
 
         return CurvatureOperator(self.loaded.problem, self.passes, self.curvature, seed=self.seed)
+
+    def operator_on(self, problem: Problem) -> LinearOperator:
+        """The same matrix as ``operator`` on another problem of the same model (a resample
+        of the data: ``--bootstrap``), its passes' cost added to the run's."""
+        passes = Passes(problem, cost=self.passes.cost, warnings=self.passes.warnings)
+        if self.curvature != HESSIAN:
+            from landscape_cli.engine.curvature import CurvatureOperator
+
+            return CurvatureOperator(problem, passes, self.curvature, seed=self.seed)
+        engine = self.config.engine
+        return HVPEngine(problem, strategy=engine.strategy, memory_budget=engine.memory_budget,
+                         compile=engine.compile, passes=passes)
 
     @cached_property
     def optimizer_state(self) -> OptimizerState | None:

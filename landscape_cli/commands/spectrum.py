@@ -57,6 +57,9 @@ def spectrum(
         "parameter names; the rest form the block 'other').", metavar="SPEC",
         panel=_BLOCKS)] = None,
     curvature: Annotated[str, Option(CURVATURE_HELP, choices=CURVATURES)] = HESSIAN,
+    bootstrap: Annotated[int, Option(
+        "Resample the data's batches with replacement this many times (under the seed) and "
+        "report each number's data_ci95 beside its numerical error; 0: none.", min=0)] = 0,
 ):
     """Lanczos with full reorthogonalization on the exact dataset Hessian; SLQ for --density."""
     run.curvature = curvature
@@ -91,6 +94,15 @@ def spectrum(
         result = lanczos_spectrum(run.operator, top=top, bottom=bottom, tol=tol,
                                   max_hvps=budget, seed=run.seed, callback=callback,
                                   save_vectors=vectors_file)
+    if bootstrap:
+        from landscape_cli.analyses import bootstrap as resampled
+
+        resamples = resampled.Resamples(problem, bootstrap, run.seed)
+        with run.progress(f"bootstrap ×{bootstrap}", total=None):
+            intervals = resampled.top_eigenvalues(resamples, run.operator_on, result.top_vectors,
+                                                  len(result.top_eigenvalues), tol)
+        result = dataclasses.replace(result, top_data_ci95=intervals,
+                                     bootstrap={"resamples": bootstrap, "unit": "batch"})
     if density:
         result = _with_density(run, result, runs=runs, steps=steps, sigma=sigma)
     if block_spec is not None:

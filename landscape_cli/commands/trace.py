@@ -38,6 +38,9 @@ def trace(
         "by Hutchinson's estimator.", metavar="FILE", panel=_DIAGONAL)] = None,
     diagonal_probes: Annotated[int, Option("Probes (products) for --diagonal.", min=2,
                                            panel=_DIAGONAL)] = 100,
+    bootstrap: Annotated[int, Option(
+        "Resample the data's batches with replacement this many times (under the seed) and "
+        "report each number's data_ci95 beside its numerical error; 0: none.", min=0)] = 0,
 ):
     """Hutch++ / Hutchinson with Rademacher probes pushed through the engine in blocks."""
     run.curvature = curvature
@@ -61,6 +64,15 @@ def trace(
 
         result = estimate_trace(run.operator, method=method, rtol=rtol, max_hvps=max_hvps,
                                 sketch=sketch, seed=run.seed, groups=groups, callback=step)
+    if bootstrap:
+        from landscape_cli.analyses import bootstrap as resampled
+
+        resamples = resampled.Resamples(problem, bootstrap, run.seed)
+        with run.progress(f"bootstrap ×{bootstrap}", total=None):
+            interval = resampled.trace(resamples, run.operator_on, result.trace)
+        result = dataclasses.replace(result, data_ci95=interval,
+                                     bootstrap={"resamples": bootstrap, "unit": "batch",
+                                                "probes": resampled.TRACE_PROBES})
     if files is None:
         return result
     from landscape_cli.analyses.diagonal import write_diagonal

@@ -257,7 +257,7 @@ def _kept(m: int, top: int, bottom: int) -> list[int]:
 def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: float = 1e-4,
             max_steps: int | None = None, generator: torch.Generator | None = None,
             callback: Callable[[int, int, int], None] | None = None,
-            layout: BasisLayout | None = None) -> LanczosResult:
+            layout: BasisLayout | None = None, start: torch.Tensor | None = None) -> LanczosResult:
     """The ``top`` largest and ``bottom`` smallest eigenvalues of a symmetric operator whose
     products are computed in its dtype (the Krylov arithmetic is float64).
 
@@ -268,6 +268,8 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
     first product (``memory.plan_lanczos``; ``memory.NoMemory`` where nothing fits); a bounded
     one restarts when it fills (thick restart, Wu & Simon 2000): the Ritz pairs kept carry
     A·y = θy + b·q plus the error their cycle measured, which stays in every residual.
+    ``start``: the first Krylov vector (a warm start, e.g. a nearby operator's Ritz vectors
+    summed), instead of a random one.
     """
     # n: the whole vectors' length (the mathematics); held: this rank's share (the memory)
     n, held = dimension(operator), operator.size
@@ -291,7 +293,8 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
                                                      device="cpu")).to(device, krylov)
         return v / norm(operator, v)
 
-    q = random_unit()
+    q = random_unit() if start is None else start.to(device, krylov)
+    q = q / norm(operator, q)
     alphas: list[float] = []
     betas: list[float] = []
     dropped: list[tuple[int, float]] = []  # (row, β) of couplings cut at breakdowns or carried

@@ -63,6 +63,12 @@ class SpectrumResult(Result):
     blocks_by: str | None = reported(omit_none=True, default=None)
     heterogeneity: float | None = reported(gate=True, omit_none=True, default=None)
     heterogeneity_sigma: float | None = reported(omit_none=True, default=None)
+    #: --bootstrap: each top eigenvalue's interval over resampled data (the data's share of its
+    #: uncertainty; its residual is the numerical share), and how it was resampled
+    top_data_ci95: list[tuple[float, float]] | None = reported(omit_none=True, default=None)
+    bootstrap: dict[str, Any] | None = reported(omit_none=True, default=None)
+    #: the top Ritz vectors (never reported: a --bootstrap warm start)
+    top_vectors: Any = internal(default=None)
     notes: list[str] = internal(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -60,6 +60,9 @@ class TraceResult(Result):
     per_layer: list[LayerTrace] | None = reported(omit_none=True, default=None)
     #: ``--diagonal``: the files written, the probes, the entries' median relative error
     diagonal: dict[str, Any] | None = reported(omit_none=True, default=None)
+    #: --bootstrap: the trace's interval over resampled data (``ci95`` is the probes' share)
+    data_ci95: tuple[float, float] | None = reported(omit_none=True, default=None)
+    bootstrap: dict[str, Any] | None = reported(omit_none=True, default=None)
     notes: list[str] = internal(default_factory=list)
 
     def __post_init__(self) -> None:
