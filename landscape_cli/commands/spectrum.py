@@ -174,7 +174,10 @@ def _vectors_destination(path: Path, inputs: list[Path]):
 def sharded(options: dict[str, Any]) -> str | None:
     """What a sharded model cannot run: the options that need whole vectors or SLQ."""
     given = [flag for name, flag in (("per_block", "--per-block"), ("density", "--density"),
-                                     ("save_vectors", "--save-vectors")) if options.get(name)]
+                                     ("save_vectors", "--save-vectors"), ("bootstrap", "--bootstrap"))
+             if options.get(name)]
+    if options.get("curvature", HESSIAN) != HESSIAN:
+        given.append(f"--curvature {options['curvature']}")
     return f"{', '.join(given)} do(es) not run on a sharded model" if given else None
 
 

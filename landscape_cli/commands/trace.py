@@ -95,10 +95,13 @@ def _diagonal_destinations(path: Path, inputs: list[Path]):
 
 
 def sharded(options: dict[str, Any]) -> str | None:
-    """What a sharded model cannot run: per-layer blocks or a diagonal of whole vectors."""
-    if options.get("per_layer") or options.get("diagonal"):
-        return "--per-layer and --diagonal do not run on a sharded model"
-    return None
+    """What a sharded model cannot run: per-layer blocks, a diagonal, resamples or another
+    matrix than the Hessian, all of whole vectors."""
+    given = [flag for name, flag in (("per_layer", "--per-layer"), ("diagonal", "--diagonal"),
+                                     ("bootstrap", "--bootstrap")) if options.get(name)]
+    if options.get("curvature", HESSIAN) != HESSIAN:
+        given.append(f"--curvature {options['curvature']}")
+    return f"{', '.join(given)} do(es) not run on a sharded model" if given else None
 
 
 COMMAND = Command(

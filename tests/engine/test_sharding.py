@@ -100,7 +100,7 @@ def test_outside_torchrun_is_one_line():
 @pytest.mark.parametrize(("args", "needle"), [
     (["interpolate", str(TRANSFORMER_CKPT), str(TRANSFORMER_CKPT)], "interpolate does not run"),
     (["spectrum", str(TRANSFORMER_CKPT), "--per-block"], "--per-block do(es) not run"),
-    (["trace", str(TRANSFORMER_CKPT), "--per-layer"], "--per-layer does not run"),
+    (["trace", str(TRANSFORMER_CKPT), "--per-layer"], "--per-layer do(es) not run"),
     (["sharpness", str(TRANSFORMER_CKPT), "--measures", "average_case"], "average_case do(es)"),
     (["spectrum", str(TRANSFORMER_CKPT), "--hvp-strategy", "cached"], "--hvp-strategy cached"),
     (["spectrum", str(TRANSFORMER_CKPT), "--params", "head.*"], "leave out --params"),
