@@ -155,3 +155,18 @@ def test_the_cli_measures_the_chosen_matrix_and_says_which(tmp_path):
     assert "trace of the empirical-fisher" in table.stdout
     assert_one_error(invoke(["classify-critical-point", MLP_CKPT, *small, "--curvature", "fisher"]),
                      ["--curvature fisher", "needs the Hessian"])
+
+
+def test_the_products_are_curvlinops_where_it_is_installed():
+    """An optional test: ``pip install --no-deps -r benchmarks/requirements.txt`` brings curvlinops."""
+    curvlinops = pytest.importorskip("curvlinops", reason="curvlinops is not installed "
+                                     "(pip install --no-deps -r benchmarks/requirements.txt)")
+    problem, x, y = mlp_problem()
+    model = problem.objective.model
+    data = list(zip(x.split(16), y.split(16)))
+    eye = torch.eye(problem.n, dtype=torch.float64)
+    pairs = ((curvlinops.GGNLinearOperator, "ggn"), (curvlinops.EFLinearOperator, "empirical-fisher"))
+    for theirs, ours in pairs:
+        reference = theirs(model, nn.CrossEntropyLoss(), list(model.parameters()), data) @ eye
+        assert torch.allclose(dense(CurvatureOperator(problem, Passes(problem), ours)), reference,
+                              atol=1e-12, rtol=0), ours
