@@ -98,6 +98,13 @@ def jsonable(value: Any) -> Any:
 
 _INPUT, _ENGINE, _OUTPUT = "Input", "Engine", "Output"
 
+#: ``--bootstrap`` and ``--bootstrap-unit``, as spectrum, trace and sharpness declare them
+BOOTSTRAP = Option("Resample the data with replacement this many times (under the seed) and report "
+                   "each number's data_ci95 beside its numerical error; 0: none.", min=0)
+BOOTSTRAP_UNIT = Option("What --bootstrap resamples: the data's batches, or its samples (into "
+                        "batches of the same sizes; data held in one process).",
+                        choices=("batch", "sample"))
+
 
 @dataclass
 class RunOptions:

@@ -1,5 +1,6 @@
-"""``--bootstrap B``: how much of a number is the data. The batches are resampled with
-replacement B times under the seed (a batch drawn twice counts twice: its weight doubles), the
+"""``--bootstrap B``: how much of a number is the data. The batches (or, with
+``--bootstrap-unit sample``, the samples) are resampled with replacement B times under the seed
+(a batch drawn twice counts twice: its weight doubles), the
 number is measured again on each resample, and its 2.5–97.5 percentiles are ``data_ci95``,
 beside the numerical error each number carries already (residuals, standard errors). Cheap
 where it can be: each resample's Lanczos starts from the whole data's top Ritz vectors, and a
@@ -8,12 +9,15 @@ trace's probes are the same on every resample (common random numbers)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from landscape_cli.data_batches import concat_batches, map_tensors
 from landscape_cli.engine.problem import Problem
+from landscape_cli.errors import LandscapeError
 from landscape_cli.linalg.lanczos import lanczos
 from landscape_cli.linalg.operator import LinearOperator
 from landscape_cli.linalg.probes import rademacher
@@ -25,16 +29,31 @@ WARM_NOISE = 0.1
 TRACE_PROBES = 32
 
 
+#: what is resampled (``--bootstrap-unit``)
+UNITS = ("batch", "sample")
+
+
 @dataclass(frozen=True)
 class Resamples:
-    """B resampled problems of one problem: their batch weights, drawn under the seed."""
+    """B resampled problems of one problem, drawn under the seed: its batches (their weights:
+    a batch drawn twice weighs twice) or its samples (drawn into batches of the same sizes)."""
 
     problem: Problem
     count: int
     seed: int
+    unit: str = "batch"
 
-    def __iter__(self):
+    def __post_init__(self) -> None:
+        if self.unit == "sample" and (self.problem.streamed or self.problem.owned is not None or
+                                      concat_batches(list(self.problem.batches)) is None):
+            raise LandscapeError("--bootstrap-unit sample needs the data held in this one process, "
+                                 "in batches of tensors that join (use --bootstrap-unit batch)")
+
+    def __iter__(self) -> Iterator[Problem]:
         generator = torch.Generator().manual_seed(self.seed + 7919)
+        if self.unit == "sample":
+            yield from self._samples(generator)
+            return
         batches = len(self.problem.weights)
         weights = torch.tensor(self.problem.weights, dtype=torch.float64)
         for _ in range(self.count):
@@ -42,6 +61,17 @@ class Resamples:
                                       generator=generator)
             counts = torch.bincount(drawn, minlength=batches).double() * weights
             yield dataclasses.replace(self.problem, weights=(counts / counts.sum()).tolist())
+
+    def _samples(self, generator: torch.Generator) -> Iterator[Problem]:
+        joined = concat_batches(list(self.problem.batches))
+        total = self.problem.n_samples
+        sizes = [round(w * total) for w in self.problem.weights]
+        edges = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        for _ in range(self.count):
+            index = torch.randint(0, total, (total,), generator=generator)
+            drawn = map_tensors(joined, lambda t, index=index: t[index])
+            batches = [map_tensors(drawn, lambda t, a=a, b=b: t[a:b]) for a, b in itertools.pairwise(edges)]
+            yield dataclasses.replace(self.problem, batches=batches)
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape_cli.analyses import bootstrap
 from landscape_cli.analyses.stability import (
     PreconditionedHessian,
     Preconditioner,
@@ -27,6 +28,7 @@ from landscape_cli.analyses.stability import (
 )
 from landscape_cli.analyses.trace import trace
 from landscape_cli.engine.hvp import HVPEngine
+from landscape_cli.engine.problem import Problem
 from landscape_cli.errors import LandscapeError
 from landscape_cli.estimate import PASSES_PER_GRADIENT, CostEstimate
 from landscape_cli.linalg.lanczos import LanczosResult, lanczos
@@ -73,6 +75,9 @@ class SharpnessOptions:
     rtol: float = 0.01
     max_hvps: int = 1000
     seed: int = 0
+    #: resamples of the data for lambda_max's and trace_per_param's data_ci95 (0: none)
+    bootstrap: int = 0
+    bootstrap_unit: str = "batch"
 
 
 def with_needs(names: tuple[str, ...]) -> list[str]:
@@ -127,8 +132,11 @@ class _Measurer:
     """Computes the measures on one engine, sharing what several need (L(θ), λ_max, tr H)."""
 
     def __init__(self, engine: HVPEngine, options: SharpnessOptions,
-                 estimate: CostEstimate | None, optimizer: OptimizerState | str):
+                 estimate: CostEstimate | None, optimizer: OptimizerState | str,
+                 operator_on: Callable[[Problem], LinearOperator] | None = None):
         self.engine, self.options = engine, options
+        #: the same matrix on a resample of the data (``--bootstrap``)
+        self.operator_on = operator_on
         #: the checkpoint's optimizer state, or why the measures that need it are null
         self.optimizer = optimizer
         self.passes = engine.passes
@@ -174,16 +182,29 @@ class _Measurer:
         return lanczos(self.operator, top=1, tol=o.tol, max_steps=self.n,
                        generator=torch.Generator().manual_seed(o.seed))
 
+    @functools.cached_property
+    def resamples(self) -> bootstrap.Resamples | None:
+        """``--bootstrap``'s resamples of the data (None: not asked for)."""
+        o = self.options
+        if not o.bootstrap or self.operator_on is None:
+            return None
+        return bootstrap.Resamples(self.problem, o.bootstrap, o.seed, o.bootstrap_unit)
+
     def lambda_max(self) -> Measure:
         top = self.top.top
+        data = None if self.resamples is None else bootstrap.top_eigenvalues(
+            self.resamples, self.operator_on, self.top.top.vectors, 1, self.options.tol)[0]
         return self.measure("lambda_max", top.values[0], residual=top.residuals[0],
-                            converged=top.converged[0])
+                            converged=top.converged[0], data_ci95=data)
 
     def trace_per_param(self) -> Measure:
         o = self.options
         t = trace(self.operator, rtol=o.rtol, max_hvps=o.max_hvps, seed=o.seed)
+        data = None if self.resamples is None else tuple(
+            end / self.n for end in bootstrap.trace(self.resamples, self.operator_on, t.trace))
         return self.measure("trace_per_param", t.trace / self.n, stderr=t.stderr / self.n,
-                            ci95=(t.ci95[0] / self.n, t.ci95[1] / self.n), converged=t.converged)
+                            ci95=(t.ci95[0] / self.n, t.ci95[1] / self.n), converged=t.converged,
+                            data_ci95=data)
 
     def grad_norm(self) -> Measure:
         return self.measure("grad_norm", float(norm(self.operator, self.engine.grad())))
@@ -429,12 +450,14 @@ def _inverse_square(sigma: float) -> float | None:
 def sharpness(engine: HVPEngine, options: SharpnessOptions,
               callback: Callable[[int, str], None] | None = None, *,
               so_far: SoFar | None = None, estimate: CostEstimate | None = None,
-              optimizer: OptimizerState | str = "no optimizer state was given") -> SharpnessResult:
+              optimizer: OptimizerState | str = "no optimizer state was given",
+              operator_on: Callable[[Problem], LinearOperator] | None = None) -> SharpnessResult:
     """Every measure of ``options.measures`` (and those they are computed from). ``so_far``
     holds the measures finished so far, for an interrupted run's report; ``estimate`` tells
     the cost once the first product is timed (or at the start, where no measure needs one);
-    ``optimizer``: the checkpoint's optimizer state, or why there is none."""
-    measurer = _Measurer(engine, options, estimate, optimizer)
+    ``optimizer``: the checkpoint's optimizer state, or why there is none; ``operator_on``: the
+    Hessian of a resampled problem (``--bootstrap``)."""
+    measurer = _Measurer(engine, options, estimate, optimizer, operator_on)
     names = measurer.names
     if not any(planned(name, options, measurer.n)[0] for name in names):
         measurer.announce()

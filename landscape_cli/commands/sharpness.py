@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
-from landscape_cli.options import Option
+from landscape_cli.options import BOOTSTRAP, BOOTSTRAP_UNIT, Option
 from landscape_cli.results.sharpness import MEASURES, NEEDS, OPTIMIZER_MEASURES, SharpnessResult
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ def sharpness(
     rtol: Annotated[float, Option("trace_per_param: stop at this relative standard error.",
                                   panel=_CURVATURE)] = 0.01,
     max_hvps: Annotated[int, Option("trace_per_param: most HVPs.", min=1, panel=_CURVATURE)] = 1000,
+    bootstrap: Annotated[int, BOOTSTRAP] = 0,
+    bootstrap_unit: Annotated[str, BOOTSTRAP_UNIT] = "batch",
 ):
     """Curvature (Lanczos, Hutch++), ascent (Auto-PGD) and Monte Carlo measures."""
     chosen = _measures(measures)
@@ -78,7 +80,8 @@ def sharpness(
         measures=chosen, rho=rho, rho_adaptive=rho_adaptive, epsilon=epsilon, sigma=sigma,
         sigma_adaptive=sigma_adaptive, samples=samples, steps=steps, restarts=restarts,
         pac_bayes_target=pac_bayes_target, pac_bayes_deviation=pac_bayes_deviation, lr=lr,
-        tol=tol, rtol=rtol, max_hvps=max_hvps, seed=run.seed)
+        tol=tol, rtol=rtol, max_hvps=max_hvps, seed=run.seed, bootstrap=bootstrap,
+        bootstrap_unit=bootstrap_unit)
     from landscape_cli.estimate import CostEstimate
     from landscape_cli.linalg.so_far import SoFar
 
@@ -90,7 +93,8 @@ def sharpness(
     estimate = CostEstimate("sharpness", run.notify, "--measures / --max-hvps to spend less")
     with run.progress("sharpness", total=total) as update, run.partial_on_interrupt(so_far):
         result = measure(run.engine, options, callback=lambda done, name: update(done, name),
-                         so_far=so_far, estimate=estimate, optimizer=optimizer)
+                         so_far=so_far, estimate=estimate, optimizer=optimizer,
+                         operator_on=run.operator_on)
         update(total, "")
     return result
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
 from landscape_cli.names import CURVATURE_HELP, CURVATURES, HESSIAN
-from landscape_cli.options import Option
+from landscape_cli.options import BOOTSTRAP, BOOTSTRAP_UNIT, Option
 from landscape_cli.results.spectrum import SpectrumResult
 
 if TYPE_CHECKING:
@@ -57,9 +57,8 @@ def spectrum(
         "parameter names; the rest form the block 'other').", metavar="SPEC",
         panel=_BLOCKS)] = None,
     curvature: Annotated[str, Option(CURVATURE_HELP, choices=CURVATURES)] = HESSIAN,
-    bootstrap: Annotated[int, Option(
-        "Resample the data's batches with replacement this many times (under the seed) and "
-        "report each number's data_ci95 beside its numerical error; 0: none.", min=0)] = 0,
+    bootstrap: Annotated[int, BOOTSTRAP] = 0,
+    bootstrap_unit: Annotated[str, BOOTSTRAP_UNIT] = "batch",
 ):
     """Lanczos with full reorthogonalization on the exact dataset Hessian; SLQ for --density."""
     run.curvature = curvature
@@ -97,12 +96,12 @@ def spectrum(
     if bootstrap:
         from landscape_cli.analyses import bootstrap as resampled
 
-        resamples = resampled.Resamples(problem, bootstrap, run.seed)
+        resamples = resampled.Resamples(problem, bootstrap, run.seed, bootstrap_unit)
         with run.progress(f"bootstrap ×{bootstrap}", total=None):
             intervals = resampled.top_eigenvalues(resamples, run.operator_on, result.top_vectors,
                                                   len(result.top_eigenvalues), tol)
         result = dataclasses.replace(result, top_data_ci95=intervals,
-                                     bootstrap={"resamples": bootstrap, "unit": "batch"})
+                                     bootstrap={"resamples": bootstrap, "unit": bootstrap_unit})
     if density:
         result = _with_density(run, result, runs=runs, steps=steps, sigma=sigma)
     if block_spec is not None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args
 from landscape_cli.commands import Command
 from landscape_cli.errors import LandscapeError
 from landscape_cli.names import CURVATURE_HELP, CURVATURES, HESSIAN
-from landscape_cli.options import Option
+from landscape_cli.options import BOOTSTRAP, BOOTSTRAP_UNIT, Option
 from landscape_cli.results.trace import Method, TraceResult
 
 if TYPE_CHECKING:
@@ -38,9 +38,8 @@ def trace(
         "by Hutchinson's estimator.", metavar="FILE", panel=_DIAGONAL)] = None,
     diagonal_probes: Annotated[int, Option("Probes (products) for --diagonal.", min=2,
                                            panel=_DIAGONAL)] = 100,
-    bootstrap: Annotated[int, Option(
-        "Resample the data's batches with replacement this many times (under the seed) and "
-        "report each number's data_ci95 beside its numerical error; 0: none.", min=0)] = 0,
+    bootstrap: Annotated[int, BOOTSTRAP] = 0,
+    bootstrap_unit: Annotated[str, BOOTSTRAP_UNIT] = "batch",
 ):
     """Hutch++ / Hutchinson with Rademacher probes pushed through the engine in blocks."""
     run.curvature = curvature
@@ -67,11 +66,11 @@ def trace(
     if bootstrap:
         from landscape_cli.analyses import bootstrap as resampled
 
-        resamples = resampled.Resamples(problem, bootstrap, run.seed)
+        resamples = resampled.Resamples(problem, bootstrap, run.seed, bootstrap_unit)
         with run.progress(f"bootstrap ×{bootstrap}", total=None):
             interval = resampled.trace(resamples, run.operator_on, result.trace)
         result = dataclasses.replace(result, data_ci95=interval,
-                                     bootstrap={"resamples": bootstrap, "unit": "batch",
+                                     bootstrap={"resamples": bootstrap, "unit": bootstrap_unit,
                                                 "probes": resampled.TRACE_PROBES})
     if files is None:
         return result

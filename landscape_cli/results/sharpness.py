@@ -121,6 +121,8 @@ class Measure(Result):
     batch_size: int | None = reported(omit_none=True, default=None)
     #: the measured error finite-difference products put into a Rayleigh quotient
     fd_error: float | None = reported(omit_none=True, default=None)
+    #: --bootstrap: the value's interval over resampled data (lambda_max, trace_per_param)
+    data_ci95: tuple[float, float] | None = reported(omit_none=True, default=None)
 
 
 #: the measures whose edge of stability is a fixed number (a sweep names the step where it is

@@ -63,3 +63,25 @@ def test_no_bootstrap_changes_nothing():
                                   ).stdout)
     low, high = resampled["results"]["data_ci95"]
     assert low < resampled["results"]["trace"] < high and resampled["results"]["bootstrap"]["resamples"] == 5
+
+
+def test_samples_are_resampled_into_batches_of_the_same_sizes_and_sharpness_reports_its_intervals():
+    x = torch.arange(25, dtype=torch.float64)[:, None].repeat(1, 3)
+    y = torch.zeros(25, 1, dtype=torch.float64)
+    batches = Batches([(x[:10], y[:10]), (x[10:20], y[10:20]), (x[20:], y[20:])], [10, 10, 5])
+    problem = build_problem(nn.Linear(3, 1, bias=False).double(), criterion_loss(nn.MSELoss()), batches,
+                            device=torch.device("cpu"), dtype=torch.float64)
+    resampled = list(bootstrap.Resamples(problem, 4, seed=3, unit="sample"))
+    assert len(resampled) == 4
+    for p in resampled:
+        assert [len(b[0]) for b in p.batches] == [10, 10, 5] and p.weights == problem.weights
+        drawn = torch.cat([b[0][:, 0] for b in p.batches])
+        assert set(drawn.tolist()) <= set(range(25)) and len(set(drawn.tolist())) < 25  # with replacement
+
+    small = ["-c", CONFIGS / "mlp.yaml", "--set", "data.max_samples=300", "--json"]
+    ran = invoke(["sharpness", MLP_CKPT, *small, "--measures", "lambda_max,trace_per_param",
+                  "--bootstrap", "6", "--max-hvps", "30"])
+    measures = json.loads(ran.stdout)["results"]["measures"]
+    for name in ("lambda_max", "trace_per_param"):
+        low, high = measures[name]["data_ci95"]
+        assert low < high and low <= measures[name]["value"] * 1.5
