@@ -60,8 +60,6 @@ def _table(rows: list[dict[str, Any]], name: str) -> str:
 
 
 def _figure(name: str, make: Callable[[], Any]) -> str:
-    from matplotlib import pyplot  # noqa: F401  (fonts and rc set up once)
-
     return f'<figure data-figure="{name}">{plot.svg(make())}</figure>'
 
 
