@@ -293,8 +293,11 @@ def lanczos(operator: LinearOperator, *, top: int = 1, bottom: int = 0, tol: flo
                                                      device="cpu")).to(device, krylov)
         return v / norm(operator, v)
 
-    q = random_unit() if start is None else start.to(device, krylov)
-    q = q / norm(operator, q)
+    if start is None:
+        q = random_unit()
+    else:
+        q = start.to(device, krylov)
+        q = q / norm(operator, q)
     alphas: list[float] = []
     betas: list[float] = []
     dropped: list[tuple[int, float]] = []  # (row, β) of couplings cut at breakdowns or carried
