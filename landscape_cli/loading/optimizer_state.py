@@ -289,7 +289,10 @@ def read_optimizer_state(checkpoint: str | Path, file: str | Path | None = None,
         obj = _loaded(path, allow_globals, trust)
         training = _trainer_training(checkpoint)
         if (checkpoint / TRAINER_SCHEDULER).is_file():
-            schedulers = [_loaded(checkpoint / TRAINER_SCHEDULER, allow_globals, trust)]
+            try:  # the scheduler only confirms the learning rates: one it cannot read is left out
+                schedulers = [_loaded(checkpoint / TRAINER_SCHEDULER, allow_globals, trust)]
+            except CheckpointError:
+                schedulers = None
     elif checkpoint.suffix == ".safetensors":
         return None  # tensors only
     else:

@@ -213,3 +213,16 @@ def test_a_pickle_beyond_weights_only_is_refused(tmp_path):
                              "--optimizer", tmp_path / "evil.pt"]), ["evil.pt", "refused", "builtins.print"])
     assert_one_error(invoke(["sharpness", tmp_path / "w.pt", "-c", write_config(tmp_path), *MEASURES,
                              "--optimizer", tmp_path / "missing.pt"]), ["missing.pt", "--optimizer"])
+
+
+def test_a_trainer_scheduler_beyond_weights_only_is_left_out(tmp_path):
+    """scheduler.pt only confirms the learning rates: a pickle weights_only refuses there does
+    not stop the analysis (and is never run)."""
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    folder = save_trainer_folder(tmp_path / "checkpoint-3")
+    torch.save({"_last_lr": Evil()}, folder / "scheduler.pt")
+    found = ratio(folder, tmp_path)
+    assert found["stability_ratio"]["value"] > 0
