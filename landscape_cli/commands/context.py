@@ -86,20 +86,19 @@ class Run:
     def operator(self) -> LinearOperator:
         """The matrix measured, as the algorithms take it: the Hessian (the engine) or the
         ``curvature`` the command chose (``engine/curvature.py``)."""
-        if self.curvature == HESSIAN:
-            return self.engine
+        return self.engine if self.curvature == HESSIAN else self._curvature(self.loaded.problem, self.passes)
+
+    def _curvature(self, problem: Problem, passes: Passes) -> LinearOperator:
         from landscape_cli.engine.curvature import CurvatureOperator
 
-        return CurvatureOperator(self.loaded.problem, self.passes, self.curvature, seed=self.seed)
+        return CurvatureOperator(problem, passes, self.curvature, seed=self.seed)
 
     def operator_on(self, problem: Problem) -> LinearOperator:
         """The same matrix as ``operator`` on another problem of the same model (a resample
         of the data: ``--bootstrap``), its passes' cost added to the run's."""
         passes = Passes(problem, cost=self.passes.cost, warnings=self.passes.warnings)
         if self.curvature != HESSIAN:
-            from landscape_cli.engine.curvature import CurvatureOperator
-
-            return CurvatureOperator(problem, passes, self.curvature, seed=self.seed)
+            return self._curvature(problem, passes)
         engine = self.config.engine
         return HVPEngine(problem, strategy=engine.strategy, memory_budget=engine.memory_budget,
                          compile=engine.compile, passes=passes)

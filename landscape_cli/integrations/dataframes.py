@@ -3,35 +3,14 @@ or batch line, with flat columns, for notebooks (DESIGN §11)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pandas
 
 from landscape_cli.errors import LandscapeError
 from landscape_cli.paths import expand
-from landscape_cli.sweep.flat import row_of
-
-
-def _documents(path: Path) -> Iterator[dict[str, Any]]:
-    """The reports a file holds: one JSON document (``--json``), or a JSON line each (``batch``,
-    ``--format jsonl``)."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        whole = json.loads(text)
-    except ValueError:
-        whole = None
-    if isinstance(whole, dict):
-        yield whole
-        return
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except ValueError:
-                raise LandscapeError(f"{path}:{number}: not a JSON report line") from None
+from landscape_cli.sweep.flat import read_documents, row_of
 
 
 def _expanded(given: str) -> list[str]:
@@ -46,4 +25,4 @@ def read_reports(paths: str | Path | Iterable[str | Path]) -> pandas.DataFrame:
     JSON report or batch line, failed and interrupted ones included (``status``)."""
     given = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files = [Path(found) for item in given for found in _expanded(str(item))]
-    return pandas.DataFrame([row_of(doc, path) for path in files for doc in _documents(path)])
+    return pandas.DataFrame([row_of(doc, path) for path in files for doc in read_documents(path)[0]])

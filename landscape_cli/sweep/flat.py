@@ -4,9 +4,11 @@ training, every scalar result and each sharpness measure's value and error. What
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from landscape_cli.errors import LandscapeError
 from landscape_cli.sweep.trend import step_of
 
 #: a list of at most this many numbers becomes one column per entry (``top_eigenvalues.0``, ...);
@@ -49,3 +51,32 @@ def row_of(doc: dict[str, Any], source: Path) -> dict[str, Any]:
     _flat("", results, row)
     _flat("cost", doc.get("cost") or {}, row)
     return row
+
+
+def read_documents(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The reports a file holds, and whether it is a batch file: one JSON document (``--json``),
+    or one report a line (``batch``, ``--format jsonl``); anything else is a one-line error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LandscapeError(f"{path}: cannot be read ({type(exc).__name__})") from None
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if isinstance(whole, dict):
+        return [whole], False
+    docs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            raise LandscapeError(f"{path}:{number}: not a JSON report or batch line") from None
+        if not isinstance(doc, dict) or "command" not in doc:
+            raise LandscapeError(f"{path}:{number}: not a landscape report")
+        docs.append(doc)
+    if not docs:
+        raise LandscapeError(f"{path}: holds no report")
+    return docs, True

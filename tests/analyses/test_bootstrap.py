@@ -85,3 +85,12 @@ def test_samples_are_resampled_into_batches_of_the_same_sizes_and_sharpness_repo
     for name in ("lambda_max", "trace_per_param"):
         low, high = measures[name]["data_ci95"]
         assert low < high and low <= measures[name]["value"] * 1.5
+
+
+def test_resampling_samples_of_streamed_data_is_one_line():
+    from helpers.adversarial import assert_one_error
+
+    assert_one_error(invoke(["spectrum", MLP_CKPT, "-c", CONFIGS / "mlp.yaml", "--top", "1",
+                             "--set", "data.max_samples=200", "--set", "data.stream=true",
+                             "--bootstrap", "2", "--bootstrap-unit", "sample"]),
+                     ["--bootstrap-unit sample", "--bootstrap-unit batch"])
