@@ -37,7 +37,10 @@ RESNETS = {
     "resnet8": ((1, 1, 1), (16, 32, 64), 512, 128),
     "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), 10_000, 500),
 }
-CASES = [*SAMPLES, *RESNETS]
+#: name: hidden widths of a Tanh MLP on the 1,797 digits, trained by the benchmark itself:
+#: 64-512-512-10 has 301,066 parameters (issue 32's "wide MLP")
+WIDE = {"wide_mlp": (512, 512)}
+CASES = [*SAMPLES, *WIDE, *RESNETS]
 
 
 class ResNet(nn.Module):
@@ -117,11 +120,41 @@ def _resnet(name: str, device: torch.device, dtype: torch.dtype, scale: int) -> 
     return Case(name, problem, nn.CrossEntropyLoss(), batch)
 
 
+def _wide_mlp(name: str, device: torch.device, dtype: torch.dtype, scale: int) -> Case:
+    """A Tanh MLP of widths ``WIDE[name]`` on the digits, 40 epochs of seeded Adam (lr 1e-3,
+    batches of 256) away from its initialisation: trained, not converged, as checkpoints are."""
+    import numpy as np
+
+    digits = np.load(ROOT / "sample_checkpoints" / "data" / "digits.npz")
+    x, y = torch.from_numpy(digits["x"]), torch.from_numpy(digits["y"])
+    torch.manual_seed(0)
+    widths = (x.shape[1], *WIDE[name])
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(widths[-1], 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        for i in torch.randperm(len(x), generator=order).split(256):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[i]), y[i]).backward()
+            optimizer.step()
+    pieces = [(x[i:i + 256], y[i:i + 256]) for _ in range(scale) for i in range(0, len(x), 256)]
+    data = Batches(pieces, [len(p[1]) for p in pieces])
+    problem = build_problem(model, criterion_loss(nn.CrossEntropyLoss()), data, device=device,
+                            dtype=dtype)
+    return Case(name, problem, nn.CrossEntropyLoss(), 256)
+
+
 def build(name: str, device: str = "cpu", dtype: str = "float32", scale: int = 1) -> Case:
     """Case ``name`` with ``scale`` times its data (copies of the samples' batches)."""
     if name in RESNETS:
         exact_float32(resolved := resolve_device(device))  # TF32 off, as the CLI
         return _resnet(name, resolved, getattr(torch, dtype), scale)
+    if name in WIDE:
+        exact_float32(resolved := resolve_device(device))
+        return _wide_mlp(name, resolved, getattr(torch, dtype), scale)
     config = load_config(ROOT / "configs" / f"{name}.yaml", [f"device={device}", f"dtype={dtype}"])
     problem = load(config, SAMPLES[name]).problem
     if scale > 1:

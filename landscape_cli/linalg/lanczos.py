@@ -14,9 +14,13 @@ operator's asymmetry that |β_m·s_{m,i}| cannot see (Stewart, *Matrix Algorithm
 one fresh product A·y of the first wanted Ritz vector adds what H_m cannot see either, the
 rounding of a product itself, to every residual. Where the products round in less than float64
 (float32 HVPs), that product is taken instead with the operator's float64 counterpart
-(``exact()``), for every wanted Ritz vector: ‖A₆₄y − θy‖ bounds the distance from θ to an
-eigenvalue of the exact operator (the float32 operator's own residual does not: it measures the
-products against themselves), and what it adds to the residuals is added to every one. The
+(``exact()``), for the first wanted Ritz vector at each end asked for: ‖A₆₄y − θy‖ bounds the
+distance from θ to an eigenvalue of the exact operator (the float32 operator's own residual does
+not: it measures the products against themselves), and what it adds to the residuals is added
+to every one. The other wanted vectors are checked too where that deviation is not negligible
+beside the tolerance (``CHECKED_SHARE``: mixed precision, a BatchNorm model at a tight
+tolerance, a tolerance near float32's rounding); one float64 product costs three to six float32 ones on the CPU, and checking every
+wanted vector was half of a top-5 run (``benchmarks/README.md``, issue 32). The
 Krylov arithmetic (basis, dot products, norms, reorthogonalization, T) is float64 whatever
 the operator's dtype: a float32 basis loses orthogonality at ~1e-7 per step, which bounds the
 Ritz values at ~1e-4 on a model of millions of parameters, while the products' own rounding
@@ -42,6 +46,11 @@ from landscape_cli.linalg.operator import LinearOperator, approximate, checked, 
 from landscape_cli.linalg.shards import dimension, dot, drawn, norm, summed
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
+#: float32 products are checked in float64 at the first wanted Ritz vector of each end, and at
+#: every other one too where the deviation found there exceeds this share of the tolerance
+#: (tol·‖A‖): below it, a deviation several times larger at another vector would still be a few
+#: percent of what the convergence verdicts resolve
+CHECKED_SHARE = 0.01
 
 
 @dataclass
@@ -413,9 +422,10 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     reorthogonalization removed; ``_arnoldi``), so ‖Ay − θy‖ = ‖H_m s − θs‖, plus |β_j·s_j| for
     each coupling T leaves out (cut at breakdowns, carried by restarts, a float32 basis'
     rounding). The first wanted pair's residual is also measured with a fresh
-    product, or, where ``exact`` (the operator in float64) is given, every wanted pair's with a
-    float64 product; the most that adds is the products' own error, added to every pair (one
-    read), with the error the checking operator measured in its own products
+    product, or, where ``exact`` (the operator in float64) is given, the first wanted pair's at
+    each end with a float64 product (and every other one's where what that found is not
+    negligible beside the tolerance: ``CHECKED_SHARE``); the most that adds is the products'
+    own error, added to every pair, with the error the checking operator measured in its own products
     (``operator.product_error``). Approximate products (finite differences): ``_refined``."""
     m = len(T)
     top, bottom = len(result.top.values), len(result.bottom.values)
@@ -429,29 +439,39 @@ def _measured(result: LanczosResult, product: Matvec, exact: LinearOperator | No
     if exact is None and approximate(operator):
         return _refined(result, operator, ritz, tol)
     if exact is None:
-        fresh_rows = wanted[:1]
+        ends = [0]
         image = product(ritz[0])
         fresh_t = norm(operator, image.sub_(float(values[wanted[0]]) * ritz[0]))[None]
     else:
-        fresh_rows = wanted
-        images = exact(ritz).to(torch.float64)
-        for i, theta in enumerate(values[wanted].tolist()):
-            images[i].sub_(theta * ritz[i])  # in place: A·y − θy, a temporary of n at a time
-        fresh_t = norm(operator, images, dim=1)
-        del images
+        ends = [i for i, count in ((0, top), (top, bottom)) if count]
+        fresh_t = _exact_residuals(exact, operator, ritz, values[wanted], ends)
     numbers = read_finite(torch.cat((*columns, fresh_t)))
-    H = _arnoldi(numbers[:len(numbers) - len(fresh_rows)], T, beta)
+    H = _arnoldi(numbers[:len(numbers) - len(ends)], T, beta)
     gap = H @ s  # A·y on q_0..q_m, minus θ·y on q_0..q_{m-1}
     gap[:m] -= s * values[wanted]
     residuals = torch.linalg.vector_norm(gap, dim=0) + _coupling_bound(s, dropped)
-    fresh = numbers[len(numbers) - len(fresh_rows):]
-    rounding = max(0.0, *(f - float(r) for f, r in zip(fresh, residuals)))
+    fresh = numbers[len(numbers) - len(ends):]
+    rounding = max(0.0, *(f - float(residuals[i]) for f, i in zip(fresh, ends)))
+    rest = [i for i in range(len(wanted)) if i not in ends] if exact is not None else []
+    limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
+    if rest and rounding > CHECKED_SHARE * limit:
+        fresh = read_finite(_exact_residuals(exact, operator, ritz, values[wanted], rest))
+        rounding = max(rounding, *(f - float(residuals[i]) for f, i in zip(fresh, rest)))
+        ends = ends + rest
     rounding += product_error(exact or operator)  # what approximate products measured of theirs
     measured = (residuals + rounding).tolist()
-    limit = tol * max(result.scale, torch.finfo(torch.float64).tiny)
     return LanczosResult(_pairs(result.top.values, measured[:top], ritz[:top], limit),
                          _pairs(result.bottom.values, measured[top:], ritz[top:], limit),
-                         result.steps, result.scale, rounding, checks=len(fresh_rows))
+                         result.steps, result.scale, rounding, checks=len(ends))
+
+
+def _exact_residuals(exact: LinearOperator, operator: LinearOperator, ritz: torch.Tensor,
+                     thetas: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """‖A₆₄y − θy‖ for the Ritz vectors ``rows``, by one block of float64 products."""
+    images = exact(ritz[rows]).to(torch.float64)
+    for image, i in zip(images, rows):
+        image.sub_(float(thetas[i]) * ritz[i])  # in place: a temporary of n at a time
+    return norm(operator, images, dim=1)
 
 
 def _pairs(values: list[float], residuals: list[float], vectors: torch.Tensor,
