@@ -10,6 +10,7 @@ synthetic images whose labels a fixed random linear map of the pixels decides.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def _wide_mlp(name: str, device: torch.device, dtype: torch.dtype, scale: int) -
     torch.manual_seed(0)
     widths = (x.shape[1], *WIDE[name])
     layers: list[nn.Module] = []
-    for a, b in zip(widths, widths[1:]):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.Tanh()]
     model = nn.Sequential(*layers, nn.Linear(widths[-1], 10))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cases import build  # noqa: E402
+from cases import build
 
-from landscape_cli.analyses.spectrum import spectrum  # noqa: E402
-from landscape_cli.engine.hvp import HVPEngine  # noqa: E402
+from landscape_cli.analyses.spectrum import spectrum
+from landscape_cli.engine.hvp import HVPEngine
 
 
 def median_time(fn, repeats: int) -> float:
@@ -112,7 +112,8 @@ def bench(name: str, dtype: str, tops: list[int], tol: float, repeats: int, bloc
         ratios = []
         for b in blocks:
             block = torch.randn(b, problem.n, dtype=problem.dtype)
-            ratios.append(f"b={b}: {median_time(lambda: engine.hvp(block), repeats) / (b * product):.2f}")
+            seconds = median_time(lambda block=block: engine.hvp(block), repeats)
+            ratios.append(f"b={b}: {seconds / (b * product):.2f}")
         print("batched product per vector ÷ one product: " + ", ".join(ratios))
     print("| top | seed | wall | limit | ratio | HVPs (steps + checks) | graph | float32 products "
           "| float64 check | arithmetic | with the progress bar |")

@@ -71,10 +71,15 @@ class Evaluator:
             w = chunk.to(thetas)
             points = w @ thetas
             buffers = self._buffers(w, ends, points)
-            train += map(scored, self.passes.evaluate_many(points, buffers, buffers_per_row=True))
-            if self.eval_passes is not None:
-                held_out += map(scored, self.eval_passes.evaluate_many(points, buffers,
-                                                                       buffers_per_row=True))
+            # one set shared by every row (a plane around one checkpoint): the model's own
+            # kernels use it, where a stack of them would go through vmap's batched ones
+            shared = all(torch.equal(v, v[:1].expand_as(v)) for v in buffers.values())
+            if shared:
+                buffers = {k: v[0] for k, v in buffers.items()}
+            for passes, found in ((self.passes, train), (self.eval_passes, held_out)):
+                if passes is not None:
+                    found += map(scored, passes.evaluate_many(points, buffers, buffers_per_row=not shared,
+                                                              mixing=(w, thetas)))
             if step is not None:
                 step(list(train), None if held_out is None else list(held_out))
         return train, held_out

@@ -22,6 +22,7 @@ from torch import nn
 from landscape_cli.data_batches import concat_batches
 from landscape_cli.engine import distributed
 from landscape_cli.engine.distributed import all_sum
+from landscape_cli.engine.leading_layer import LeadingLayer, leading_layer
 from landscape_cli.engine.problem import Problem, mean_loss
 from landscape_cli.errors import first_line
 
@@ -31,6 +32,10 @@ Group = tuple[float, list[int]]
 Term = Callable[[float, Any], Sequence[torch.Tensor]]
 #: rows of θ that go through one vmapped forward pass: about this many bytes of activations
 MANY_BYTES = 32 << 20
+#: on the CPU, many θ go through vmap only where this many rows fit ``MANY_BYTES`` (``_vmap_pays``)
+VMAP_ROWS = 16
+#: the key under which ``_many`` hands each row its mixing weights, beside its buffers
+_MIXING = "\0mixing"
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,7 @@ class Passes:
         self._loss_at_theta0: float | None = None
         self._evaluation_at_theta0: Evaluation | None = None
         self._padded: list[Group] | None = None  # a sharded model's batches, as many as any rank's
+        self._leading: LeadingLayer | bool | None = None  # the leading linear layer (False: none)
 
     def _pieces(self, index: int) -> tuple[int, ...]:
         """``sum_over``'s ``pieces``: the term at ``index`` where the model is sharded."""
@@ -313,35 +319,53 @@ class Passes:
         return combined
 
     def evaluate_many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,
-                      *, buffers_per_row: bool = False) -> list[Evaluation]:
+                      *, buffers_per_row: bool = False,
+                      mixing: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Evaluation]:
         """``evaluate`` at each row of ``thetas`` (k×n), in one pass over the data: each batch
         goes through ``vmap`` over parameter sets, in chunks of rows of about ``MANY_BYTES`` of
         activations, or, for a model ``vmap`` cannot run, through a loop over the rows.
         ``buffers``: one set for every row, or with ``buffers_per_row`` a (k, ...) stack of
-        each buffer, row i's own (interpolated or recalibrated statistics)."""
+        each buffer, row i's own (interpolated or recalibrated statistics). ``mixing``: (W, E)
+        with ``thetas`` = W·E, the rows weighted sums of a few weight vectors E (m×n): where they
+        are fewer than the rows, the model's leading linear layer computes its output once per
+        batch for each of them, and each row takes their weighted sum (``leading_layer.py``)."""
         thetas = thetas.to(device=self.problem.device, dtype=self.problem.dtype)
-        if self._vmap_many:
+        if mixing is not None:
+            mixing = tuple(t.to(thetas) for t in mixing)
+        if self._vmap_many and self._vmap_pays():
             try:
-                return self._many(thetas, buffers, buffers_per_row, vectorized=True)
+                return self._many(thetas, buffers, buffers_per_row, mixing, vectorized=True)
             except RuntimeError as exc:
                 if isinstance(exc, torch.OutOfMemoryError):
                     raise
                 self._vmap_many = False
                 self.warnings.append(f"evaluating many weight vectors at once failed for this model "
                                      f"({first_line(exc)}); evaluated them one at a time")
-        return self._many(thetas, buffers, buffers_per_row, vectorized=False)
+        return self._many(thetas, buffers, buffers_per_row, mixing, vectorized=False)
 
     def _many(self, thetas: torch.Tensor, buffers: dict[str, torch.Tensor] | None,
-              per_row: bool, vectorized: bool) -> list[Evaluation]:
+              per_row: bool, mixing: tuple[torch.Tensor, torch.Tensor] | None,
+              vectorized: bool) -> list[Evaluation]:
         extra = {"model." + name: value for name, value in (buffers or {}).items()}
         shared = {} if per_row else extra
         rows_of = extra if per_row else {}
+        layer = self._leading_layer() if mixing is not None and len(mixing[1]) < len(thetas) else None
+        if layer is not None:
+            rows_of = {**rows_of, _MIXING: mixing[0]}
 
-        def one(theta: torch.Tensor, own: dict[str, torch.Tensor], batch: Any
+        def one(theta: torch.Tensor, own: dict[str, torch.Tensor], batch: Any, leading: Any = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+            own = dict(own)
+            mixed = own.pop(_MIXING, None)
             state = {**self.problem.unflatten(theta), **shared, **own}
-            return self._loss_and_hits(
-                lambda: torch.func.functional_call(self.problem.objective, state, (batch,)), batch)
+
+            def forward() -> Any:
+                return torch.func.functional_call(self.problem.objective, state, (batch,))
+
+            if mixed is None:
+                return self._loss_and_hits(forward, batch)
+            with layer.replaced(lambda: torch.tensordot(mixed, leading, dims=1)):
+                return self._loss_and_hits(forward, batch)
 
         rows = self._rows_per_forward() if vectorized else 1
         starts = range(0, len(thetas), rows)
@@ -350,12 +374,13 @@ class Passes:
             return {k: v[i] for k, v in rows_of.items()}
 
         def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            leading = None if layer is None else self._leading_outputs(layer, mixing[1], batch)
             if vectorized:
-                parts = [torch.func.vmap(one, in_dims=(0, 0, None))(
-                    thetas[i:i + rows], {k: v[i:i + rows] for k, v in rows_of.items()}, batch)
+                parts = [torch.func.vmap(one, in_dims=(0, 0, None, None))(
+                    thetas[i:i + rows], {k: v[i:i + rows] for k, v in rows_of.items()}, batch, leading)
                     for i in starts]
             else:
-                parts = [tuple(t.unsqueeze(0) for t in one(thetas[i], own(i), batch))
+                parts = [tuple(t.unsqueeze(0) for t in one(thetas[i], own(i), batch, leading))
                          for i in range(len(thetas))]
             losses = torch.cat([loss for loss, _ in parts])
             hits = torch.cat([h for _, h in parts])
@@ -365,6 +390,31 @@ class Passes:
             losses, hits = self.sum_over(term)
         self.cost.forwards += len(thetas) * len(self.problem.own)
         return [self._evaluation(loss, hit) for loss, hit in zip(losses, hits)]
+
+    def _leading_layer(self) -> LeadingLayer | None:
+        """The model's leading linear layer (``leading_layer.py``) where all its parameters are
+        analysed (the rows' own), found once."""
+        if self._leading is None:
+            found = leading_layer(self.problem.objective.model)
+            analysed = found is not None and set(found.parameters) <= set(self.problem.names)
+            self._leading = found if analysed else False
+        return self._leading or None
+
+    def _leading_outputs(self, layer: LeadingLayer, ends: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The leading layer's output on ``batch`` at each row of ``ends`` (stacked)."""
+        state = self.problem.unflatten(ends[0])
+        inputs = layer.inputs(lambda: torch.func.functional_call(self.problem.objective, state, (batch,)))
+        local = len(layer.path) + 1
+        return layer.outputs(inputs, [{name[local:]: self.problem.unflatten(end, prefix="")[name]
+                                       for name in layer.parameters} for end in ends])
+
+    def _vmap_pays(self) -> bool:
+        """Whether many θ go through one vmapped forward pass rather than one at a time: on a
+        GPU always (one θ rarely fills it), on the CPU where at least ``VMAP_ROWS`` of them fit
+        ``MANY_BYTES``. A forward pass whose activations are larger already fills the cores, and
+        vmap's batched kernels (BatchNorm with each row's own weights, pooling) cost more than
+        the loop saves (``benchmarks/README.md``, issue 32 §4)."""
+        return self.problem.device.type != "cpu" or self._rows_per_forward() >= VMAP_ROWS
 
     def _rows_per_forward(self) -> int:
         """Rows of θ per vmapped forward pass: ``MANY_BYTES`` over the tensors one forward and

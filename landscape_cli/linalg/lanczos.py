@@ -19,8 +19,8 @@ distance from θ to an eigenvalue of the exact operator (the float32 operator's 
 not: it measures the products against themselves), and what it adds to the residuals is added
 to every one. The other wanted vectors are checked too where that deviation is not negligible
 beside the tolerance (``CHECKED_SHARE``: mixed precision, a BatchNorm model at a tight
-tolerance, a tolerance near float32's rounding); one float64 product costs three to six float32 ones on the CPU, and checking every
-wanted vector was half of a top-5 run (``benchmarks/README.md``, issue 32). The
+tolerance, a tolerance near float32's rounding). One float64 product costs several float32
+ones, and checking every wanted vector took half of a top-5 run (``benchmarks/README.md``). The
 Krylov arithmetic (basis, dot products, norms, reorthogonalization, T) is float64 whatever
 the operator's dtype: a float32 basis loses orthogonality at ~1e-7 per step, which bounds the
 Ritz values at ~1e-4 on a model of millions of parameters, while the products' own rounding

@@ -1,0 +1,110 @@
+"""The model's leading linear layer, for evaluating weighted sums of weight vectors.
+
+A layer that is linear in its weights and sees the model's input directly (a ``Linear`` or a
+convolution, before anything with parameters or buffers) gives, at θ = Σⱼ wⱼθⱼ, the output
+Σⱼ wⱼ·layer(X; Wⱼ, bⱼ): along a plane of P points through m weight vectors, m products with X
+per batch instead of P (W(x, y)·X = W₀X + x·UX + y·VX; issue 32 §4). ``torch.fx`` finds the layer
+and checks that its input is a function of the model's input alone and that nothing else uses
+its parameters; a model that fx cannot trace has none (and is evaluated as before).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+#: the layers linear in their weights whose output replaces cheaply
+LINEAR_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the leading layer's input is known."""
+
+    def __init__(self, inputs: torch.Tensor):
+        super().__init__()
+        self.inputs = inputs
+
+
+@dataclass(frozen=True)
+class LeadingLayer:
+    """The model's leading linear layer: its module path and the parameters it owns."""
+
+    path: str
+    module: nn.Module
+    #: the parameters' names in the model (``path.weight``, ``path.bias``), in the module's order
+    parameters: tuple[str, ...]
+
+    def inputs(self, forward: Callable[[], Any]) -> torch.Tensor:
+        """The layer's input in the forward pass ``forward`` (stopped there)."""
+
+        def capture(module: nn.Module, args: tuple) -> None:
+            raise _Captured(args[0])
+
+        handle = self.module.register_forward_pre_hook(capture)
+        try:
+            forward()
+        except _Captured as found:
+            return found.inputs
+        finally:
+            handle.remove()
+        raise RuntimeError(f"the leading layer {self.path!r} was not called")
+
+    def outputs(self, inputs: torch.Tensor, weights: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """The layer's output at each set of its parameters (by local name), stacked."""
+        return torch.stack([torch.func.functional_call(self.module, w, (inputs,)) for w in weights])
+
+    @contextmanager
+    def replaced(self, output: Callable[[], torch.Tensor]) -> Iterator[None]:
+        """Within the block, the layer returns ``output()`` instead of computing its own."""
+        self.module.forward = lambda *args, **kwargs: output()
+        try:
+            yield
+        finally:
+            del self.module.forward
+
+
+def leading_layer(model: nn.Module) -> LeadingLayer | None:
+    """The model's leading linear layer, or None where there is none, or fx cannot tell."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:
+        return None
+    modules = dict(model.named_modules())
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    first = next((n for n in calls if _stateful(modules[n.target])), None)
+    if first is None or not isinstance(modules[first.target], LINEAR_LAYERS):
+        return None
+    module = modules[first.target]
+    if (sum(n.target == first.target for n in calls) != 1 or len(first.args) != 1 or first.kwargs
+            or not _parameter_free(first.args[0], modules)
+            or any(n.op == "get_attr" and str(n.target).startswith(f"{first.target}.")
+                   for n in graph.nodes)):
+        return None
+    names = tuple(f"{first.target}.{name}" for name, _ in module.named_parameters())
+    shared = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name not in names}
+    if any(id(p) in shared for p in module.parameters()):
+        return None  # tied to another layer's weights
+    return LeadingLayer(first.target, module, names)
+
+
+def _stateful(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _parameter_free(node: Any, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is computed from the model's inputs without parameters or buffers."""
+    seen, todo = set(), [node]
+    while todo:
+        current = todo.pop()
+        if not isinstance(current, fx.Node) or current in seen:
+            continue
+        seen.add(current)
+        if current.op == "get_attr" or (current.op == "call_module" and _stateful(modules[current.target])):
+            return False
+        todo.extend(current.all_input_nodes)
+    return True
