@@ -40,7 +40,7 @@ from landscape_cli.linalg.trace import t975
 from landscape_cli.loading.optimizer_params import OptimizerState
 from landscape_cli.results.sharpness import MEASURES, NEEDS, Measure, SharpnessResult
 from landscape_cli.search.ascent import Ball, Box, Set, ascend
-from landscape_cli.search.bisection import largest_within
+from landscape_cli.search.bisection import Bisection, largest_within
 
 #: bytes of perturbed weight vectors held at once (rows of one ``evaluate_many`` call)
 PERTURBATION_BYTES = 256 << 20
@@ -49,7 +49,10 @@ MAGNITUDE_FLOOR = 1e-3
 #: for the cost estimate alone: Lanczos steps to λ_max (it stops at convergence), and the
 #: σ evaluations of the two PAC-Bayes searches
 LANCZOS_STEPS_GUESS = 100
-PAC_BAYES_EVALUATIONS_GUESS = 16
+PAC_BAYES_EVALUATIONS_GUESS = 10
+#: the PAC-Bayes searches first bracket σ on the first 1/PILOT_SHARE of the antithetic pairs (at
+#: least PILOT_PAIRS of them), then on all of them from there (``pac_bayes_sigma``)
+PILOT_SHARE, PILOT_PAIRS = 4, 4
 
 
 @dataclass(frozen=True)
@@ -348,11 +351,12 @@ class _Measurer:
 
     # ------------------------------------------------------------------ Monte Carlo
 
-    def _perturbed(self, name: str, scale: torch.Tensor | float
+    def _perturbed(self, name: str, scale: torch.Tensor | float, pairs: int | None = None
                    ) -> Callable[[float], tuple[torch.Tensor, torch.Tensor]]:
         """σ ↦ the losses and accuracies at θ ± σ·s⊙z for the measure's antithetic pairs of
-        standard normal z (the same z for every σ: common random numbers), as (pairs, 2)."""
-        pairs = (self.options.samples + 1) // 2
+        standard normal z (the same z for every σ: common random numbers), as (pairs, 2);
+        ``pairs``: the first so many of them (all by default)."""
+        pairs = (self.options.samples + 1) // 2 if pairs is None else pairs
         chunk = max(1, PERTURBATION_BYTES // (2 * self.n * self.theta.element_size()))
 
         def at(sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,24 +404,57 @@ class _Measurer:
 
             return f
 
-        plain = largest_within(deviation(self._perturbed("pac_bayes_sigma", 1.0)),
-                               o.pac_bayes_deviation, start=o.sigma, rtol=o.pac_bayes_rtol)
-        magnitude = largest_within(
-            deviation(self._perturbed_magnitude()), o.pac_bayes_deviation, start=o.sigma_adaptive,
-            rtol=o.pac_bayes_rtol)
+        def search(perturbed: Callable[[float, int], tuple[torch.Tensor, torch.Tensor]],
+                   start: float) -> Bisection:
+            """The bracket on all the pairs, from one on their first ``pilot`` (the same z:
+            common random numbers, so the two differ by the Monte Carlo error of a few pairs):
+            it starts the full search near the crossing, with the slope it measured there."""
+            slope = None
+            if pilot < pairs:
+                rough = largest_within(deviation(lambda sigma: perturbed(sigma, pilot)),
+                                       o.pac_bayes_deviation, start=start, rtol=o.pac_bayes_rtol)
+                start, slope = rough.low or start, rough.slope
+            return largest_within(deviation(lambda sigma: perturbed(sigma, pairs)),
+                                  o.pac_bayes_deviation, start=start, rtol=o.pac_bayes_rtol,
+                                  slope=slope)
+
+        pairs = (o.samples + 1) // 2
+        pilot = max(PILOT_PAIRS, pairs // PILOT_SHARE)
+        plain_start, magnitude_start = self._pac_bayes_starts()
+        plain = search(lambda sigma, count: self._perturbed("pac_bayes_sigma", 1.0, count)(sigma),
+                       plain_start)
+        magnitude = search(self._perturbed_magnitude(), magnitude_start)
         return self.measure("pac_bayes_sigma", plain.low, flatness=_inverse_square(plain.low),
                             sigma_magnitude=magnitude.low,
                             flatness_magnitude=_inverse_square(magnitude.low),
                             target=o.pac_bayes_target, deviation=o.pac_bayes_deviation,
-                            tolerance=plain.high - plain.low, samples=2 * ((o.samples + 1) // 2),
+                            tolerance=plain.high - plain.low, samples=2 * pairs,
                             stderr=_sigma_stderr(plain.low, plain.at_low))
 
-    def _perturbed_magnitude(self) -> Callable[[float], tuple[torch.Tensor, torch.Tensor]]:
-        """σ' ↦ the losses at θ ± (σ'|θ_i| + 1e-3)·z_i: not a scaling of one z, so built per σ'."""
+    def _pac_bayes_starts(self) -> tuple[float, float]:
+        """First guesses of σ and σ': where the quadratic model E[L(θ+δ)] − L(θ) ≈ ½·Σ H_ii·s_i²
+        (s_i the perturbation's std, H_ii taken as tr(H)/n) reaches d, from the suite's trace
+        (Jiang et al. 2020's loss target; ``--sigma``/``--sigma-adaptive`` otherwise)."""
+        o = self.options
+        per_param = self.done.get("trace_per_param")
+        curvature = None if per_param is None else per_param.value
+        if o.pac_bayes_target != "loss" or curvature is None or not curvature > 0:
+            return o.sigma, o.sigma_adaptive
+        # ½·h·Σ(σ'|θ_i| + f)² = d, a quadratic a·σ'² + b·σ' + c = 0 in σ'
+        magnitude = self.theta.abs().double()
+        a = float((magnitude ** 2).sum())
+        b = 2 * MAGNITUDE_FLOOR * float(magnitude.sum())
+        c = self.n * MAGNITUDE_FLOOR ** 2 - 2 * o.pac_bayes_deviation / curvature
+        root = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a) if a > 0 and c < 0 else o.sigma_adaptive
+        return math.sqrt(2 * o.pac_bayes_deviation / (curvature * self.n)), root
+
+    def _perturbed_magnitude(self) -> Callable[[float, int], tuple[torch.Tensor, torch.Tensor]]:
+        """(σ', pairs) ↦ the losses at θ ± (σ'|θ_i| + 1e-3)·z_i: not a scaling of one z, so built
+        per σ'."""
         magnitude = self.theta.abs()
 
-        def at(sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._perturbed("pac_bayes_sigma", sigma * magnitude + MAGNITUDE_FLOOR)(1.0)
+        def at(sigma: float, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._perturbed("pac_bayes_sigma", sigma * magnitude + MAGNITUDE_FLOOR, pairs)(1.0)
 
         return at
 

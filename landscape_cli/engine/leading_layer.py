@@ -68,11 +68,20 @@ class LeadingLayer:
             del self.module.forward
 
 
-def leading_layer(model: nn.Module) -> LeadingLayer | None:
-    """The model's leading linear layer, or None where there is none, or fx cannot tell."""
+def traced(model: nn.Module) -> fx.Graph | None:
+    """The model's forward pass as one static graph, or None where fx cannot trace it (Python
+    control flow on the data, ``.item()``, calls fx does not know): such a forward may do
+    something else on other data, or at other weights."""
     try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception:
+        return fx.symbolic_trace(model).graph
+    except Exception:  # whatever stops the trace, the model has no static graph
+        return None
+
+
+def leading_layer(model: nn.Module, graph: fx.Graph | None) -> LeadingLayer | None:
+    """The model's leading linear layer in its ``traced`` graph, or None where there is none, or
+    no graph."""
+    if graph is None:
         return None
     modules = dict(model.named_modules())
     calls = [n for n in graph.nodes if n.op == "call_module"]

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-from landscape_cli.data_batches import concat_batches
+from landscape_cli.data_batches import concat_batches, concatenates
 from landscape_cli.engine import distributed
 from landscape_cli.engine.distributed import all_sum
-from landscape_cli.engine.leading_layer import LeadingLayer, leading_layer
+from landscape_cli.engine.leading_layer import LeadingLayer, leading_layer, traced
 from landscape_cli.engine.problem import Problem, mean_loss
 from landscape_cli.errors import first_line
 
@@ -138,6 +138,17 @@ def _accumulating(norms: dict[str, nn.modules.batchnorm._BatchNorm]) -> Iterator
             m.training, m.momentum = saved[name]
 
 
+@dataclass(frozen=True)
+class _ForwardPlan:
+    """How passes over many θ go through the data (``Passes._forward_plan``)."""
+
+    #: consecutive batches joined (None: each batch alone)
+    groups: list[Group] | None
+    #: the tensors a forward and backward pass of the first batch saves, and of the largest group
+    batch_bytes: int
+    group_bytes: int
+
+
 @dataclass
 class Passes:
     """The passes over a problem's data."""
@@ -147,7 +158,7 @@ class Passes:
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._many_rows: int | None = None  # rows per vmapped forward (MANY_BYTES), measured once
+        self._forwards: _ForwardPlan | None = None  # how passes over many θ go (_forward_plan)
         # vmap over parameter sets computes in float32 under autocast (torch 2.13: a batched
         # weight is not cast), so a mixed precision evaluates many θ one at a time
         self._vmap_many = self.problem.objective.autocast is None
@@ -157,6 +168,7 @@ class Passes:
         self._evaluation_at_theta0: Evaluation | None = None
         self._padded: list[Group] | None = None  # a sharded model's batches, as many as any rank's
         self._leading: LeadingLayer | bool | None = None  # the leading linear layer (False: none)
+        self._static: fx.Graph | bool | None = None  # the model's static graph (False: none)
 
     def _pieces(self, index: int) -> tuple[int, ...]:
         """``sum_over``'s ``pieces``: the term at ``index`` where the model is sharded."""
@@ -387,7 +399,7 @@ class Passes:
             return (weight * losses).double(), hits
 
         with torch.no_grad():
-            losses, hits = self.sum_over(term)
+            losses, hits = self.sum_over(term, self._forward_groups())
         self.cost.forwards += len(thetas) * len(self.problem.own)
         return [self._evaluation(loss, hit) for loss, hit in zip(losses, hits)]
 
@@ -395,10 +407,16 @@ class Passes:
         """The model's leading linear layer (``leading_layer.py``) where all its parameters are
         analysed (the rows' own), found once."""
         if self._leading is None:
-            found = leading_layer(self.problem.objective.model)
+            found = leading_layer(self.problem.objective.model, self._graph())
             analysed = found is not None and set(found.parameters) <= set(self.problem.names)
             self._leading = found if analysed else False
         return self._leading or None
+
+    def _graph(self) -> fx.Graph | None:
+        """The model's forward pass as a static graph (``leading_layer.traced``), traced once."""
+        if self._static is None:
+            self._static = traced(self.problem.objective.model) or False
+        return self._static or None
 
     def _leading_outputs(self, layer: LeadingLayer, ends: torch.Tensor, batch: Any) -> torch.Tensor:
         """The leading layer's output on ``batch`` at each row of ``ends`` (stacked)."""
@@ -411,21 +429,67 @@ class Passes:
     def _vmap_pays(self) -> bool:
         """Whether many θ go through one vmapped forward pass rather than one at a time: on a
         GPU always (one θ rarely fills it), on the CPU where at least ``VMAP_ROWS`` of them fit
-        ``MANY_BYTES``. A forward pass whose activations are larger already fills the cores, and
-        vmap's batched kernels (BatchNorm with each row's own weights, pooling) cost more than
-        the loop saves (``benchmarks/README.md``, issue 32 §4)."""
-        return self.problem.device.type != "cpu" or self._rows_per_forward() >= VMAP_ROWS
+        ``MANY_BYTES`` on a batch as the data gives it. A forward pass whose activations are
+        larger already fills the cores, and vmap's batched kernels (BatchNorm with each row's own
+        weights, pooling) cost more than the loop saves (``benchmarks/README.md``, issue 32 §4)."""
+        return (self.problem.device.type != "cpu"
+                or MANY_BYTES // max(self._forward_plan().batch_bytes, 1) >= VMAP_ROWS)
 
     def _rows_per_forward(self) -> int:
         """Rows of θ per vmapped forward pass: ``MANY_BYTES`` over the tensors one forward and
-        backward pass of the first batch saves (measured once; more than a forward alone holds)."""
-        if self._many_rows is None:
-            theta = self.problem.theta0.detach().clone().requires_grad_(True)
-            saved = SavedBytes()
-            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-                self.problem.mean_batch_loss(theta, self.problem.batch(0))
-            self._many_rows = max(1, MANY_BYTES // max(saved.bytes, 1))
-        return self._many_rows
+        backward pass of the largest group saves (more than a forward alone holds)."""
+        return max(1, MANY_BYTES // max(self._forward_plan().group_bytes, 1))
+
+    def _forward_groups(self) -> list[Group] | None:
+        """The groups a pass over many θ goes through (None: each batch alone)."""
+        return self._forward_plan().groups
+
+    def _forward_plan(self) -> _ForwardPlan:
+        """How passes over many θ go through the data, worked out once: consecutive batches are
+        joined into groups (fewer, larger forward passes: the per-operator cost is paid once per
+        group) of up to ``MANY_BYTES`` of saved tensors where each θ goes alone, a
+        ``VMAP_ROWS``-th of it where they go through vmap together, if the model keeps its
+        statistics (``bn: eval``), its forward pass is one static graph (no control flow on the
+        data that could make another θ's loss depend on the batching), the batches concatenate,
+        and the first group's loss at θ₀ is its batches' weighted sum to √ε (a loss that depends
+        on the batching keeps them)."""
+        if self._forwards is not None:
+            return self._forwards
+        problem, own, weights = self.problem, self.problem.own, self.problem.weights
+        theta = problem.theta0.detach().clone().requires_grad_(True)
+        saved = SavedBytes()
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            problem.mean_batch_loss(theta, problem.batch(own[0] if own else 0))
+        self._forwards = plan = _ForwardPlan(None, saved.bytes, saved.bytes)
+        if (problem.bn != "eval" or problem.shards is not None or problem.streamed or len(own) < 2
+                or not weights[own[0]] > 0 or self._graph() is None
+                or not concatenates([problem.batches[i] for i in own])):
+            return plan
+        per_weight = max(saved.bytes, 1) / weights[own[0]]
+        limit = MANY_BYTES // VMAP_ROWS if self._vmap_pays() else MANY_BYTES
+        runs: list[list[int]] = []
+        for i in own:
+            if runs and (sum(weights[j] for j in runs[-1]) + weights[i]) * per_weight <= limit:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        if len(runs) == len(own) or not self._joined_loss_agrees(runs[0]):
+            return plan
+        groups = [(sum(weights[i] for i in run), run) for run in runs]
+        self._forwards = _ForwardPlan(groups, saved.bytes,
+                                      int(max(weight for weight, _ in groups) * per_weight))
+        return self._forwards
+
+    def _joined_loss_agrees(self, run: list[int]) -> bool:
+        """Whether the batches ``run`` joined give their weighted loss at θ₀ to √ε of its size."""
+        problem, weights = self.problem, self.problem.weights
+        with torch.no_grad():
+            apart = [weights[i] * float(problem.mean_batch_loss(problem.theta0, problem.batch(i)))
+                     for i in run]
+            joined = sum(weights[i] for i in run) * float(
+                problem.mean_batch_loss(problem.theta0, self.batch_of(run)))
+        self.cost.forwards += 2 * len(run)
+        return abs(joined - sum(apart)) <= torch.finfo(problem.dtype).eps ** 0.5 * sum(map(abs, apart))
 
     def recalibrate_bn(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """BatchNorm running statistics recomputed at θ with one no-grad pass: each batch's mean

@@ -189,6 +189,30 @@ def test_quadratic_pac_bayes_sigma_is_the_closed_form():
     assert m.deviation == d and m.target == "loss"
 
 
+def test_pac_bayes_search_starts_from_the_trace_and_spends_few_full_estimates(monkeypatch):
+    """Issue 32 §3: with the suite's trace, the searches start where the quadratic model reaches
+    d (σ₀ = √(2d/tr A)), bracket σ on the first quarter of the pairs, and then need about three
+    estimates on all of them (one near the crossing, one either side), where the search on all
+    pairs from --sigma alone took six. The closed form holds all the same."""
+    from landscape_cli.engine.passes import Passes
+
+    lam = torch.linspace(0.5, 1.5, 200).double()
+    engine = quadratic_engine(symmetric_with_spectrum(lam, seed=1), star(200, seed=2))
+    rows, evaluate_many = [], Passes.evaluate_many
+    monkeypatch.setattr(Passes, "evaluate_many",
+                        lambda self, thetas, *a, **k: rows.append(len(thetas)) or evaluate_many(
+                            self, thetas, *a, **k))
+    d, samples = 0.1, 256
+    options = SharpnessOptions(measures=("trace_per_param", "pac_bayes_sigma"), samples=samples,
+                               pac_bayes_deviation=d)
+    m = sharpness(engine, options).measures["pac_bayes_sigma"]
+    assert m.value == pytest.approx(math.sqrt(2 * d / float(lam.sum())), rel=0.01)
+    full = [r for r in rows if r == samples]
+    assert 2 <= len(full) <= 6  # both searches: about three on all pairs each
+    assert all(r == samples // 4 for r in rows if r != samples)  # the pilots: a quarter
+    assert sum(rows) <= 9 * samples  # 2 searches × 6 estimates on all pairs cost 12
+
+
 def test_noise_consistency_alone_reports_what_it_is_computed_from(tmp_path, cli):
     eigenvalues = [4.0, 2.0, 1.0, 0.5]
     config = write_quadratic_config(tmp_path, eigenvalues, gradient_scale=0.0)

@@ -9,7 +9,7 @@ import torch
 from helpers.samples import CNN_CKPT, MLP_CKPT, MODELS, digits, loaded
 from torch import nn
 
-from landscape_cli.engine.leading_layer import leading_layer
+from landscape_cli.engine.leading_layer import leading_layer, traced
 from landscape_cli.engine.passes import Passes
 from landscape_cli.engine.problem import build_problem, criterion_loss
 from landscape_cli.loading.data import Batches
@@ -71,14 +71,17 @@ class Branching(nn.Module):
 def test_the_leading_layer_is_found_through_shape_operations_and_nowhere_it_is_unsafe():
     make = {name: resolve(f"{MODELS}:{name}", "model.factory", "model") for name in
             ("make_mlp", "make_cnn", "make_char_transformer")}
-    mlp, cnn = leading_layer(make["make_mlp"]()), leading_layer(make["make_cnn"]())
+    def found(model):
+        return leading_layer(model, traced(model))
+
+    mlp, cnn = found(make["make_mlp"]()), found(make["make_cnn"]())
     assert (mlp.path, mlp.parameters) == ("0", ("0.weight", "0.bias"))
     # the CNN reshapes its (N, 64) input to images first: a function of the input alone
     assert (cnn.path, cnn.parameters) == ("features.0.0", ("features.0.0.weight",))
-    assert leading_layer(make["make_char_transformer"](20)) is None  # an Embedding first
-    for model in (Scaled(), Twice(), Branching()):
-        assert leading_layer(model) is None, type(model).__name__
-    assert leading_layer(Tied()) is None
+    assert found(make["make_char_transformer"](20)) is None  # an Embedding first
+    for model in (Scaled(), Twice(), Branching(), Tied()):
+        assert found(model) is None, type(model).__name__
+    assert traced(Branching()) is None
 
 
 def _plane(problem, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,15 +102,16 @@ def test_a_plane_through_the_leading_layer_has_the_losses_of_a_direct_forward_pa
     passes = Passes(problem)
     layer = passes._leading_layer()
     assert layer is not None
+    groups = passes._forward_groups() or [(w, [i]) for i, w in enumerate(problem.weights)]
     kind, calls = type(layer.module), []
     computed = kind.forward
     monkeypatch.setattr(kind, "forward",
                         lambda self, x: calls.append(self is layer.module) or computed(self, x))
     mixed = passes.evaluate_many(weights @ ends, mixing=(weights, ends))
     monkeypatch.undo()
-    # the layer computed its output once per end and batch (the outputs the rows mix), not once
-    # per point; and once in the pass that measures the rows a vmapped forward holds
-    assert sum(calls) == len(ends) * len(problem.batches) + 1
+    # the layer computed its output once per end and group of batches (the outputs the rows
+    # mix), not once per point
+    assert sum(calls) == len(ends) * len(groups)
     direct = Passes(problem).evaluate_many(weights @ ends)
     assert len({round(e.loss, 9) for e in direct}) == len(weights)  # distinct points
     for got, want in zip(mixed, direct):

@@ -325,3 +325,24 @@ def test_loss_at_theta0_has_one_home_the_first_pass_that_computed_it():
     fresh = Passes(problem)
     known = type(evaluated)(1.5, 0.25)
     assert fresh.at_theta0(known) == known and fresh.cost.forwards == 0
+
+
+@BOTH
+def test_passes_over_many_theta_join_batches_where_the_loss_is_their_weighted_sum(sample):
+    """Issue 32 §4: fewer, larger forward passes (the per-operator cost paid once per group), the
+    same numbers; never where the loss could depend on the batching."""
+    problem, sizes = sample_problem(sample)
+    passes = Passes(problem)
+    groups = passes._forward_groups()
+    assert groups is not None and len(groups) < len(sizes)
+    assert [i for _, run in groups for i in run] == list(range(len(sizes)))  # in order, each once
+    assert sum(w for w, _ in groups) == pytest.approx(1.0, rel=1e-12)
+    thetas = torch.stack([random_theta(problem, seed=20 + i) for i in range(3)])
+    assert_many_equals_loop(passes, thetas)
+    branchy = build_problem(Branchy("if").double(), criterion_loss(nn.CrossEntropyLoss()),
+                            Batches(pieces([64, 64, 22]), [64, 64, 22]), device=torch.device("cpu"),
+                            dtype=F64)
+    assert Passes(branchy)._forward_groups() is None  # control flow on the data: no static graph
+    if sample == "cnn_bn":
+        stats = loaded(*SAMPLES[sample][:2], *SAMPLES[sample][2], "bn=train-stats").problem
+        assert Passes(stats)._forward_groups() is None  # batch statistics: joining changes L

@@ -54,18 +54,31 @@ _LEADING = ("issue 32 §4: the leading linear layer's output along a path or pla
             "sum of its outputs at the ends, so the losses differ from a direct forward pass by "
             "float32 rounding alone")
 _ONE_AT_A_TIME = ("issue 32 §4: on the CPU, a model whose forward pass fills the cores evaluates its "
-                  "points one at a time (vmap's batched BatchNorm cost more than it saved), so the "
-                  "losses differ from the vmapped ones by float32 rounding alone")
-#: run → ({dotted key under ``results`` → why it is rounded differently now}, relative tolerance):
-#: the same numbers, to the rounding of a computation done in another order
-ROUNDED_ON_PURPOSE: dict[str, tuple[dict[str, str], float]] = {
-    "interpolate_align": (_each(("barrier", "barrier_mid_ends", "barrier_unaligned", "points"),
-                                _LEADING), 1e-5),
-    "interpolate_line": (_each(("barrier", "barrier_mid_ends", "points"), _LEADING), 1e-5),
-    "interpolate_cnn_recalibrate": (_each(("loss_a", "loss_b", "points"), _ONE_AT_A_TIME), 1e-5),
-    "sharpness_cnn": (_each(("measures.average_case",), _ONE_AT_A_TIME), 1e-5),
-    **{name: (_each(("plane",), _LEADING), 1e-5)
-       for name in ("interpolate_plane", "interpolate_random_plane")},
+                  "points one at a time (vmap's batched BatchNorm cost more than it saved), and "
+                  "the batches go through in larger groups, so the losses differ from the vmapped "
+                  "ones by float32 rounding alone")
+_GROUPS = ("issue 32 §4: passes over many weight vectors go through the batches joined into larger "
+           "groups, so the Monte Carlo losses differ by float32 rounding alone")
+_PAC_BAYES = ("issue 32 §3: the PAC-Bayes search brackets σ on a quarter of the pairs first, then on "
+              "all of them from there: the same σ within the search's tolerance (1%)")
+def _within(keys: tuple[str, ...], why: str, rtol: float = 1e-5) -> dict[str, tuple[str, float]]:
+    return dict.fromkeys(keys, (why, rtol))
+
+
+#: run → {dotted key under ``results`` → (why it is computed differently now, the relative
+#: tolerance it is compared to)}: the same numbers, to the rounding of another order of
+#: operations, or to a search's stated tolerance
+ROUNDED_ON_PURPOSE: dict[str, dict[str, tuple[str, float]]] = {
+    "interpolate_align": _within(("barrier", "barrier_mid_ends", "barrier_unaligned", "points",
+                                  "loss_a", "loss_b"), _LEADING),
+    "interpolate_line": _within(("barrier", "barrier_mid_ends", "points", "loss_a", "loss_b"),
+                                _LEADING),
+    "interpolate_cnn_recalibrate": _within(("loss_a", "loss_b", "points"), _ONE_AT_A_TIME),
+    "sharpness_cnn": _within(("measures.average_case",), _ONE_AT_A_TIME),
+    "sharpness_mlp": {**_within(("measures.average_case", "measures.average_case_adaptive",
+                                 "measures.noise_consistency"), _GROUPS),
+                      **_within(("measures.pac_bayes_sigma",), _PAC_BAYES, 2e-2)},
+    **{name: _within(("plane",), _LEADING) for name in ("interpolate_plane", "interpolate_random_plane")},
 }
 
 
@@ -109,8 +122,7 @@ def test_results_are_byte_identical_to_the_saved_ones(name):
     for key in CHANGED_ON_PURPOSE.get(name, {}):
         _drop(saved, key)
         _drop(now, key)
-    rounded, rtol = ROUNDED_ON_PURPOSE.get(name, ({}, 0.0))
-    for key in rounded:
+    for key, (_, rtol) in ROUNDED_ON_PURPOSE.get(name, {}).items():
         _close(_pick(saved, key), _pick(now, key), rtol, key)
         _drop(saved, key)
         _drop(now, key)
