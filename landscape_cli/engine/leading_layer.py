@@ -10,6 +10,7 @@ its parameters; a model that fx cannot trace has none (and is evaluated as befor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,14 @@ class LeadingLayer:
     module: nn.Module
     #: the parameters' names in the model (``path.weight``, ``path.bias``), in the module's order
     parameters: tuple[str, ...]
+
+    @property
+    def fan_in(self) -> int:
+        """Multiply-adds per output element: what a weighted sum of m outputs (m per element)
+        saves against."""
+        if isinstance(self.module, nn.Linear):
+            return self.module.in_features
+        return self.module.in_channels // self.module.groups * math.prod(self.module.kernel_size)
 
     def inputs(self, forward: Callable[[], Any]) -> torch.Tensor:
         """The layer's input in the forward pass ``forward`` (stopped there)."""

@@ -34,6 +34,10 @@ Term = Callable[[float, Any], Sequence[torch.Tensor]]
 MANY_BYTES = 32 << 20
 #: on the CPU, many θ go through vmap only where this many rows fit ``MANY_BYTES`` (``_vmap_pays``)
 VMAP_ROWS = 16
+#: the leading layer's output is mixed from the ends' where it costs at least this many times
+#: the m multiply-adds per element of a weighted sum of m (memory-bound): a convolution from one
+#: channel computes its output faster than the sum reads m of them (``benchmarks/README.md``)
+MIXED_FAN_IN = 16
 #: the key under which ``_many`` hands each row its mixing weights, beside its buffers
 _MIXING = "\0mixing"
 
@@ -340,7 +344,8 @@ class Passes:
         each buffer, row i's own (interpolated or recalibrated statistics). ``mixing``: (W, E)
         with ``thetas`` = W·E, the rows weighted sums of a few weight vectors E (m×n): where they
         are fewer than the rows, the model's leading linear layer computes its output once per
-        batch for each of them, and each row takes their weighted sum (``leading_layer.py``)."""
+        batch for each of them, and each row takes their weighted sum (``leading_layer.py``),
+        if that layer's fan-in is at least ``MIXED_FAN_IN`` times m."""
         thetas = thetas.to(device=self.problem.device, dtype=self.problem.dtype)
         if mixing is not None:
             mixing = tuple(t.to(thetas) for t in mixing)
@@ -361,7 +366,11 @@ class Passes:
         extra = {"model." + name: value for name, value in (buffers or {}).items()}
         shared = {} if per_row else extra
         rows_of = extra if per_row else {}
-        layer = self._leading_layer() if mixing is not None and len(mixing[1]) < len(thetas) else None
+        layer = None
+        if mixing is not None and len(mixing[1]) < len(thetas):
+            layer = self._leading_layer()
+            if layer is not None and layer.fan_in < MIXED_FAN_IN * len(mixing[1]):
+                layer = None
         if layer is not None:
             rows_of = {**rows_of, _MIXING: mixing[0]}
 
