@@ -529,7 +529,11 @@ def test_an_interrupted_plane_has_null_where_it_did_not_reach(monkeypatch):
     doc, _ = _run_interpolate([A], plane=True, grid="-1:1:3")
     assert doc["status"] == "interrupted"
     loss, full = doc["results"]["plane"]["loss"], whole["results"]["plane"]["loss"]
-    assert loss == [full[0], [full[1][0], None, None], [None, None, None]]
+    # one point per call leaves no plane to mix the leading layer's outputs over (the whole run
+    # mixes them): the same losses to rounding
+    assert [[v is None for v in row] for row in loss] == [[False] * 3, [False, True, True], [True] * 3]
+    assert loss[0] == pytest.approx(full[0], rel=1e-12)
+    assert loss[1][0] == pytest.approx(full[1][0], rel=1e-12)
     assert "interrupted: 4 of 9 points evaluated" in doc["warnings"]
 
 

@@ -111,7 +111,8 @@ class Recording(nn.Module):
 
     def forward(self, x):
         hidden = self.first(x)
-        self.dtypes.append(hidden.dtype)
+        if not isinstance(hidden, torch.fx.Proxy):  # torch.fx traces the forward once (passes)
+            self.dtypes.append(hidden.dtype)
         return self.second(torch.tanh(hidden))
 
 
