@@ -23,14 +23,6 @@ from torch import fx, nn
 LINEAR_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class _Captured(Exception):
-    """Stops a forward pass once the leading layer's input is known."""
-
-    def __init__(self, inputs: torch.Tensor):
-        super().__init__()
-        self.inputs = inputs
-
-
 @dataclass(frozen=True)
 class LeadingLayer:
     """The model's leading linear layer: its module path and the parameters it owns."""
@@ -48,20 +40,17 @@ class LeadingLayer:
             return self.module.in_features
         return self.module.in_channels // self.module.groups * math.prod(self.module.kernel_size)
 
-    def inputs(self, forward: Callable[[], Any]) -> torch.Tensor:
-        """The layer's input in the forward pass ``forward`` (stopped there)."""
-
-        def capture(module: nn.Module, args: tuple) -> None:
-            raise _Captured(args[0])
-
-        handle = self.module.register_forward_pre_hook(capture)
+    def inputs(self, forward: Callable[[], Any]) -> torch.Tensor | None:
+        """The layer's input in the forward pass ``forward``, or None where the pass calls it
+        other than once (a loss that runs the model on two inputs: one replaced output would
+        stand for both)."""
+        seen: list[torch.Tensor] = []
+        handle = self.module.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
         try:
             forward()
-        except _Captured as found:
-            return found.inputs
         finally:
             handle.remove()
-        raise RuntimeError(f"the leading layer {self.path!r} was not called")
+        return seen[0] if len(seen) == 1 else None
 
     def outputs(self, inputs: torch.Tensor, weights: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """The layer's output at each set of its parameters (by local name), stacked."""

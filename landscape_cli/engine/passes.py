@@ -383,7 +383,7 @@ class Passes:
             def forward() -> Any:
                 return torch.func.functional_call(self.problem.objective, state, (batch,))
 
-            if mixed is None:
+            if mixed is None or leading is None:
                 return self._loss_and_hits(forward, batch)
             with layer.replaced(lambda: torch.tensordot(mixed, leading, dims=1)):
                 return self._loss_and_hits(forward, batch)
@@ -414,11 +414,11 @@ class Passes:
 
     def _leading_layer(self) -> LeadingLayer | None:
         """The model's leading linear layer (``leading_layer.py``) where all its parameters are
-        analysed (the rows' own), found once."""
+        analysed (the rows' own) and no autocast chooses its output's dtype, found once."""
         if self._leading is None:
             found = leading_layer(self.problem.objective.model, self._graph())
             analysed = found is not None and set(found.parameters) <= set(self.problem.names)
-            self._leading = found if analysed else False
+            self._leading = found if analysed and self.problem.objective.autocast is None else False
         return self._leading or None
 
     def _graph(self) -> fx.Graph | None:
@@ -427,10 +427,14 @@ class Passes:
             self._static = traced(self.problem.objective.model) or False
         return self._static or None
 
-    def _leading_outputs(self, layer: LeadingLayer, ends: torch.Tensor, batch: Any) -> torch.Tensor:
-        """The leading layer's output on ``batch`` at each row of ``ends`` (stacked)."""
+    def _leading_outputs(self, layer: LeadingLayer, ends: torch.Tensor, batch: Any
+                         ) -> torch.Tensor | None:
+        """The leading layer's output on ``batch`` at each row of ``ends`` (stacked); None where
+        the objective does not call it once on the batch."""
         state = self.problem.unflatten(ends[0])
         inputs = layer.inputs(lambda: torch.func.functional_call(self.problem.objective, state, (batch,)))
+        if inputs is None:
+            return None
         local = len(layer.path) + 1
         return layer.outputs(inputs, [{name[local:]: self.problem.unflatten(end, prefix="")[name]
                                        for name in layer.parameters} for end in ends])

@@ -110,12 +110,12 @@ def test_a_plane_through_the_leading_layer_has_the_losses_of_a_direct_forward_pa
     mixed = passes.evaluate_many(weights @ ends, mixing=(weights, ends))
     monkeypatch.undo()
     # the layer computed its output once per end and group of batches (the outputs the rows
-    # mix), not once per point, where that saves work: the MLP's Linear has a fan-in of 64, the
-    # CNN's first convolution, from one channel, 9 (a weighted sum of 3 outputs costs about as
-    # much: MIXED_FAN_IN)
+    # mix; and once in the pass that finds its input), not once per point, where that saves
+    # work: the MLP's Linear has a fan-in of 64, the CNN's first convolution, from one channel,
+    # 9 (a weighted sum of 3 outputs costs about as much: MIXED_FAN_IN)
     mixes = layer.fan_in >= MIXED_FAN_IN * len(ends)
     assert mixes == (config == "mlp.yaml")
-    assert sum(calls) == (len(ends) if mixes else len(weights)) * len(groups)
+    assert sum(calls) == (len(ends) + 1 if mixes else len(weights)) * len(groups)
     direct = Passes(problem).evaluate_many(weights @ ends)
     assert len({round(e.loss, 9) for e in direct}) == len(weights)  # distinct points
     for got, want in zip(mixed, direct):
@@ -138,3 +138,28 @@ def test_a_leading_layer_that_is_not_analysed_is_computed_as_before():
     mixed = passes.evaluate_many(weights @ ends, mixing=(weights, ends))
     direct = Passes(problem).evaluate_many(weights @ ends)
     assert [e.loss for e in mixed] == [e.loss for e in direct]
+
+
+def test_a_loss_that_runs_the_model_twice_is_evaluated_directly():
+    """A loss calling the model on two inputs (here the images and their mirror) calls the
+    leading layer twice per pass: one mixed output cannot stand for both, so the points are
+    computed as before, and the losses are a direct forward pass's."""
+    x, y = digits(200)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10)).double()
+
+    def two_views(m, batch):
+        inputs, targets = batch
+        return 0.5 * (nn.functional.cross_entropy(m(inputs), targets)
+                      + nn.functional.cross_entropy(m(inputs.flip(1)), targets))
+
+    problem = build_problem(model, two_views, Batches([(x[:128], y[:128]), (x[128:], y[128:])],
+                                                      [128, 72]),
+                            device=torch.device("cpu"), dtype=F64)
+    weights, ends = _plane(problem, seed=2)
+    passes = Passes(problem)
+    assert passes._leading_layer() is not None  # the model has one; the loss decides
+    mixed = passes.evaluate_many(weights @ ends, mixing=(weights, ends))
+    direct = Passes(problem).evaluate_many(weights @ ends)
+    assert [e.loss for e in mixed] == pytest.approx([e.loss for e in direct], rel=1e-12)
+    assert len({round(e.loss, 9) for e in direct}) == len(weights)
