@@ -31,9 +31,9 @@ Group = tuple[float, list[int]]
 #: a pass's term for one group: its (already weighted) contributions to each sum
 Term = Callable[[float, Any], Sequence[torch.Tensor]]
 #: rows of θ that go through one vmapped forward pass: about this many bytes of activations
-MANY_BYTES = 32 << 20
+MANY_BYTES = 64 << 20
 #: on the CPU, many θ go through vmap only where this many rows fit ``MANY_BYTES`` (``_vmap_pays``)
-VMAP_ROWS = 16
+VMAP_ROWS = 32
 #: the leading layer's output is mixed from the ends' where it costs at least this many times
 #: the m multiply-adds per element of a weighted sum of m (memory-bound): a convolution from one
 #: channel computes its output faster than the sum reads m of them (``benchmarks/README.md``)
