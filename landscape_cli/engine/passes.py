@@ -414,11 +414,14 @@ class Passes:
 
     def _leading_layer(self) -> LeadingLayer | None:
         """The model's leading linear layer (``leading_layer.py``) where all its parameters are
-        analysed (the rows' own) and no autocast chooses its output's dtype, found once."""
+        analysed (the rows' own), no autocast chooses its output's dtype and the model is not
+        sharded (its weights are gathered by FSDP2's hooks), found once."""
         if self._leading is None:
-            found = leading_layer(self.problem.objective.model, self._graph())
-            analysed = found is not None and set(found.parameters) <= set(self.problem.names)
-            self._leading = found if analysed and self.problem.objective.autocast is None else False
+            problem = self.problem
+            plain = problem.objective.autocast is None and problem.shards is None
+            found = leading_layer(problem.objective.model, self._graph()) if plain else None
+            analysed = found is not None and set(found.parameters) <= set(problem.names)
+            self._leading = found if analysed else False
         return self._leading or None
 
     def _graph(self) -> fx.Graph | None:
