@@ -115,7 +115,7 @@ def bench(name: str, dtype: str, tops: list[int], tol: float, repeats: int, bloc
             seconds = median_time(lambda block=block: engine.hvp(block), repeats)
             ratios.append(f"b={b}: {seconds / (b * product):.2f}")
         print("batched product per vector ÷ one product: " + ", ".join(ratios))
-    print("| top | seed | wall | limit | ratio | HVPs (steps + checks) | graph | float32 products "
+    print(f"| top | seed | wall | limit | ratio | HVPs (steps + checks) | graph | {dtype} products "
           "| float64 check | arithmetic | with the progress bar |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for top in tops:
