@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-#: the layers linear in their weights whose output replaces cheaply
+#: the layers linear in their weights whose output replaces cheaply, by exact type: a subclass
+#: may add weights its output is not linear in (a weight-normalised or LoRA Linear)
 LINEAR_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -84,7 +85,7 @@ def leading_layer(model: nn.Module, graph: fx.Graph | None) -> LeadingLayer | No
     modules = dict(model.named_modules())
     calls = [n for n in graph.nodes if n.op == "call_module"]
     first = next((n for n in calls if _stateful(modules[n.target])), None)
-    if first is None or not isinstance(modules[first.target], LINEAR_LAYERS):
+    if first is None or type(modules[first.target]) not in LINEAR_LAYERS:
         return None
     module = modules[first.target]
     if (sum(n.target == first.target for n in calls) != 1 or len(first.args) != 1 or first.kwargs

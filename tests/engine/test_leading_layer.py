@@ -79,7 +79,10 @@ def test_the_leading_layer_is_found_through_shape_operations_and_nowhere_it_is_u
     # the CNN reshapes its (N, 64) input to images first: a function of the input alone
     assert (cnn.path, cnn.parameters) == ("features.0.0", ("features.0.0.weight",))
     assert found(make["make_char_transformer"](20)) is None  # an Embedding first
-    for model in (Scaled(), Twice(), Branching(), Tied()):
+    # weight normalisation makes the first Linear's weight g·v/‖v‖, not linear in (g, v); fx sees
+    # the parametrized Linear as one layer, a subclass of nn.Linear
+    normalised = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(64, 10)), nn.Tanh())
+    for model in (Scaled(), Twice(), Branching(), Tied(), normalised):
         assert found(model) is None, type(model).__name__
     assert traced(Branching()) is None
 
