@@ -404,6 +404,9 @@ class _Measurer:
 
             return f
 
+        pairs = (o.samples + 1) // 2
+        pilot = max(PILOT_PAIRS, pairs // PILOT_SHARE)
+
         def search(perturbed: Callable[[float, int], tuple[torch.Tensor, torch.Tensor]],
                    start: float) -> Bisection:
             """The bracket on all the pairs, from one on their first ``pilot`` (the same z:
@@ -418,8 +421,6 @@ class _Measurer:
                                   o.pac_bayes_deviation, start=start, rtol=o.pac_bayes_rtol,
                                   slope=slope)
 
-        pairs = (o.samples + 1) // 2
-        pilot = max(PILOT_PAIRS, pairs // PILOT_SHARE)
         plain_start, magnitude_start = self._pac_bayes_starts()
         plain = search(lambda sigma, count: self._perturbed("pac_bayes_sigma", 1.0, count)(sigma),
                        plain_start)

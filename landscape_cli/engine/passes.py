@@ -32,14 +32,12 @@ Group = tuple[float, list[int]]
 Term = Callable[[float, Any], Sequence[torch.Tensor]]
 #: rows of θ that go through one vmapped forward pass: about this many bytes of activations
 MANY_BYTES = 64 << 20
-#: on the CPU, many θ go through vmap only where this many rows fit ``MANY_BYTES`` (``_vmap_pays``)
+#: on the CPU, many θ go through vmap only where this many rows fit ``MANY_BYTES`` (``_forward_plan``)
 VMAP_ROWS = 32
 #: the leading layer's output is mixed from the ends' where it costs at least this many times
 #: the m multiply-adds per element of a weighted sum of m (memory-bound): a convolution from one
 #: channel computes its output faster than the sum reads m of them (``benchmarks/README.md``)
 MIXED_FAN_IN = 16
-#: the key under which ``_many`` hands each row its mixing weights, beside its buffers
-_MIXING = "\0mixing"
 
 
 @dataclass(frozen=True)
@@ -148,8 +146,9 @@ class _ForwardPlan:
 
     #: consecutive batches joined (None: each batch alone)
     groups: list[Group] | None
-    #: the tensors a forward and backward pass of the first batch saves, and of the largest group
-    batch_bytes: int
+    #: whether many θ go through one vmapped forward pass rather than one at a time
+    vectorized: bool
+    #: the tensors a forward and backward pass of the largest group saves
     group_bytes: int
 
 
@@ -349,7 +348,7 @@ class Passes:
         thetas = thetas.to(device=self.problem.device, dtype=self.problem.dtype)
         if mixing is not None:
             mixing = tuple(t.to(thetas) for t in mixing)
-        if self._vmap_many and self._vmap_pays():
+        if self._vmap_many and self._forward_plan().vectorized:
             try:
                 return self._many(thetas, buffers, buffers_per_row, mixing, vectorized=True)
             except RuntimeError as exc:
@@ -371,13 +370,10 @@ class Passes:
             layer = self._leading_layer()
             if layer is not None and layer.fan_in < MIXED_FAN_IN * len(mixing[1]):
                 layer = None
-        if layer is not None:
-            rows_of = {**rows_of, _MIXING: mixing[0]}
+        weights = None if layer is None else mixing[0]
 
-        def one(theta: torch.Tensor, own: dict[str, torch.Tensor], batch: Any, leading: Any = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-            own = dict(own)
-            mixed = own.pop(_MIXING, None)
+        def one(theta: torch.Tensor, own: dict[str, torch.Tensor], mixed: torch.Tensor | None,
+                batch: Any, leading: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
             state = {**self.problem.unflatten(theta), **shared, **own}
 
             def forward() -> Any:
@@ -397,11 +393,14 @@ class Passes:
         def term(weight: float, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             leading = None if layer is None else self._leading_outputs(layer, mixing[1], batch)
             if vectorized:
-                parts = [torch.func.vmap(one, in_dims=(0, 0, None, None))(
-                    thetas[i:i + rows], {k: v[i:i + rows] for k, v in rows_of.items()}, batch, leading)
+                mixed_in = None if weights is None else 0
+                parts = [torch.func.vmap(one, in_dims=(0, 0, mixed_in, None, None))(
+                    thetas[i:i + rows], {k: v[i:i + rows] for k, v in rows_of.items()},
+                    None if weights is None else weights[i:i + rows], batch, leading)
                     for i in starts]
             else:
-                parts = [tuple(t.unsqueeze(0) for t in one(thetas[i], own(i), batch, leading))
+                parts = [tuple(t.unsqueeze(0) for t in one(
+                    thetas[i], own(i), None if weights is None else weights[i], batch, leading))
                          for i in range(len(thetas))]
             losses = torch.cat([loss for loss, _ in parts])
             hits = torch.cat([h for _, h in parts])
@@ -442,15 +441,6 @@ class Passes:
         return layer.outputs(inputs, [{name[local:]: self.problem.unflatten(end, prefix="")[name]
                                        for name in layer.parameters} for end in ends])
 
-    def _vmap_pays(self) -> bool:
-        """Whether many θ go through one vmapped forward pass rather than one at a time: on a
-        GPU always (one θ rarely fills it), on the CPU where at least ``VMAP_ROWS`` of them fit
-        ``MANY_BYTES`` on a batch as the data gives it. A forward pass whose activations are
-        larger already fills the cores, and vmap's batched kernels (BatchNorm with each row's own
-        weights, pooling) cost more than the loop saves (``benchmarks/README.md``, issue 32 §4)."""
-        return (self.problem.device.type != "cpu"
-                or MANY_BYTES // max(self._forward_plan().batch_bytes, 1) >= VMAP_ROWS)
-
     def _rows_per_forward(self) -> int:
         """Rows of θ per vmapped forward pass: ``MANY_BYTES`` over the tensors one forward and
         backward pass of the largest group saves (more than a forward alone holds)."""
@@ -461,14 +451,19 @@ class Passes:
         return self._forward_plan().groups
 
     def _forward_plan(self) -> _ForwardPlan:
-        """How passes over many θ go through the data, worked out once: consecutive batches are
-        joined into groups (fewer, larger forward passes: the per-operator cost is paid once per
-        group) of up to ``MANY_BYTES`` of saved tensors where each θ goes alone, a
-        ``VMAP_ROWS``-th of it where they go through vmap together, if the model keeps its
-        statistics (``bn: eval``), its forward pass is one static graph (no control flow on the
-        data that could make another θ's loss depend on the batching), the batches concatenate,
-        and the first group's loss at θ₀ is its batches' weighted sum to √ε (a loss that depends
-        on the batching keeps them)."""
+        """How passes over many θ go through the data, worked out once.
+
+        Vectorized (vmap over θ): on a GPU always (one θ rarely fills it), on the CPU where at
+        least ``VMAP_ROWS`` of them fit ``MANY_BYTES`` on the first batch. A forward pass whose
+        activations are larger already fills the cores, and vmap's batched kernels (BatchNorm
+        with each row's own weights, pooling) cost more than the loop saves (issue 32 §4).
+        Consecutive batches are joined into groups (fewer, larger forward passes: the
+        per-operator cost is paid once per group) of up to ``MANY_BYTES`` of saved tensors where
+        each θ goes alone, a ``VMAP_ROWS``-th of it where they go together, if the model keeps
+        its statistics (``bn: eval``), its forward pass is one static graph (no control flow on
+        the data that could make another θ's loss depend on the batching), the batches
+        concatenate, and the first group's loss at θ₀ is its batches' weighted sum to √ε (a loss
+        that depends on the batching keeps them)."""
         if self._forwards is not None:
             return self._forwards
         problem, own, weights = self.problem, self.problem.own, self.problem.weights
@@ -476,23 +471,28 @@ class Passes:
         saved = SavedBytes()
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
             problem.mean_batch_loss(theta, problem.batch(own[0] if own else 0))
-        self._forwards = plan = _ForwardPlan(None, saved.bytes, saved.bytes)
+        vectorized = (problem.device.type != "cpu"
+                      or MANY_BYTES // max(saved.bytes, 1) >= VMAP_ROWS)
+        self._forwards = _ForwardPlan(None, vectorized, saved.bytes)
         if (problem.bn != "eval" or problem.shards is not None or problem.streamed or len(own) < 2
                 or not weights[own[0]] > 0 or self._graph() is None
                 or not concatenates([problem.batches[i] for i in own])):
-            return plan
+            return self._forwards
         per_weight = max(saved.bytes, 1) / weights[own[0]]
-        limit = MANY_BYTES // VMAP_ROWS if self._vmap_pays() else MANY_BYTES
+        limit = MANY_BYTES // VMAP_ROWS if vectorized else MANY_BYTES
         runs: list[list[int]] = []
+        run_weight = 0.0
         for i in own:
-            if runs and (sum(weights[j] for j in runs[-1]) + weights[i]) * per_weight <= limit:
+            if runs and (run_weight + weights[i]) * per_weight <= limit:
                 runs[-1].append(i)
+                run_weight += weights[i]
             else:
                 runs.append([i])
+                run_weight = weights[i]
         if len(runs) == len(own) or not self._joined_loss_agrees(runs[0]):
-            return plan
+            return self._forwards
         groups = [(sum(weights[i] for i in run), run) for run in runs]
-        self._forwards = _ForwardPlan(groups, saved.bytes,
+        self._forwards = _ForwardPlan(groups, vectorized,
                                       int(max(weight for weight, _ in groups) * per_weight))
         return self._forwards
 
