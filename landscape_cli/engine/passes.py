@@ -99,6 +99,22 @@ class SavedBytes:
         return tensor
 
 
+def consecutive_runs(indices: Sequence[int], weights: Sequence[float], bytes_per_weight: float,
+                     limit: float) -> list[list[int]]:
+    """``indices`` cut into runs of consecutive batches whose weights, times
+    ``bytes_per_weight``, add up to at most ``limit`` (a batch over it alone)."""
+    runs: list[list[int]] = []
+    run_weight = 0.0
+    for i in indices:
+        if runs and (run_weight + weights[i]) * bytes_per_weight <= limit:
+            runs[-1].append(i)
+            run_weight += weights[i]
+        else:
+            runs.append([i])
+            run_weight = weights[i]
+    return runs
+
+
 @contextmanager
 def _first_output(model: nn.Module) -> Iterator[list[Any]]:
     """The model's output in its first call inside the block: what the loss computed its value
@@ -480,15 +496,7 @@ class Passes:
             return self._forwards
         per_weight = max(saved.bytes, 1) / weights[own[0]]
         limit = MANY_BYTES // VMAP_ROWS if vectorized else MANY_BYTES
-        runs: list[list[int]] = []
-        run_weight = 0.0
-        for i in own:
-            if runs and (run_weight + weights[i]) * per_weight <= limit:
-                runs[-1].append(i)
-                run_weight += weights[i]
-            else:
-                runs.append([i])
-                run_weight = weights[i]
+        runs = consecutive_runs(own, weights, per_weight, limit)
         if len(runs) == len(own) or not self._joined_loss_agrees(runs[0]):
             return self._forwards
         groups = [(sum(weights[i] for i in run), run) for run in runs]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from landscape_cli.data_batches import concatenates
-from landscape_cli.engine.passes import Group, Passes, SavedBytes
+from landscape_cli.engine.passes import Group, Passes, SavedBytes, consecutive_runs
 from landscape_cli.engine.problem import Problem
 from landscape_cli.names import CACHED, FD, STREAM
 
@@ -236,15 +236,7 @@ def join_batches(problem: Problem, passes: Passes, memory_budget: int) -> tuple[
         reference.add(*weighted_terms(problem, theta, weights[first], batch_of([first]), True))
     bytes_per_weight = max(saved.bytes, 1) / weights[first]
     limit = min(GROUP_BYTES, memory_budget // 4)  # an HVP's working set: a few groups
-    runs: list[list[int]] = []
-    run_weight = 0.0
-    for i in own:
-        if runs and (run_weight + weights[i]) * bytes_per_weight <= limit:
-            runs[-1].append(i)
-            run_weight += weights[i]
-        else:
-            runs.append([i])
-            run_weight = weights[i]
+    runs = consecutive_runs(own, weights, bytes_per_weight, limit)
     apart = per_batch, int(max(weights[i] for i in own) * bytes_per_weight)
     if len(runs) == len(per_batch) or not all(concatenates([problem.batches[i] for i in run])
                                               for run in runs):
