@@ -81,22 +81,34 @@ def _added(total: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 
 class SavedBytes:
-    """Saved-tensor hooks that add up the distinct storages autograd keeps for backward."""
+    """Saved-tensor hooks that add up the distinct tensors autograd keeps for backward, each by
+    the bytes its elements span in memory: a batch sliced from the whole dataset counts its
+    own rows, not the dataset's storage (which the pass does not allocate), and an expanded
+    tensor the storage it reads, not its virtual size."""
 
     def __init__(self) -> None:
         self.bytes = 0
-        self._seen: set[int] = set()
+        self._seen: set[tuple[int, int]] = set()
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in self._seen:
-            self._seen.add(storage.data_ptr())
-            self.bytes += storage.nbytes()
+        span = spanned_bytes(tensor)
+        if (tensor.data_ptr(), span) not in self._seen:
+            self._seen.add((tensor.data_ptr(), span))
+            self.bytes += span
         return tensor
 
     @staticmethod
     def unpack(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
+
+
+def spanned_bytes(tensor: torch.Tensor) -> int:
+    """The bytes from a tensor's first element to its last (1 + Σ (size − 1)·|stride| elements),
+    at most its storage's."""
+    if tensor.numel() == 0:
+        return 0
+    elements = 1 + sum((size - 1) * abs(stride) for size, stride in zip(tensor.shape, tensor.stride()))
+    return min(elements * tensor.element_size(), tensor.untyped_storage().nbytes())
 
 
 def consecutive_runs(indices: Sequence[int], weights: Sequence[float], bytes_per_weight: float,

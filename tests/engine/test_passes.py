@@ -11,7 +11,7 @@ import torch
 from helpers.samples import CNN_CKPT, MLP_CKPT, digits, loaded
 from torch import nn
 
-from landscape_cli.engine.passes import Passes
+from landscape_cli.engine.passes import Passes, SavedBytes, spanned_bytes
 from landscape_cli.engine.problem import build_problem, criterion_loss
 from landscape_cli.loading.data import Batches
 
@@ -346,3 +346,22 @@ def test_passes_over_many_theta_join_batches_where_the_loss_is_their_weighted_su
     if sample == "cnn_bn":
         stats = loaded(*SAMPLES[sample][:2], *SAMPLES[sample][2], "bn=train-stats").problem
         assert Passes(stats)._forward_groups() is None  # batch statistics: joining changes L
+
+
+def test_saved_bytes_count_what_the_pass_keeps_not_the_storages_it_reads():
+    """A batch sliced from the dataset counts its rows (the plan of passes over many θ had
+    counted the whole dataset for each batch), an expanded tensor the storage it reads, a
+    tensor saved twice once."""
+    dataset = torch.zeros(1000, 64, dtype=F64)
+    batch = dataset[200:456]
+    assert spanned_bytes(batch) == 256 * 64 * 8
+    assert spanned_bytes(dataset[:, 3]) == (999 * 64 + 1) * 8  # a column spans the rows between
+    assert spanned_bytes(torch.zeros(1, 32).expand(500, 32)) == 32 * 4
+    assert spanned_bytes(torch.zeros(0, 5)) == 0
+    weight = torch.ones(64, 10, dtype=F64, requires_grad=True)
+    saved = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+        out = batch @ weight
+        (out * out).sum()
+    # batch @ weight keeps the batch (for the weight's gradient), out * out keeps out (once)
+    assert saved.bytes == 256 * 64 * 8 + 256 * 10 * 8
