@@ -82,6 +82,11 @@ class SharpnessOptions:
     bootstrap: int = 0
     bootstrap_unit: str = "batch"
 
+    @property
+    def pairs(self) -> int:
+        """The Monte Carlo measures' antithetic pairs ±δ: ⌈samples / 2⌉."""
+        return (self.samples + 1) // 2
+
 
 def with_needs(names: tuple[str, ...]) -> list[str]:
     """The measures to compute for ``names``: those and what they are computed from, in
@@ -97,7 +102,7 @@ def planned(name: str, options: SharpnessOptions, n: int) -> tuple[int, int]:
     ``PASSES_PER_GRADIENT`` passes and each perturbed weight vector one (for the estimate)."""
     o = options
     ascent = PASSES_PER_GRADIENT * o.steps * o.restarts + 1
-    pairs = 2 * ((o.samples + 1) // 2)
+    pairs = 2 * o.pairs
     return {
         "lambda_max": (min(n, LANCZOS_STEPS_GUESS), 0),
         "trace_per_param": (min(o.max_hvps, n), 0),
@@ -356,7 +361,7 @@ class _Measurer:
         """σ ↦ the losses and accuracies at θ ± σ·s⊙z for the measure's antithetic pairs of
         standard normal z (the same z for every σ: common random numbers), as (pairs, 2);
         ``pairs``: the first so many of them (all by default)."""
-        pairs = (self.options.samples + 1) // 2 if pairs is None else pairs
+        pairs = self.options.pairs if pairs is None else pairs
         chunk = max(1, PERTURBATION_BYTES // (2 * self.n * self.theta.element_size()))
 
         def at(sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -404,7 +409,7 @@ class _Measurer:
 
             return f
 
-        pairs = (o.samples + 1) // 2
+        pairs = o.pairs
         pilot = max(PILOT_PAIRS, pairs // PILOT_SHARE)
 
         def search(perturbed: Callable[[float, int], tuple[torch.Tensor, torch.Tensor]],

@@ -44,12 +44,19 @@ class _Point:
 MAX_JUMP = 16.0
 
 
+def _slope(low: _Point, high: _Point) -> float | None:
+    """d log f / d log σ between the bracket's ends (None where f does not rise from a positive
+    value)."""
+    if not (low.value > 0 and high.value > low.value):
+        return None
+    rise = math.log(high.value) - math.log(low.value)
+    return rise / (math.log(high.sigma) - math.log(low.sigma))
+
+
 def _predict(low: _Point | None, high: _Point | None, limit: float, slope: float) -> float:
     """Where a power law through the known points reaches ``limit`` (f ∝ σ^slope from one)."""
     if low is not None and high is not None:
-        if low.value > 0 and high.value > low.value:
-            rise = math.log(high.value) - math.log(low.value)
-            slope = rise / (math.log(high.sigma) - math.log(low.sigma))
+        if (slope := _slope(low, high)) is not None:
             guess = low.sigma * math.exp((math.log(limit) - math.log(low.value)) / slope)
             if low.sigma < guess < high.sigma:
                 return guess
@@ -93,7 +100,7 @@ def largest_within(f: Callable[[float], tuple[float, object]], limit: float, *, 
                   if (low is None or sigma > low.sigma) and (high is None or sigma < high.sigma)]
         for sigma in inside or [guess]:  # the guess itself where the bracket is that narrow
             probe(sigma)
-    if low is not None and high is not None and low.value > 0 and high.value > low.value:
-        slope = math.log(high.value / low.value) / math.log(high.sigma / low.sigma)
+    if low is not None and high is not None:
+        slope = _slope(low, high) or slope
     return Bisection(low=low.sigma if low else 0.0, high=high.sigma if high else math.inf,
                      at_low=low.extra if low else None, evaluations=count, slope=slope)
