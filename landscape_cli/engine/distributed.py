@@ -7,7 +7,9 @@ rank), chosen from the device; nothing here runs outside torchrun (WORLD_SIZE un
 from __future__ import annotations
 
 import atexit
+import gc
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -51,16 +53,30 @@ def initialize(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> to
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # This module binds the group that exists when it is first imported as its functions'
+        # default (``group=group.WORLD``). DTensor imports it on first use, after the group
+        # exists, and the group then outlives ``destroy_process_group`` (see ``_leave``).
+        import torch.distributed.nn.functional as _bound_to_the_world  # noqa: F401
+
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=timeout_s))
-        # a process group left to the interpreter's exit can abort it (gloo's threads)
         atexit.register(_leave)
     return device
 
 
 def _leave() -> None:
+    """Destroy the process group while the interpreter is whole, so that its threads are
+    joined here. A group still referenced is destroyed during the interpreter's finalization
+    instead, and gloo's threads then abort the process ("terminate called without an active
+    exception") now and then after a sharded run."""
     if dist.is_initialized():
+        if "torch.distributed.tensor" in sys.modules:
+            # DTensor's sharding caches keep the meshes FSDP made, and a mesh keeps its groups
+            from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+
+            _clear_sharding_prop_cache()
         dist.destroy_process_group()
+        gc.collect()  # a mesh in a reference cycle would keep its group until finalization
 
 
 def share(count: int) -> list[int]:
@@ -110,9 +126,7 @@ def _all_reduce_int(value: int, op: dist.ReduceOp) -> int:
 
 def barrier() -> None:
     """Wait until every rank is here (nothing in one process): a run's end, so that no rank
-    tears its connections down while another still reads the last collective from them (gloo
-    then aborted a sharded run's rank at exit: "terminate called without an active
-    exception")."""
+    tears its connections down while another still reads the last collective from them."""
     if active():
         try:
             dist.barrier()

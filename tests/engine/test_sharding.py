@@ -66,6 +66,10 @@ def test_sharded_numbers_equal_the_single_process_ones(alone, ranks, blocks, tmp
     assert alone["settings"]["hvp_strategy"] != "fd" and alone["settings"]["shard"] is None
     for key in ("top", "trace", "sharpness"):
         assert _relative(sharded[key], alone[key]) < 1e-6, (key, sharded[key], alone[key])
+    # the process group is gone before the interpreter's finalization, its threads joined: a
+    # group left to finalization (kept by DTensor's caches) aborted a rank now and then
+    for index in range(ranks):
+        assert json.loads(Path(f"{out}.rank{index}.threads").read_text()) == [], index
 
 
 def test_repeated_blocks_are_found_or_named():
