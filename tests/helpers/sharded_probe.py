@@ -1,7 +1,7 @@
 """Run under torchrun by tests/engine/test_sharding.py (and in-process for the single-process
 numbers): spectrum top-3, trace and sharpness λ_max / worst-case of the sample transformer in
 float64, with the model sharded (FSDP2) under torchrun, written by rank 0 as JSON; at exit each
-rank writes the names of the native threads still running after the tool has left its process
+rank writes (on Linux) the names of the native threads still running after the tool has left its process
 group to ``OUT.rank<R>.threads`` (JSON).
 
     torchrun --nproc-per-node 2 tests/helpers/sharded_probe.py OUT [KEY=VALUE ...]
@@ -44,8 +44,9 @@ def write_threads_left(path: str) -> None:
 
 if __name__ == "__main__":
     path, *overrides = sys.argv[1:]
-    # registered before the tool's own exit handler, so run after it (atexit runs in reverse)
-    atexit.register(write_threads_left, path)
+    if sys.platform == "linux":
+        # registered before the tool's own exit handler, so run after it (atexit runs in reverse)
+        atexit.register(write_threads_left, path)
     found = numbers(overrides, sharded=True)
     if distributed.rank() == 0:
         with open(path, "w") as handle:
